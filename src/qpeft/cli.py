@@ -1,0 +1,229 @@
+"""The ``qpeft`` command: train, evaluate, generate, compare.
+
+Every method's config field becomes a flag ``--<method>-<field>`` (e.g. ``--lora-r``),
+and every field of its eval options one on ``qpeft evaluate``, so a new method needs
+no change here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from dataclasses import MISSING, fields
+from pathlib import Path
+from typing import Any
+
+from qpeft.errors import UsageError
+from qpeft.evaluation import EvalSettings
+from qpeft.methods import REGISTRY
+from qpeft.training import PRECISIONS, TrainSettings
+
+log = logging.getLogger("qpeft")
+
+
+def field_flag(prefix: str, name: str) -> str:
+    return f"--{prefix}-{name.replace('_', '-')}"
+
+
+def add_dataclass_flags(parser: argparse.ArgumentParser, prefix: str, cls: type) -> None:
+    for f in fields(cls):
+        default = f.default if f.default is not MISSING else None
+        kind = type(default)
+        dest = f"{prefix}__{f.name}"
+        if kind is bool:
+            parser.add_argument(field_flag(prefix, f.name), dest=dest, action=argparse.BooleanOptionalAction,
+                                default=None, help=f"(default {default})")
+        else:
+            parser.add_argument(field_flag(prefix, f.name), dest=dest, type=kind, default=None,
+                                metavar=kind.__name__.upper(), help=f"(default {default})")
+
+
+def collect_dataclass_flags(args: argparse.Namespace, prefix: str) -> dict[str, Any]:
+    marker = f"{prefix}__"
+    return {k[len(marker):]: v for k, v in vars(args).items() if k.startswith(marker) and v is not None}
+
+
+def add_experiment_flags(parser: argparse.ArgumentParser) -> None:
+    train, evaluation = TrainSettings(), EvalSettings()
+    data = parser.add_argument_group("model and data")
+    data.add_argument("--model", default="smollm2-135m",
+                      help="Hugging Face model id, local directory, or 'smollm2-135m' (default)")
+    data.add_argument("--dataset", default="e2e", help="'e2e' (default) or a .jsonl/.csv file or folder")
+    data.add_argument("--data-dir", default=None, help="folder holding e2e/ (default: $QPEFT_DATA_DIR)")
+    data.add_argument("--input-column", default="input")
+    data.add_argument("--target-column", default="target")
+    data.add_argument("--validation-fraction", type=float, default=0.05)
+    data.add_argument("--template", choices=["plain", "chat"], default=train.template,
+                      help="prompt format: plain 'Input: ...\\nOutput:' or the model's chat template")
+    data.add_argument("--seed", type=int, default=0)
+    budget = parser.add_argument_group("training budget")
+    budget.add_argument("--steps", type=int, default=train.steps, help="optimizer steps")
+    budget.add_argument("--batch-size", type=int, default=train.batch_size)
+    budget.add_argument("--grad-accum", type=int, default=train.grad_accum)
+    budget.add_argument("--max-length", type=int, default=train.max_length, help="tokens per example")
+    budget.add_argument("--warmup-ratio", type=float, default=train.warmup_ratio)
+    budget.add_argument("--weight-decay", type=float, default=train.weight_decay)
+    budget.add_argument("--save-steps", type=int, default=train.save_steps, help="checkpoint interval")
+    budget.add_argument("--precision", choices=PRECISIONS, default=train.precision)
+    budget.add_argument("--gradient-checkpointing", action="store_true")
+    add_eval_flags(parser, evaluation)
+
+
+def add_eval_flags(parser: argparse.ArgumentParser, defaults: EvalSettings | None) -> None:
+    """Generation flags; with ``defaults`` None every flag defaults to 'keep the run's value'."""
+    group = parser.add_argument_group("evaluation")
+
+    def value(name: str) -> Any:
+        return getattr(defaults, name) if defaults else None
+
+    group.add_argument("--max-new-tokens", type=int, default=value("max_new_tokens"))
+    group.add_argument("--num-beams", type=int, default=value("num_beams"), help="1: greedy decoding")
+    group.add_argument("--eval-batch-size", type=int, default=value("batch_size"))
+    group.add_argument("--max-test-items", type=int, default=value("max_test_items"),
+                       help="evaluate the first N test items only (0: all)")
+    group.add_argument("--bertscore-model", default=value("bertscore_model"),
+                       help="model id or path for BERTScore, or 'none' to skip it")
+
+
+def eval_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    names = {"max_new_tokens": "max_new_tokens", "num_beams": "num_beams", "eval_batch_size": "batch_size",
+             "max_test_items": "max_test_items", "bertscore_model": "bertscore_model"}
+    return {field: getattr(args, flag) for flag, field in names.items() if getattr(args, flag) is not None}
+
+
+def experiment_from_args(args: argparse.Namespace) -> Any:
+    from qpeft.runs import Experiment
+
+    train = TrainSettings(
+        steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum, max_length=args.max_length,
+        warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay, save_steps=args.save_steps,
+        precision=args.precision, gradient_checkpointing=args.gradient_checkpointing, template=args.template,
+    )
+    return Experiment(
+        model=args.model, dataset=args.dataset, input_column=args.input_column, target_column=args.target_column,
+        validation_fraction=args.validation_fraction, seed=args.seed, train=train,
+        eval=EvalSettings(**eval_overrides(args)),
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="qpeft", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train and evaluate one method into a run folder")
+    train.add_argument("--method", required=True, help=f"one of {', '.join(REGISTRY)}")
+    train.add_argument("--output", required=True, type=Path, help="run folder")
+    train.add_argument("--learning-rate", type=float, default=None, help="override the method's default")
+    add_experiment_flags(train)
+
+    compare = commands.add_parser("compare", help="train and evaluate several methods under one budget")
+    compare.add_argument("--methods", default="full,lora,prefix", help="comma-separated method names")
+    compare.add_argument("--output", required=True, type=Path, help="output folder")
+    add_experiment_flags(compare)
+
+    evaluate = commands.add_parser("evaluate", help="(re)evaluate a trained run")
+    evaluate.add_argument("run_dir", type=Path)
+    evaluate.add_argument("--data-dir", default=None)
+    evaluate.add_argument("--tag", default="", help="write metrics_<tag>.json instead of metrics.json")
+    add_eval_flags(evaluate, None)
+
+    generate = commands.add_parser("generate", help="print completions from a trained run")
+    generate.add_argument("run_dir", type=Path)
+    generate.add_argument("--input", action="append", required=True, help="an input text (repeatable)")
+    generate.add_argument("--max-new-tokens", type=int, default=None)
+    generate.add_argument("--num-beams", type=int, default=None)
+
+    for name, method in REGISTRY.items():
+        group_parsers = (train, compare)
+        for sub in group_parsers:
+            add_dataclass_flags(sub.add_argument_group(f"{name} options"), name, method.config_class)
+        add_dataclass_flags(evaluate.add_argument_group(f"{name} evaluation options"), name,
+                            method.eval_options_class)
+    return parser
+
+
+def run_train(args: argparse.Namespace) -> None:
+    from qpeft.runs import train_run
+
+    method = REGISTRY.get(args.method)
+    if method is None:
+        raise UsageError(f"unknown method {args.method!r} (choose from {', '.join(REGISTRY)})")
+    config = collect_dataclass_flags(args, args.method)
+    if args.learning_rate is not None:
+        config["learning_rate"] = args.learning_rate
+    metrics = train_run(args.output, experiment_from_args(args), args.method, config, args.data_dir)
+    print(format_metrics(metrics))
+
+
+def run_compare(args: argparse.Namespace) -> None:
+    from qpeft.compare import compare
+
+    methods = [name.strip() for name in args.methods.split(",") if name.strip()]
+    configs = {name: collect_dataclass_flags(args, name) for name in methods}
+    payload = compare(args.output, experiment_from_args(args), methods, configs, args.data_dir)
+    from qpeft.report import summary_table
+
+    print(summary_table(payload["methods"]))
+    print(f"\nreport: {args.output / 'report.md'}")
+
+
+def run_evaluate(args: argparse.Namespace) -> None:
+    from qpeft.io import read_json
+    from qpeft.runs import evaluate_run
+
+    config_path = args.run_dir / "config.json"
+    if not config_path.exists():
+        raise UsageError(f"{args.run_dir} is not a qpeft run folder (no config.json)")
+    method = REGISTRY.get(read_json(config_path)["method"])
+    options = None
+    if method is not None:
+        options = method.eval_options_class(**collect_dataclass_flags(args, method.name))
+    metrics = evaluate_run(args.run_dir, args.data_dir, eval_overrides(args), options, args.tag)
+    print(format_metrics(metrics))
+
+
+def run_generate(args: argparse.Namespace) -> None:
+    from qpeft.evaluation import generate
+    from qpeft.runs import Experiment, load_run
+
+    model, tokenizer, config = load_run(args.run_dir)
+    experiment = Experiment.from_dict(config["experiment"])
+    settings = experiment.eval
+    settings.max_new_tokens = args.max_new_tokens or settings.max_new_tokens
+    settings.num_beams = args.num_beams or settings.num_beams
+    settings.validate()
+    completions, _ = generate(model, tokenizer, args.input, experiment.train.template, settings, progress=False)
+    for completion in completions:
+        print(completion)
+
+
+def format_metrics(metrics: dict[str, Any]) -> str:
+    keys = ["bleu", "rouge1", "rouge2", "rougeL", "bertscore_f1", "test_loss", "trainable_params", "trainable_pct"]
+    return "  ".join(f"{k}={metrics[k]:.4g}" for k in keys if isinstance(metrics.get(k), (int, float)))
+
+
+COMMANDS = {"train": run_train, "compare": run_compare, "evaluate": run_evaluate, "generate": run_generate}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="qpeft: %(message)s")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # weight-loading bars; training and generation keep theirs
+    try:
+        COMMANDS[args.command](args)
+    except UsageError as error:
+        print(f"qpeft: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("qpeft: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

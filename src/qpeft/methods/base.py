@@ -1,0 +1,94 @@
+"""The contract every fine-tuning method implements.
+
+A method is one name in the registry (see ``qpeft.methods``), a config dataclass
+whose fields become CLI flags (``--<method>-<field>``), and the hooks below. The
+training loop, evaluation and reports only ever talk to this interface, so a new
+method plugs in by adding one module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+
+@dataclass
+class MethodConfig:
+    """Fields shared by every method; subclasses add their own with defaults."""
+
+    learning_rate: float = 1e-4
+
+    def validate(self) -> None:
+        """Raise ``qpeft.errors.UsageError`` for impossible values."""
+        from qpeft.errors import UsageError
+
+        if not self.learning_rate > 0:
+            raise UsageError(f"learning_rate must be positive, got {self.learning_rate}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> MethodConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+@dataclass
+class EvalOptions:
+    """Inference-time options of a method (e.g. QAA's shots); none by default."""
+
+
+class Method:
+    """Base class: override ``prepare``, ``save`` and ``load``; the rest is optional."""
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    config_class: ClassVar[type[MethodConfig]] = MethodConfig
+    eval_options_class: ClassVar[type[EvalOptions]] = EvalOptions
+    #: False for methods (Prefix tuning) that cannot run with gradient checkpointing.
+    supports_gradient_checkpointing: ClassVar[bool] = True
+
+    def prepare(self, model: nn.Module, config: MethodConfig) -> nn.Module:
+        """Freeze what must stay frozen, inject the adapter, return the model to train."""
+        raise NotImplementedError
+
+    def save(self, model: nn.Module, config: MethodConfig, out_dir: Path) -> None:
+        """Write the trained adapter (weights as safetensors) into ``out_dir``."""
+        raise NotImplementedError
+
+    def load(self, base_model: nn.Module, adapter_dir: Path) -> nn.Module:
+        """Rebuild the trained model for inference from a base model and a saved adapter."""
+        raise NotImplementedError
+
+    # Optional hooks -------------------------------------------------------------
+
+    def create_optimizer(
+        self, model: nn.Module, config: MethodConfig, weight_decay: float, max_steps: int
+    ) -> torch.optim.Optimizer | None:
+        """An optimizer of the method's own (SoRA's proximal gate step), or None for the Trainer's AdamW.
+
+        The Trainer saves and restores its state with every checkpoint and builds the
+        learning-rate schedule on it, so whatever the method adds to ``step()`` runs the
+        same under gradient accumulation, DDP and resume.
+        """
+        return None
+
+    def step_log(self, model: nn.Module) -> dict[str, float]:
+        """Extra columns for ``train_log.csv`` at every logged step."""
+        return {}
+
+    def finalize(self, model: nn.Module, config: MethodConfig, run_dir: Path) -> dict[str, Any]:
+        """Runs once after training; returns extra figures for ``metrics.json``."""
+        return {}
+
+    def set_eval_options(self, model: nn.Module, options: EvalOptions) -> None:
+        """Apply inference-time options (no-op unless the method defines some)."""
+
+
+def trainable_parameter_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,33 @@
+"""Full fine-tuning: every weight trains. The reference for quality, memory and time."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import nn
+from transformers import AutoModelForCausalLM
+
+from qpeft.methods.base import Method, MethodConfig
+
+
+@dataclass
+class FullConfig(MethodConfig):
+    # Full fine-tuning needs a far smaller step than adapters (Li and Liang 2021 use 5e-5 on E2E).
+    learning_rate: float = 5e-5
+
+
+class FullFineTuning(Method):
+    name = "full"
+    description = "full fine-tuning of every weight"
+    config_class = FullConfig
+
+    def prepare(self, model: nn.Module, config: MethodConfig) -> nn.Module:
+        model.requires_grad_(True)
+        return model
+
+    def save(self, model: nn.Module, config: MethodConfig, out_dir: Path) -> None:
+        model.save_pretrained(out_dir, safe_serialization=True)
+
+    def load(self, base_model: nn.Module, adapter_dir: Path) -> nn.Module:
+        return AutoModelForCausalLM.from_pretrained(adapter_dir, dtype=base_model.dtype)

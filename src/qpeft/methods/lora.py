@@ -1,0 +1,52 @@
+"""LoRA (Hu et al., 2021) through Hugging Face PEFT."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from peft import LoraConfig, PeftModel, get_peft_model
+from torch import nn
+
+from qpeft.errors import UsageError
+from qpeft.methods.base import Method, MethodConfig
+from qpeft.methods.targets import find_target_modules, peft_target_modules
+
+
+@dataclass
+class LoRAConfig(MethodConfig):
+    learning_rate: float = 2e-4  # Hu et al., E2E with GPT-2
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: str = "auto"
+
+    def validate(self) -> None:
+        super().validate()
+        if self.r <= 0:
+            raise UsageError(f"LoRA rank r must be positive, got {self.r}")
+        if not 0 <= self.dropout < 1:
+            raise UsageError(f"dropout must be in [0, 1), got {self.dropout}")
+
+
+class LoRA(Method):
+    name = "lora"
+    description = "low-rank adaptation (PEFT)"
+    config_class = LoRAConfig
+
+    def prepare(self, model: nn.Module, config: LoRAConfig) -> nn.Module:
+        find_target_modules(model, config.target_modules)  # a clear error when nothing matches
+        peft_config = LoraConfig(
+            task_type="CAUSAL_LM",
+            r=config.r,
+            lora_alpha=config.alpha,
+            lora_dropout=config.dropout,
+            target_modules=peft_target_modules(model, config.target_modules),
+        )
+        return get_peft_model(model, peft_config)
+
+    def save(self, model: nn.Module, config: MethodConfig, out_dir: Path) -> None:
+        model.save_pretrained(out_dir)
+
+    def load(self, base_model: nn.Module, adapter_dir: Path) -> nn.Module:
+        return PeftModel.from_pretrained(base_model, adapter_dir)

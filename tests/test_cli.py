@@ -1,0 +1,170 @@
+"""End-to-end runs of the ``qpeft`` command on a tiny model and toy data."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from qpeft.cli import main
+
+FAST = ["--steps", "4", "--batch-size", "4", "--save-steps", "2", "--max-new-tokens", "8",
+        "--bertscore-model", "none", "--eval-batch-size", "4"]
+
+
+def common(model: Path, data: Path) -> list[str]:
+    return ["--model", str(model), "--dataset", str(data), *FAST]
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_train_writes_a_complete_run_folder(tiny_llama_dir: Path, toy_data_dir: Path, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture) -> None:
+    run = tmp_path / "run"
+    assert main(["train", "--method", "lora", "--output", str(run), *common(tiny_llama_dir, toy_data_dir)]) == 0
+    for name in ("config.json", "train_log.csv", "metrics.json", "predictions.jsonl", "adapter"):
+        assert (run / name).exists(), name
+    assert (run / "adapter" / "adapter_model.safetensors").exists()
+    with (run / "train_log.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
+    assert {"step", "loss", "learning_rate", "grad_norm", "elapsed_s", "tokens_seen"} <= set(rows[0])
+    assert int(rows[-1]["tokens_seen"]) > int(rows[0]["tokens_seen"]) > 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    for key in ("bleu", "rouge1", "rouge2", "rougeL", "test_loss", "trainable_params", "trainable_pct",
+                "peak_memory_mb", "train_tokens_per_s", "train_seconds", "final_train_loss", "adapter_bytes"):
+        assert isinstance(metrics[key], (int, float)), key
+    assert 0 < metrics["trainable_pct"] < 100
+    predictions = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
+    assert len(predictions) == 6 and all(len(p["references"]) == 2 for p in predictions)
+
+    capsys.readouterr()
+    assert main(["generate", str(run), "--input", "name[Aromi], food[French], area[riverside]"]) == 0
+    assert capsys.readouterr().out.strip() != ""
+    assert main(["evaluate", str(run), "--max-test-items", "2", "--tag", "two"]) == 0
+    assert json.loads((run / "metrics_two.json").read_text())["test_items"] == 2
+    assert json.loads((run / "metrics.json").read_text())["test_items"] == 6
+
+
+def test_full_fine_tuning_saves_safetensors(tiny_llama_dir: Path, toy_data_dir: Path, tmp_path: Path) -> None:
+    run = tmp_path / "full"
+    assert main(["train", "--method", "full", "--output", str(run), *common(tiny_llama_dir, toy_data_dir)]) == 0
+    assert (run / "adapter" / "model.safetensors").exists()
+    assert json.loads((run / "metrics.json").read_text())["trainable_pct"] == pytest.approx(100.0)
+
+
+def test_training_lowers_the_loss(tiny_llama_dir: Path, toy_data_dir: Path, tmp_path: Path) -> None:
+    run = tmp_path / "longer"
+    args = ["train", "--method", "full", "--output", str(run), *common(tiny_llama_dir, toy_data_dir),
+            "--steps", "30", "--full-learning-rate", "3e-3", "--save-steps", "100"]
+    assert main(args) == 0
+    with (run / "train_log.csv").open() as handle:
+        losses = [float(r["loss"]) for r in csv.DictReader(handle)]
+    assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5
+
+
+def test_compare_writes_results_and_skips_finished_methods(tiny_llama_dir: Path, toy_data_dir: Path,
+                                                           tmp_path: Path) -> None:
+    out = tmp_path / "cmp"
+    args = ["compare", "--methods", "lora,prefix", "--output", str(out), *common(tiny_llama_dir, toy_data_dir)]
+    assert main(args) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["methods"]) == {"base", "lora", "prefix"}
+    for key in ("bleu", "rouge1", "rouge2", "rougeL", "test_loss", "trainable_params", "trainable_pct",
+                "peak_memory_mb", "train_tokens_per_s", "train_seconds", "final_train_loss", "adapter_bytes"):
+        assert key in results["methods"]["lora"], key
+    assert {"torch", "transformers", "peft"} <= set(results["versions"])
+    report = (out / "report.md").read_text()
+    assert "| lora |" in report and "| base |" in report
+    assert len((out / "results.csv").read_text().splitlines()) == 4
+
+    lora_before = snapshot(out / "lora")
+    assert main(args) == 0
+    assert snapshot(out / "lora") == lora_before
+
+
+def test_output_holding_another_experiment_is_refused(tiny_llama_dir: Path, toy_data_dir: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "cmp"
+    assert main(["compare", "--methods", "lora", "--output", str(out), *common(tiny_llama_dir, toy_data_dir)]) == 0
+    before = snapshot(out)
+    capsys.readouterr()
+    code = main(["compare", "--methods", "lora", "--output", str(out), *common(tiny_llama_dir, toy_data_dir),
+                 "--seed", "7"])
+    assert code == 2
+    assert "different experiment" in capsys.readouterr().err
+    assert snapshot(out) == before
+
+
+def test_interrupted_training_resumes_to_the_same_result(tiny_llama_dir: Path, toy_data_dir: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    args = common(tiny_llama_dir, toy_data_dir)
+    straight = tmp_path / "straight"
+    assert main(["train", "--method", "lora", "--output", str(straight), *args]) == 0
+
+    from qpeft.training import StepLogger
+
+    original = StepLogger.on_log
+
+    def interrupt_after_step_3(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
+        original(self, args, state, control, logs=logs, **kwargs)
+        if state.global_step == 3 and logs and "loss" in logs:
+            raise KeyboardInterrupt
+
+    resumed = tmp_path / "resumed"
+    monkeypatch.setattr(StepLogger, "on_log", interrupt_after_step_3)
+    assert main(["train", "--method", "lora", "--output", str(resumed), *args]) == 130
+    assert not (resumed / "metrics.json").exists()
+    monkeypatch.setattr(StepLogger, "on_log", original)
+    assert main(["train", "--method", "lora", "--output", str(resumed), *args]) == 0
+
+    def log(run: Path) -> list[dict[str, str]]:
+        with (run / "train_log.csv").open() as handle:
+            return list(csv.DictReader(handle))
+
+    assert [r["step"] for r in log(resumed)] == ["1", "2", "3", "4"]
+    assert [float(r["loss"]) for r in log(resumed)] == pytest.approx([float(r["loss"]) for r in log(straight)])
+    metrics = json.loads((resumed / "metrics.json").read_text())
+    assert metrics["resumed_from"].endswith("checkpoint-2")
+    assert metrics["test_loss"] == pytest.approx(json.loads((straight / "metrics.json").read_text())["test_loss"])
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--method", "nope"], "unknown method 'nope'"),
+        (["--method", "lora", "--steps", "0"], "--steps must be positive"),
+        (["--method", "lora", "--batch-size", "-1"], "--batch-size must be positive"),
+        (["--method", "lora", "--lora-r", "0"], "rank r must be positive"),
+        (["--method", "lora", "--model", "/no/such/model"], "cannot load model"),
+        (["--method", "prefix", "--gradient-checkpointing"], "cannot train with --gradient-checkpointing"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(extra: list[str], message: str, tiny_llama_dir: Path,
+                                          toy_data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    args = ["train", "--output", str(tmp_path / "run"), *common(tiny_llama_dir, toy_data_dir), *extra]
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("qpeft: error:")]
+    assert len(errors) == 1 and message in errors[0], err
+
+
+def test_bad_data_file_from_a_subprocess_has_no_traceback(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"input": "a"}\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "qpeft.cli", "compare", "--output", str(tmp_path / "out"), "--methods", "lora",
+         "--model", str(tiny_llama_dir), "--dataset", str(bad)],
+        capture_output=True, text=True, check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"qpeft: error: {bad}: row 1 has no column 'target' (columns: ['input'])"
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,109 @@
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+from conftest import toy_rows, write_csv
+
+from qpeft.data import Example, load_splits, split_by_input
+from qpeft.data.prompts import IGNORE_INDEX, encode_examples, format_prompt
+from qpeft.errors import UsageError
+
+
+def test_e2e_groups_test_references_and_holds_out_whole_mrs(e2e_dir: Path) -> None:
+    splits = load_splits("e2e", str(e2e_dir), validation_fraction=0.2, seed=0)
+    assert splits.test and all(len(item.references) >= 2 for item in splits.test)
+    assert len({item.input for item in splits.test}) == len(splits.test)
+    train_inputs = {row.input for row in splits.train}
+    validation_inputs = {row.input for row in splits.validation}
+    assert validation_inputs and not train_inputs & validation_inputs
+
+
+def test_e2e_reads_data_dir_from_environment(e2e_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QPEFT_DATA_DIR", str(e2e_dir))
+    assert load_splits("e2e").train
+
+
+def test_e2e_missing_copy_says_how_to_provide_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("QPEFT_DATA_DIR", raising=False)
+    with pytest.raises(UsageError, match="QPEFT_DATA_DIR.*official release"):
+        load_splits("e2e")
+    with pytest.raises(UsageError, match="not found under"):
+        load_splits("e2e", str(tmp_path))
+
+
+def test_split_by_input_never_splits_an_input() -> None:
+    rows = [Example(f"mr{i % 7}", f"ref{i}") for i in range(50)]
+    parts = split_by_input(rows, (0.6, 0.2, 0.2), seed=3)
+    assert sum(len(part) for part in parts) == len(rows)
+    seen = [{row.input for row in part} for part in parts]
+    assert not (seen[0] & seen[1] or seen[0] & seen[2] or seen[1] & seen[2])
+
+
+def test_folder_with_train_and_test_files(toy_data_dir: Path) -> None:
+    splits = load_splits(str(toy_data_dir))
+    assert len(splits.test) == 6 and all(len(item.references) == 2 for item in splits.test)
+
+
+def test_single_csv_file_is_split_three_ways(tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "pairs.csv", [{"src": r["input"], "tgt": r["target"]} for r in toy_rows(60, 5)],
+                     ["src", "tgt"])
+    splits = load_splits(str(path), input_column="src", target_column="tgt")
+    assert splits.train and splits.validation and splits.test
+
+
+@pytest.mark.parametrize(
+    ("content", "suffix", "message"),
+    [
+        ("", ".jsonl", "no rows"),
+        ('{"input": "a"}\n', ".jsonl", "no column 'target'"),
+        ('{"input": "a", "target": "b"}\nnot json\n', ".jsonl", "line 2 is not valid JSON"),
+        ("input,target\n", ".csv", "no rows"),
+        ("input,other\na,b\n", ".csv", "no column 'target'"),
+        ("input,target\na,b,c\n", ".csv", "different number of fields"),
+    ],
+)
+def test_malformed_files_give_one_line_errors(tmp_path: Path, content: str, suffix: str, message: str) -> None:
+    path = tmp_path / f"data{suffix}"
+    path.write_text(content)
+    with pytest.raises(UsageError, match=message) as error:
+        load_splits(str(path))
+    assert "\n" not in str(error.value)
+
+
+def test_undecodable_file(tmp_path: Path) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(b'{"input": "caf\xe9", "target": "x"}\n')
+    with pytest.raises(UsageError, match="not valid UTF-8"):
+        load_splits(str(path))
+
+
+def test_unknown_dataset() -> None:
+    with pytest.raises(UsageError, match="unknown dataset"):
+        load_splits("no-such-dataset")
+
+
+def test_loss_mask_covers_prompt_and_eos_is_appended(tokenizer) -> None:
+    example = Example("name[Aromi], food[French], area[riverside]", "Aromi serves French food.")
+    (encoded,) = encode_examples([example], tokenizer, "plain", max_length=512)
+    prompt_ids = tokenizer(format_prompt(example.input, tokenizer))["input_ids"]
+    labels = encoded["labels"]
+    assert labels[: len(prompt_ids)] == [IGNORE_INDEX] * len(prompt_ids)
+    assert labels[len(prompt_ids):] == encoded["input_ids"][len(prompt_ids):]
+    assert encoded["input_ids"][-1] == tokenizer.eos_token_id
+    assert tokenizer.decode(encoded["input_ids"][len(prompt_ids):-1]).strip() == example.target
+
+
+def test_truncation_warns_with_a_count(tokenizer, caplog: pytest.LogCaptureFixture) -> None:
+    examples = [Example("name[Aromi]", "Aromi serves French food. " * 20), Example("name[Cotto]", "Cotto.")]
+    with caplog.at_level(logging.WARNING):
+        encoded = encode_examples(examples, tokenizer, "plain", max_length=16)
+    assert len(encoded[0]["input_ids"]) == 16
+    assert "1 of 2 examples" in caplog.text
+
+
+def test_chat_template_needs_one(tokenizer) -> None:
+    with pytest.raises(UsageError, match="no chat template"):
+        format_prompt("x", tokenizer, "chat")
+
