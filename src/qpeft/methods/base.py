@@ -89,6 +89,26 @@ class Method:
     def set_eval_options(self, model: nn.Module, options: EvalOptions) -> None:
         """Apply inference-time options (no-op unless the method defines some)."""
 
+    def delta_weights(self, model: nn.Module, base_model: nn.Module) -> dict[str, torch.Tensor]:
+        """The learned update ΔW (out x in) of every adapted linear module, for the capacity analysis.
+
+        Empty for methods whose update is not a weight matrix (Prefix tuning, QAA).
+        """
+        return {}
+
+    def capacity(
+        self, model: nn.Module, base_model: nn.Module, sample_ids: torch.Tensor
+    ) -> dict[str, dict[str, Any]]:
+        """How expressive the learned update is, per adapted module.
+
+        Linear updates report their singular values and effective rank (from
+        ``delta_weights``); a method with a non-linear update (QAA) overrides this, e.g.
+        with the rank of its update's Jacobian on activations from ``sample_ids``.
+        """
+        from qpeft.analysis.capacity import linear_capacity
+
+        return {name: linear_capacity(delta) for name, delta in self.delta_weights(model, base_model).items()}
+
 
 def trainable_parameter_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
