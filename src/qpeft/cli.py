@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import MISSING, fields
 from pathlib import Path
@@ -214,6 +215,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # weight-loading bars; training and generation keep theirs
+    # Deprecation notices raised inside transformers/PEFT are for their developers, not for our users.
+    warnings.filterwarnings("ignore", category=FutureWarning)
     try:
         COMMANDS[args.command](args)
     except UsageError as error:

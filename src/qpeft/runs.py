@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from qpeft.data import DataSplits, load_splits
+from qpeft.distributed import is_main_process, wait_for_everyone
 from qpeft.errors import UsageError
 from qpeft.evaluation import EvalSettings, evaluate
 from qpeft.io import read_json, write_json
@@ -78,8 +79,11 @@ def claim_run_dir(run_dir: Path, config: dict[str, Any]) -> bool:
         return (run_dir / "metrics.json").exists()
     if run_dir.exists() and any(run_dir.iterdir()):
         raise UsageError(f"{run_dir} is not empty and holds no qpeft run; choose another output folder")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(config_path, config)
+    wait_for_everyone()  # every process has checked before the main one writes
+    if is_main_process():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(config_path, config)
+    wait_for_everyone()
     return False
 
 
@@ -123,6 +127,10 @@ def _evaluate_and_record(
     splits: DataSplits,
     figures: dict[str, Any],
 ) -> dict[str, Any]:
+    """Evaluate on the main process (the others wait) and write ``metrics.json`` last."""
+    if not is_main_process():
+        wait_for_everyone()
+        return {}
     scores = evaluate(
         model,
         tokenizer,
@@ -134,6 +142,7 @@ def _evaluate_and_record(
     )
     metrics = {**scores, **figures}
     write_json(run_dir / "metrics.json", metrics)
+    wait_for_everyone()
     return metrics
 
 

@@ -173,7 +173,7 @@ def training_arguments(
         include_num_input_tokens_seen="non_padding",
         bf16=settings.precision == "bf16",
         fp16=settings.precision == "fp16",
-        gradient_checkpointing=settings.gradient_checkpointing,
+        activation_checkpointing=settings.gradient_checkpointing,
         use_cpu=not torch.cuda.is_available(),
         remove_unused_columns=False,
         disable_tqdm=False,
@@ -226,8 +226,10 @@ def train(
             f"method {method.name!r}: non-finite loss or gradient at step {logger.non_finite_step}; "
             f"training stopped, log kept in {run_dir / 'train_log.csv'}"
         )
-    rows = read_train_log(run_dir / "train_log.csv")
     model = trainer.model
+    if not trainer.is_world_process_zero():
+        return model, {}
+    rows = read_train_log(run_dir / "train_log.csv")
     adapter_dir = run_dir / "adapter"
     method.save(model, config, adapter_dir)
     figures = {
@@ -238,12 +240,18 @@ def train(
         "train_seconds": float(rows[-1]["elapsed_s"]),
         "train_tokens": int(rows[-1]["tokens_seen"]),
         "train_tokens_per_s": int(rows[-1]["tokens_seen"]) / max(float(rows[-1]["elapsed_s"]), 1e-9),
-        "final_train_loss": float(rows[-1]["loss"]),
+        "final_train_loss": final_loss(rows),
         "adapter_bytes": directory_bytes(adapter_dir),
         "resumed_from": resume,
     }
     figures.update(method.finalize(model, config, run_dir))
     return model, figures
+
+
+def final_loss(rows: list[dict[str, str]], share: float = 0.05) -> float:
+    """Mean training loss over the last 5% of steps (at least one): one step alone is too noisy."""
+    tail = rows[-max(1, math.ceil(share * len(rows))):]
+    return sum(float(row["loss"]) for row in tail) / len(tail)
 
 
 def directory_bytes(path: Path) -> int:
