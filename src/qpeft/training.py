@@ -243,6 +243,7 @@ def train(
         "final_train_loss": final_loss(rows),
         "adapter_bytes": directory_bytes(adapter_dir),
         "resumed_from": resume,
+        "world_size": trainer.args.world_size,
     }
     figures.update(method.finalize(model, config, run_dir))
     return model, figures
