@@ -168,3 +168,24 @@ def test_bad_data_file_from_a_subprocess_has_no_traceback(tiny_llama_dir: Path, 
     assert result.returncode == 2
     assert result.stderr.strip() == f"qpeft: error: {bad}: row 1 has no column 'target' (columns: ['input'])"
     assert not (tmp_path / "out").exists()
+
+
+def test_config_file_supplies_flags_and_the_command_line_wins(tmp_path: Path) -> None:
+    from qpeft.cli import build_parser
+    from qpeft.config_file import expand_config_file
+
+    config = tmp_path / "exp.yaml"
+    config.write_text("steps: 7\nbatch_size: 3\ngradient_checkpointing: true\nlora:\n  r: 4\n  alpha: 32\n")
+    argv = expand_config_file(["compare", "--output", "x", "--config", str(config), "--steps", "9"])
+    args = build_parser().parse_args(argv)
+    assert (args.steps, args.batch_size, args.gradient_checkpointing) == (9, 3, True)
+    assert (args.lora__r, args.lora__alpha) == (4, 32.0)
+
+
+def test_shipped_paper_config_parses() -> None:
+    from qpeft.cli import build_parser
+    from qpeft.config_file import expand_config_file
+
+    paper = Path(__file__).parent.parent / "configs" / "paper.yaml"
+    args = build_parser().parse_args(expand_config_file(["compare", "--output", "x", "--config", str(paper)]))
+    assert args.model == "gpt2-medium" and args.steps == 26290 and args.num_beams == 10

@@ -20,6 +20,13 @@ def test_e2e_groups_test_references_and_holds_out_whole_mrs(e2e_dir: Path) -> No
     assert validation_inputs and not train_inputs & validation_inputs
 
 
+def test_e2e_uses_the_official_training_split_when_present(e2e_dir: Path) -> None:
+    rows = [{"mr": f"name[Place{i}]", "ref": f"Place{i} is a place."} for i in range(30)]
+    write_csv(e2e_dir / "e2e" / "trainset.csv", rows, ["mr", "ref"])
+    splits = load_splits("e2e", str(e2e_dir))
+    assert len(splits.train) == 30 and len(splits.validation) == 80
+
+
 def test_e2e_reads_data_dir_from_environment(e2e_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("QPEFT_DATA_DIR", str(e2e_dir))
     assert load_splits("e2e").train

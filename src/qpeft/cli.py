@@ -16,6 +16,7 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
+from qpeft.config_file import expand_config_file
 from qpeft.errors import UsageError
 from qpeft.evaluation import EvalSettings
 from qpeft.methods import REGISTRY
@@ -137,6 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--max-new-tokens", type=int, default=None)
     generate.add_argument("--num-beams", type=int, default=None)
 
+    sora_export = commands.add_parser("sora-export", help="prune a trained SoRA run into a plain PEFT LoRA adapter")
+    sora_export.add_argument("run_dir", type=Path, help="a finished SoRA run folder")
+    sora_export.add_argument("out_dir", type=Path, help="where to write adapter_config.json + adapter_model.safetensors")
+
     for name, method in REGISTRY.items():
         group_parsers = (train, compare)
         for sub in group_parsers:
@@ -201,15 +206,30 @@ def run_generate(args: argparse.Namespace) -> None:
         print(completion)
 
 
+def run_sora_export(args: argparse.Namespace) -> None:
+    from qpeft.methods.sora import export_run
+
+    summary = export_run(args.run_dir, args.out_dir)
+    ranks = summary["ranks"]
+    print(f"LoRA adapter: {args.out_dir} ({summary['modules_kept']} of {len(ranks)} modules kept, "
+          f"{summary['params_before_pruning']:,} -> {summary['params_after_pruning']:,} parameters)")
+
+
 def format_metrics(metrics: dict[str, Any]) -> str:
     keys = ["bleu", "rouge1", "rouge2", "rougeL", "bertscore_f1", "test_loss", "trainable_params", "trainable_pct"]
     return "  ".join(f"{k}={metrics[k]:.4g}" for k in keys if isinstance(metrics.get(k), (int, float)))
 
 
-COMMANDS = {"train": run_train, "compare": run_compare, "evaluate": run_evaluate, "generate": run_generate}
+COMMANDS = {"train": run_train, "compare": run_compare, "evaluate": run_evaluate, "generate": run_generate,
+            "sora-export": run_sora_export}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        argv = expand_config_file(sys.argv[1:] if argv is None else argv)
+    except UsageError as error:
+        print(f"qpeft: error: {error}", file=sys.stderr)
+        return 2
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="qpeft: %(message)s")
     from transformers.utils import logging as hf_logging

@@ -1,8 +1,9 @@
 """The E2E NLG Challenge data set (Novikova, Dusek and Rieser, SIGDIAL 2017).
 
-Training rows come from ``devset.csv`` (the full 42k training split is too large for an
-offline copy) with a validation slice held out by meaning representation; the test
-split is ``testset_w_refs.csv``, grouped so that every MR carries all its references.
+Where the folder holds the official ``trainset.csv``, it trains on that and validates on
+``devset.csv``. Otherwise (the offline copy has no 42k-row training split) it trains on
+``devset.csv`` with a validation slice held out by meaning representation. The test split
+is ``testset_w_refs.csv``, grouped so that every MR carries all its references.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from qpeft.data import DataSplits, group_by_input, split_by_input
 from qpeft.data.files import read_rows
 from qpeft.errors import UsageError
 
+OFFICIAL_TRAIN_FILE = "trainset.csv"
 TRAIN_FILE = "devset.csv"
 TEST_FILE = "testset_w_refs.csv"
 OFFICIAL_RELEASE = "https://github.com/tuetschek/e2e-dataset"
@@ -33,7 +35,11 @@ def find_folder(data_dir: Path | None) -> Path:
 
 def load(data_dir: Path | None, validation_fraction: float, seed: int) -> DataSplits:
     folder = find_folder(data_dir)
-    rows = read_rows(folder / TRAIN_FILE, "mr", "ref")
-    train, validation = split_by_input(rows, (1 - validation_fraction, validation_fraction), seed)
     test = group_by_input(read_rows(folder / TEST_FILE, "mr", "ref"))
-    return DataSplits("e2e", train, validation, test)
+    dev = read_rows(folder / TRAIN_FILE, "mr", "ref")
+    if (folder / OFFICIAL_TRAIN_FILE).exists():
+        train = read_rows(folder / OFFICIAL_TRAIN_FILE, "mr", "ref")
+        return DataSplits("e2e", train, dev, test, notes=["official split: trainset / devset / testset"])
+    train, validation = split_by_input(dev, (1 - validation_fraction, validation_fraction), seed)
+    note = f"trained on devset.csv less a {validation_fraction:.0%} validation slice held out by MR"
+    return DataSplits("e2e", train, validation, test, notes=[note])
