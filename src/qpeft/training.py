@@ -8,6 +8,7 @@ method's own optimizer where it has one (SoRA), and peak-memory / throughput fig
 from __future__ import annotations
 
 import csv
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from transformers import (
     TrainingArguments,
     set_seed,
 )
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from qpeft.data import DataSplits
 from qpeft.data.prompts import encode_examples
@@ -180,6 +181,22 @@ def training_arguments(
     )
 
 
+def last_complete_checkpoint(checkpoint_dir: Path) -> str | None:
+    """The newest checkpoint that was written to the end, or None.
+
+    The Trainer writes ``trainer_state.json`` last and deletes older checkpoints only after
+    that, so a run killed while saving still has its previous checkpoint to resume from.
+    """
+    complete = []
+    for folder in checkpoint_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+        try:
+            step = json.loads((folder / "trainer_state.json").read_text())["global_step"]
+        except (OSError, ValueError, KeyError):
+            continue
+        complete.append((step, folder))
+    return str(max(complete)[1]) if complete else None
+
+
 def check_compatible(method: Method, settings: TrainSettings) -> None:
     if settings.gradient_checkpointing and not method.supports_gradient_checkpointing:
         raise UsageError(f"method {method.name!r} cannot train with --gradient-checkpointing")
@@ -218,7 +235,7 @@ def train(
     )
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(StepProgress())
-    resume = get_last_checkpoint(str(checkpoint_dir)) if checkpoint_dir.exists() else None
+    resume = last_complete_checkpoint(checkpoint_dir)
     with PeakMemory() as memory:
         trainer.train(resume_from_checkpoint=resume)
     if logger.non_finite_step is not None:

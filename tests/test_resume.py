@@ -1,0 +1,63 @@
+"""Killing ``qpeft compare`` at any point and running it again gives the uninterrupted result."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from qpeft.training import last_complete_checkpoint
+
+FIGURES = ("bleu", "rougeL", "test_loss", "final_train_loss", "trainable_params")
+
+
+def compare_command(model: Path, data: Path, output: Path) -> list[str]:
+    return [sys.executable, "-m", "qpeft.cli", "compare", "--methods", "lora,full", "--output", str(output),
+            "--model", str(model), "--dataset", str(data), "--steps", "12", "--batch-size", "4",
+            "--save-steps", "3", "--max-new-tokens", "6", "--bertscore-model", "none"]
+
+
+def test_compare_killed_mid_run_resumes_to_the_same_results(tiny_llama_dir: Path, toy_data_dir: Path,
+                                                             tmp_path: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    straight = tmp_path / "straight"
+    subprocess.run(compare_command(tiny_llama_dir, toy_data_dir, straight), env=env, check=True,
+                   capture_output=True, timeout=300)
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(compare_command(tiny_llama_dir, toy_data_dir, killed), env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    # Kill it hard once the second method has a checkpoint but has not finished.
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and last_complete_checkpoint(killed / "full" / "checkpoints") is None:
+        assert process.poll() is None, "compare finished before it could be interrupted"
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert (killed / "lora" / "metrics.json").exists() and not (killed / "full" / "metrics.json").exists()
+    lora_metrics = (killed / "lora" / "metrics.json").read_bytes()
+
+    subprocess.run(compare_command(tiny_llama_dir, toy_data_dir, killed), env=env, check=True,
+                   capture_output=True, timeout=300)
+    assert (killed / "lora" / "metrics.json").read_bytes() == lora_metrics  # finished method kept as it was
+    assert json.loads((killed / "full" / "metrics.json").read_text())["resumed_from"] is not None
+    want = json.loads((straight / "results.json").read_text())["methods"]
+    got = json.loads((killed / "results.json").read_text())["methods"]
+    for method in ("base", "lora", "full"):
+        for figure in FIGURES if method != "base" else FIGURES[:3]:
+            assert got[method][figure] == pytest.approx(want[method][figure], rel=1e-5), (method, figure)
+
+
+def test_half_written_checkpoint_is_not_resumed_from(tmp_path: Path) -> None:
+    (tmp_path / "checkpoint-3").mkdir()
+    (tmp_path / "checkpoint-3" / "trainer_state.json").write_text('{"global_step": 3}')
+    (tmp_path / "checkpoint-6").mkdir()  # killed while saving: no trainer state yet
+    (tmp_path / "checkpoint-6" / "model.safetensors").write_bytes(b"partial")
+    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-3")
+    assert last_complete_checkpoint(tmp_path / "missing") is None
