@@ -3,9 +3,9 @@
 How the circuit's structure is used:
 
 - States are stored basis-index first, tokens last: shape ``(2**n, tokens)``. A layer of
-  single-qubit rotations is the Kronecker product ``M_a ⊗ M_b`` of the rotations on the first
-  ``a = n // 2`` wires and on the remaining ``b`` wires, so it is two GEMMs with small
-  ``2**a`` and ``2**b`` matrices on the state viewed as ``(2**a, 2**b, tokens)``.
+  single-qubit rotations is a Kronecker product; grouping the wires into a few runs writes it
+  as ``M_1 ⊗ M_2 ⊗ ...`` with small dense factors, each applied to the whole batch by one
+  batched matmul (a few large ops per layer, no 2**n x 2**n matrix).
 - A CNOT ring permutes basis states. Its index table is built once per n, and applying it
   is one contiguous row gather in this layout.
 - The last ring is never applied: the readout is diagonal, so it reads the permuted sign
@@ -13,23 +13,38 @@ How the circuit's structure is used:
 - The embedding's normalisation is linear in the state, so the circuit runs on the padded,
   unnormalised x and the quadratic readout is divided by ``||x||**2`` at the end. A zero x
   then reads out exactly zero, with zero gradient, without special cases.
-- ``memory_lean=True`` uses a hand-written backward that saves only the inputs: it reruns
-  the circuit, then walks back layer by layer, un-computing the state with the inverse
-  (adjoint) rotations while it propagates the gradient. Gradients equal plain autograd's.
+- ``memory_lean=True`` (the default) uses a hand-written backward that saves only the inputs:
+  it reruns the circuit, keeping the states it needs for just that call, then sends the
+  adjoint state back through the layers, collecting each factor's gradient on the way. No
+  2**n-wide state per token outlives the forward pass. It works on blocks of tokens sized to
+  stay in cache on CPU (and to bound the transient memory on GPU).
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
+import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from qpeft.errors import UsageError
 from qpeft.quantum.circuit import CircuitSpec, ring_pairs
 
 
-@functools.lru_cache(maxsize=None)
+def _tuning(device: torch.device) -> tuple[int, int]:
+    """(largest run of wires in one factor, amplitudes per block of tokens) for a device.
+
+    On CPU, factors of at most 2**4 rows cost fewer flops and blocks of ~2**18 amplitudes keep
+    the working set in cache; a GPU prefers fewer, larger ops (two factors for 10 qubits).
+    """
+    return (5, 2**24) if device.type == "cuda" else (4, 2**18)
+
+
+@functools.cache
 def ring_permutation(n: int, device: torch.device) -> tuple[Tensor, Tensor]:
     """(forward, inverse) index maps of one CNOT ring: it sends |k> to |forward[k]>."""
     forward = torch.arange(2**n)
@@ -38,7 +53,7 @@ def ring_permutation(n: int, device: torch.device) -> tuple[Tensor, Tensor]:
     return forward.to(device), torch.argsort(forward).to(device)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def z_signs(n: int, device: torch.device, dtype: torch.dtype) -> Tensor:
     """(2**n, n) table of (-1)**bit_q(k): the eigenvalue of Z on wire q for basis state k."""
     k = torch.arange(2**n)[:, None]
@@ -46,10 +61,10 @@ def z_signs(n: int, device: torch.device, dtype: torch.dtype) -> Tensor:
     return (1 - 2 * bits).to(device=device, dtype=dtype)
 
 
-@functools.lru_cache(maxsize=None)
-def _folded_signs(n: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+@functools.cache
+def _folded_signs_t(n: int, device: torch.device, dtype: torch.dtype) -> Tensor:
     # Z readout of ring(state) equals the readout of state with the ring folded into the table.
-    return z_signs(n, device, dtype)[ring_permutation(n, device)[0]]
+    return z_signs(n, device, dtype)[ring_permutation(n, device)[0]].T.contiguous()
 
 
 def compute_dtype(x: Tensor, angles: Tensor) -> torch.dtype:
@@ -58,8 +73,8 @@ def compute_dtype(x: Tensor, angles: Tensor) -> torch.dtype:
     return dtype if dtype in (torch.float32, torch.float64) else torch.float32
 
 
-def layer_matrices(angles: Tensor, spec: CircuitSpec) -> tuple[Tensor, Tensor]:
-    """Per-layer rotations as Kronecker factors: (L, 2**a, 2**a) and (L, 2**b, 2**b), a = n // 2."""
+def layer_factors(angles: Tensor, spec: CircuitSpec) -> list[Tensor]:
+    """Kronecker factors of every layer's rotations, first wires first: a list of (L, 2**g, 2**g)."""
     half = angles / 2
     theta = half if spec.ansatz == "ry" else half[:, 0]
     c, s = torch.cos(theta), torch.sin(theta)
@@ -68,8 +83,10 @@ def layer_matrices(angles: Tensor, spec: CircuitSpec) -> tuple[Tensor, Tensor]:
         # RZ after RY multiplies row 0 by e^{-i phi/2} and row 1 by e^{+i phi/2}.
         phase = torch.polar(torch.ones_like(half[:, 1]), half[:, 1])
         rot = rot * torch.stack([phase.conj(), phase], -1)[..., None]
-    a = spec.n_qubits // 2
-    return _kron_chain(rot[:, :a]), _kron_chain(rot[:, a:])
+    n = spec.n_qubits
+    groups = -(-n // _tuning(angles.device)[0])
+    bounds = [round(i * n / groups) for i in range(groups + 1)]
+    return [_kron_chain(rot[:, lo:hi]) for lo, hi in itertools.pairwise(bounds)]
 
 
 def _kron_chain(rot: Tensor) -> Tensor:
@@ -81,121 +98,164 @@ def _kron_chain(rot: Tensor) -> Tensor:
     return out
 
 
-def _apply_a(state: Tensor, ma: Tensor) -> Tensor:
-    """Apply ``ma`` to the high wires of states shaped (..., 2**n, tokens)."""
-    lead, (dim, tokens) = state.shape[:-2], state.shape[-2:]
-    out = torch.matmul(ma, state.reshape(*lead, ma.shape[-1], -1))
-    return out.reshape(*lead, dim, tokens)
+def _apply(state: Tensor, matrix: Tensor, blocks: int) -> Tensor:
+    """Apply ``matrix`` to the index bits below the first ``blocks`` (a power of two) of a state.
+
+    ``state`` is (rows, tokens); the result has ``rows / matrix columns * matrix rows`` rows.
+    """
+    size_out, size_in = matrix.shape[-2:]
+    # An explicit bmm: torch.matmul would fold a (transposed) matrix by copying the state.
+    out = torch.bmm(matrix.expand(blocks, size_out, size_in), state.reshape(blocks, size_in, -1))
+    return out.reshape(state.shape[0] // size_in * size_out, state.shape[-1])
 
 
-def _apply_b(state: Tensor, mb: Tensor) -> Tensor:
-    """Apply ``mb`` to the low wires of states shaped (..., 2**n, tokens)."""
-    tokens = state.shape[-1]
-    out = torch.matmul(mb, state.reshape(-1, mb.shape[-1], tokens))
+def _placed(matrices: Sequence[Tensor], lead: int = 1) -> list[tuple[Tensor, int]]:
+    """Each factor of one layer with the number of index blocks above its wires."""
+    placed = []
+    for matrix in matrices:
+        placed.append((matrix, lead))
+        lead *= matrix.shape[-1]
+    return placed
+
+
+def rotate(state: Tensor, matrices: Sequence[Tensor]) -> Tensor:
+    """Apply the Kronecker product of one layer's factors to states shaped (..., 2**n, tokens)."""
+    out = state.reshape(-1, state.shape[-1])
+    for matrix, blocks in _placed(matrices, math.prod(state.shape[:-2])):
+        out = _apply(out, matrix, blocks)
     return out.reshape(state.shape)
 
 
-def rotate(state: Tensor, ma: Tensor, mb: Tensor) -> Tensor:
-    """One layer of single-qubit rotations on states shaped (..., 2**n, tokens)."""
-    return _apply_b(_apply_a(state, ma), mb)
+def _schedule(factors: Sequence[Tensor], spec: CircuitSpec, width: int) -> list[list[tuple[Tensor, int]]]:
+    """Every layer's factors with their block counts, for inputs of the given width.
+
+    Inputs narrower than 2**n leave the trailing amplitudes zero, so layer 0's first factor
+    (on the leading wires) is cut to the columns of the index blocks that the input reaches.
+    """
+    layers = [_placed([f[layer] for f in factors]) for layer in range(spec.n_layers)]
+    first = layers[0][0][0]
+    reach = -(-width * first.shape[-1] // spec.dim)
+    layers[0][0] = (first[:, :reach], 1)
+    return layers
 
 
-def embed(x2: Tensor, spec: CircuitSpec, dtype: torch.dtype) -> Tensor:
-    """Zero-padded, unnormalised amplitudes of (tokens, d) inputs, as (2**n, tokens)."""
-    psi = torch.nn.functional.pad(x2.T, (0, 0, 0, spec.dim - x2.shape[1]))
+def _safe_norm_sq(x2: Tensor) -> Tensor:
+    # Zero tokens read out 0; dividing them by 1 instead of 0 keeps output and gradient zero.
+    norm_sq = (x2 * x2).sum(-1)
+    return torch.where(norm_sq > 0, norm_sq, torch.ones_like(norm_sq))
+
+
+def embed(x2: Tensor, spec: CircuitSpec, dtype: torch.dtype, rows: int | None = None) -> Tensor:
+    """Unnormalised amplitudes of (tokens, d) inputs, zero-padded to (rows or 2**n, tokens)."""
+    psi = torch.nn.functional.pad(x2.T, (0, 0, 0, (rows or spec.dim) - x2.shape[1]))
     return psi.to(dtype.to_complex() if spec.ansatz == "ry_rz" else dtype)
 
 
-def _evolve(psi: Tensor, ma: Tensor, mb: Tensor, spec: CircuitSpec) -> Tensor:
-    """All layers on (2**n, tokens) states, stopping before the last CNOT ring."""
+def _run(x2: Tensor, spec: CircuitSpec, schedule: list, keep: list[Tensor] | None = None):
+    """The state before the last ring, and its readout (out, tokens) before normalisation.
+
+    ``keep``, if given, collects the state entering every factor, in order.
+    """
+    first = schedule[0][0][0]
+    psi = embed(x2, spec, first.real.dtype, first.shape[-1] * spec.dim // first.shape[-2])
     inverse = ring_permutation(spec.n_qubits, psi.device)[1]
-    for layer in range(spec.n_layers):
+    for layer, placed in enumerate(schedule):
         if layer:
             psi = psi.index_select(0, inverse)
-        psi = rotate(psi, ma[layer], mb[layer])
-    return psi
-
-
-def _readout(psi: Tensor, spec: CircuitSpec) -> Tensor:
-    """Unnormalised readout (out, tokens) of the state before the last ring."""
+        for matrix, blocks in placed:
+            if keep is not None:
+                keep.append(psi)
+            psi = _apply(psi, matrix, blocks)
+    # The readout folds in the last ring.
     probs = (psi * psi.conj()).real if psi.is_complex() else psi * psi
     if spec.readout == "z":
-        return _folded_signs(spec.n_qubits, psi.device, probs.dtype).T @ probs
-    return probs.index_select(0, ring_permutation(spec.n_qubits, psi.device)[1])
-
-
-def _norm_sq(x2: Tensor) -> Tensor:
-    # ||x||^2 per token, with 1 for zero tokens: their readout is 0, so 0 / 1 gives the zero output.
-    n2 = (x2 * x2).sum(-1)
-    return torch.where(n2 > 0, n2, torch.ones_like(n2))
+        return psi, _folded_signs_t(spec.n_qubits, psi.device, probs.dtype) @ probs
+    return psi, probs.index_select(0, inverse)
 
 
 class _LeanCircuit(torch.autograd.Function):
-    """The circuit with a backward that saves only its inputs (see the module docstring)."""
+    """The circuit with a hand-written backward that saves only its inputs."""
 
     @staticmethod
-    def forward(ctx, x2: Tensor, ma: Tensor, mb: Tensor, spec: CircuitSpec) -> Tensor:
-        ctx.save_for_backward(x2, ma, mb)
+    def forward(ctx, x2: Tensor, spec: CircuitSpec, *factors: Tensor) -> Tensor:
+        ctx.save_for_backward(x2, *factors)
         ctx.spec = spec
-        dtype = ma.real.dtype
-        return _readout(_evolve(embed(x2, spec, dtype), ma, mb, spec), spec) / _norm_sq(x2)
+        schedule = _schedule(factors, spec, x2.shape[1])
+        readout = torch.cat([_run(block, spec, schedule)[1] for block in _token_blocks(x2, spec)], 1)
+        return readout / _safe_norm_sq(x2)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
-        x2, ma, mb = ctx.saved_tensors
+        x2, *factors = ctx.saved_tensors
         spec: CircuitSpec = ctx.spec
+        schedule = _schedule(factors, spec, x2.shape[1])
+        grads = [torch.zeros_like(f) for f in factors]
         with torch.autocast(grad.device.type, enabled=False):
-            psi = _evolve(embed(x2, spec, ma.real.dtype), ma, mb, spec)
-            norm_sq = _norm_sq(x2)
-            out = _readout(psi, spec) / norm_sq
-            grad_r = grad / norm_sq
-            forward_map = ring_permutation(spec.n_qubits, psi.device)[0]
-            if spec.readout == "z":
-                weight = _folded_signs(spec.n_qubits, psi.device, grad.dtype) @ grad_r
-            else:
-                weight = grad_r.index_select(0, forward_map)
-            # Stack the state and its adjoint so every inverse rotation is one op for both.
-            pair = torch.stack([psi, 2 * weight * psi])
-            grad_a, grad_b = torch.empty_like(ma), torch.empty_like(mb)
-            size_a, size_b, tokens = ma.shape[-1], mb.shape[-1], psi.shape[-1]
-            for layer in reversed(range(spec.n_layers)):
-                # Forward was T = Ma S, psi = Mb T (Mb on the low wires); undo Mb, then Ma.
-                pair_t = _apply_b(pair, mb[layer].mH)
-                lam = pair[1].reshape(size_a, size_b, tokens)
-                grad_b[layer] = (lam @ pair_t[0].reshape(size_a, size_b, tokens).mH).sum(0)
-                pair_s = _apply_a(pair_t, ma[layer].mH)
-                lam_t = pair_t[1].reshape(size_a, -1)
-                grad_a[layer] = lam_t @ pair_s[0].reshape(size_a, -1).mH
-                pair = pair_s.index_select(1, forward_map) if layer else pair_s
-            grad_norm_sq = -(grad * out).sum(0) / norm_sq
-            grad_x = pair[1, : x2.shape[1]].real.T + 2 * x2 * grad_norm_sq[:, None]
-        needs = ctx.needs_input_grad
-        return (grad_x if needs[0] else None, grad_a if needs[1] else None,
-                grad_b if needs[2] else None, None)
+            norm_sq = _safe_norm_sq(x2)
+            grad_r = 2 * grad / norm_sq  # d loss / d readout, times the 2 of d|psi|^2 / d psi
+            lam_x, readout, start = [], [], 0
+            for block in _token_blocks(x2, spec):
+                stop = start + block.shape[0]
+                parts = _backward_block(block, grad_r[:, start:stop], spec, schedule, grads)
+                lam_x.append(parts[0])
+                readout.append(parts[1])
+                start = stop
+            grad_norm_sq = -(grad * torch.cat(readout, 1)).sum(0) / (norm_sq * norm_sq)
+            grad_x = torch.cat(lam_x, 1).T + 2 * x2 * grad_norm_sq[:, None]
+        return (grad_x, None, *grads)
 
 
-def _check(x: Tensor, angles: Tensor, spec: CircuitSpec) -> None:
-    if x.shape[-1] > spec.dim:
-        raise UsageError(f"input width {x.shape[-1]} exceeds 2**{spec.n_qubits} = {spec.dim} amplitudes")
-    if tuple(angles.shape) != spec.angle_shape:
-        raise UsageError(f"angles have shape {tuple(angles.shape)}, expected {spec.angle_shape}")
+def _token_blocks(x2: Tensor, spec: CircuitSpec) -> tuple[Tensor, ...]:
+    return x2.split(max(1, _tuning(x2.device)[1] // spec.dim))
+
+
+def _backward_block(
+    x2: Tensor, grad_r: Tensor, spec: CircuitSpec, schedule: list, grads: list[Tensor]
+) -> tuple[Tensor, Tensor]:
+    """For one block of tokens: d loss / d x through the state (d, tokens), and the raw readout.
+
+    Adds the factors' gradients to ``grads``.
+    """
+    inputs: list[Tensor] = []  # the state entering every factor, in circuit order
+    psi, readout = _run(x2, spec, schedule, inputs)
+    forward_map = ring_permutation(spec.n_qubits, psi.device)[0]
+    if spec.readout == "z":
+        weight = _folded_signs_t(spec.n_qubits, psi.device, grad_r.dtype).T @ grad_r
+    else:
+        weight = grad_r.index_select(0, forward_map)
+    lam = weight * psi  # d loss / d psi
+    for layer in reversed(range(len(schedule))):
+        for index in reversed(range(len(schedule[layer]))):
+            matrix, blocks = schedule[layer][index]
+            state = inputs.pop()
+            lam_blocks = lam.reshape(blocks, matrix.shape[-2], -1)
+            outer = lam_blocks @ state.reshape(blocks, matrix.shape[-1], -1).mH
+            grads[index][layer, :, : matrix.shape[-1]] += outer.sum(0)
+            lam = _apply(lam, matrix.mH, blocks)  # chain rule through state -> matrix @ state
+        if layer:
+            lam = lam.index_select(0, forward_map)
+    return lam[: x2.shape[1]].real, readout
 
 
 def simulate(x: Tensor, angles: Tensor, spec: CircuitSpec, *, memory_lean: bool = True) -> Tensor:
     """Exact readout of the QAA circuit for inputs (..., d), d <= 2**n: returns (..., spec.output_dim).
 
     Differentiable in ``x`` and ``angles``; runs on their device, in their promoted dtype
-    (half precision is computed in float32). ``memory_lean`` keeps no intermediate states for
-    backward (it recomputes them), at the cost of about one extra circuit evaluation.
+    (half precision is computed in float32). ``memory_lean`` keeps no intermediate state for
+    backward and recomputes it there, at the cost of one more forward; ``memory_lean=False``
+    is plain autograd (which also supports higher derivatives).
     """
-    _check(x, angles, spec)
+    if x.shape[-1] > spec.dim:
+        raise UsageError(f"input width {x.shape[-1]} exceeds 2**{spec.n_qubits} = {spec.dim} amplitudes")
+    if tuple(angles.shape) != spec.angle_shape:
+        raise UsageError(f"angles have shape {tuple(angles.shape)}, expected {spec.angle_shape}")
     dtype = compute_dtype(x, angles)
-    lead = x.shape[:-1]
     with torch.autocast(x.device.type, enabled=False):
         x2 = x.reshape(-1, x.shape[-1]).to(dtype)
-        ma, mb = layer_matrices(angles.to(dtype), spec)
+        factors = layer_factors(angles.to(dtype), spec)
         if memory_lean:
-            out = _LeanCircuit.apply(x2, ma, mb, spec)
+            out = _LeanCircuit.apply(x2, spec, *factors)
         else:
-            out = _readout(_evolve(embed(x2, spec, dtype), ma, mb, spec), spec) / _norm_sq(x2)
-    return out.T.contiguous().reshape(*lead, spec.output_dim)
+            out = _run(x2, spec, _schedule(factors, spec, x2.shape[1]))[1] / _safe_norm_sq(x2)
+    return out.T.contiguous().reshape(*x.shape[:-1], spec.output_dim)

@@ -1,0 +1,140 @@
+"""The fast simulator against PennyLane, and its two backward paths against each other."""
+
+import itertools
+
+import pytest
+import torch
+
+from qpeft.errors import UsageError
+from qpeft.quantum import CircuitSpec, pennylane_reference, simulate
+
+
+def inputs(spec: CircuitSpec, tokens: int = 3, seed: int = 0, dtype=torch.float64, width: int | None = None):
+    """Random inputs of a width that is not a power of two (when n > 1), one of them zero."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(tokens, width or max(1, spec.dim - 3), generator=gen, dtype=dtype)
+    x[1] = 0
+    angles = torch.randn(spec.angle_shape, generator=gen, dtype=dtype) * 2
+    return x, angles
+
+
+def value_and_grads(fn, x, angles):
+    """fn's output and the gradients of a fixed random weighting of it wrt x and angles."""
+    x, angles = x.clone().requires_grad_(), angles.clone().requires_grad_()
+    out = fn(x, angles)
+    weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    weights = weights.to(out.dtype)
+    grad_x, grad_angles = torch.autograd.grad((out * weights).sum(), (x, angles))
+    return out.detach(), grad_x, grad_angles
+
+
+def assert_close(ours, reference, atol):
+    for a, b in zip(ours, reference, strict=True):
+        assert torch.isfinite(a).all()
+        assert (a.double() - b.double()).abs().max().item() <= atol
+
+
+CASES = list(itertools.product(range(1, 11), (1, 3), ("ry", "ry_rz"), ("z", "probs")))
+
+
+@pytest.mark.parametrize(("n", "layers", "ansatz", "readout"), CASES)
+def test_float64_matches_pennylane(n, layers, ansatz, readout):
+    spec = CircuitSpec(n, layers, ansatz, readout)
+    # Narrow inputs (like 576 of 1024) leave whole blocks of the padded state at zero.
+    width = None if layers == 1 else spec.dim * 9 // 16 + 1
+    x, angles = inputs(spec, seed=n + layers, width=width)
+    reference = value_and_grads(lambda a, b: pennylane_reference(a, b, spec), x, angles)
+    for lean in (True, False):
+        ours = value_and_grads(lambda a, b, lean=lean: simulate(a, b, spec, memory_lean=lean), x, angles)
+        assert_close(ours, reference, 1e-10)
+    # The zero input reads out zero, with zero gradient.
+    assert ours[0][1].abs().max() == 0 and ours[1][1].abs().max() == 0
+
+
+@pytest.mark.parametrize(
+    ("n", "ansatz", "readout"),
+    [(2, "ry", "z"), (5, "ry_rz", "probs"), (10, "ry", "z"), (10, "ry_rz", "z"), (7, "ry", "probs")],
+)
+def test_float32_matches_pennylane(n, ansatz, readout):
+    spec = CircuitSpec(n, 2, ansatz, readout)
+    x, angles = inputs(spec, seed=3)
+    reference = value_and_grads(lambda a, b: pennylane_reference(a, b, spec), x, angles)
+    for lean in (True, False):
+        ours = value_and_grads(
+            lambda a, b, lean=lean: simulate(a, b, spec, memory_lean=lean), x.float(), angles.float()
+        )
+        assert ours[0].dtype == torch.float32
+        assert_close(ours, reference, 1e-5)
+
+
+@pytest.mark.parametrize("ansatz", ["ry", "ry_rz"])
+@pytest.mark.parametrize("readout", ["z", "probs"])
+def test_memory_lean_equals_plain_autograd_on_a_large_batch(ansatz, readout):
+    spec = CircuitSpec(10, 3, ansatz, readout)
+    x, angles = inputs(spec, tokens=150, seed=11, width=576)  # two blocks of tokens on CPU
+    lean = value_and_grads(lambda a, b: simulate(a, b, spec, memory_lean=True), x, angles)
+    plain = value_and_grads(lambda a, b: simulate(a, b, spec, memory_lean=False), x, angles)
+    assert_close(lean, plain, 1e-12)
+
+
+def saved_bytes(fn, *inputs) -> int:
+    """Bytes autograd keeps for backward, other than the inputs themselves."""
+    skip = {t.untyped_storage().data_ptr() for t in inputs}
+    saved: dict[int, int] = {}
+
+    def pack(tensor):
+        if tensor.untyped_storage().data_ptr() not in skip:
+            saved[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        fn()
+    return sum(saved.values())
+
+
+def test_memory_lean_keeps_nothing_that_grows_with_tokens():
+    spec = CircuitSpec(10, 2)
+    angles = torch.randn(spec.angle_shape, dtype=torch.float64, requires_grad=True)
+    for lean in (True, False):
+        sizes = []
+        for tokens in (100, 200):
+            x = torch.randn(tokens, 576, dtype=torch.float64, requires_grad=True)
+            sizes.append(
+                saved_bytes(lambda x=x, lean=lean: simulate(x, angles, spec, memory_lean=lean), x, angles)
+            )
+        per_token = (sizes[1] - sizes[0]) / 100
+        assert per_token == 0 if lean else per_token >= 4 * spec.dim * 8  # plain: several 2**n states
+
+
+@pytest.mark.parametrize("ansatz", ["ry", "ry_rz"])
+def test_gradcheck_and_higher_derivatives_of_plain_autograd(ansatz):
+    spec = CircuitSpec(3, 2, ansatz)
+    x, angles = inputs(spec, tokens=2, seed=5)
+    x[1] = torch.randn(x.shape[1], dtype=x.dtype)  # second derivatives of the zero case are not smooth
+    args = (x.requires_grad_(), angles.requires_grad_())
+    assert torch.autograd.gradcheck(lambda a, b: simulate(a, b, spec), args)
+    assert torch.autograd.gradgradcheck(lambda a, b: simulate(a, b, spec, memory_lean=False), args)
+
+
+def test_leading_dims_scale_and_dtypes():
+    spec = CircuitSpec(4, 2)
+    x, angles = inputs(spec, tokens=6, seed=2)
+    flat = simulate(x, angles, spec)
+    assert simulate(x.reshape(2, 3, -1), angles, spec).shape == (2, 3, 4)
+    assert torch.equal(simulate(x.reshape(2, 3, -1), angles, spec).reshape(6, 4), flat)
+    assert simulate(x[0], angles, spec).shape == (4,)
+    assert simulate(x[:0], angles, spec).shape == (0, 4)
+    # The norm of x is lost: the readout of c * x equals that of x.
+    assert torch.allclose(simulate(3.5 * x, angles, spec), flat, atol=1e-13)
+    # Half-precision inputs are computed (and returned) in float32.
+    assert simulate(x.half(), angles.half(), spec).dtype == torch.float32
+    probs = simulate(x, angles, CircuitSpec(4, 2, readout="probs"))
+    assert torch.allclose(probs.sum(-1), torch.tensor([1.0, 0, 1, 1, 1, 1], dtype=torch.float64))
+
+
+def test_bad_shapes_raise_usage_error():
+    spec = CircuitSpec(3, 2)
+    with pytest.raises(UsageError):
+        simulate(torch.randn(2, 9), torch.randn(2, 3), spec)
+    with pytest.raises(UsageError):
+        simulate(torch.randn(2, 8), torch.randn(3, 2), spec)
