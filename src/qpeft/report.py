@@ -10,6 +10,15 @@ RESULT_COLUMNS = [
     "train_seconds", "final_train_loss", "adapter_bytes", "generation_ms_per_token",
 ]
 
+# Figures the comparative analysis adds (qpeft.compare.analyse_seed); results.csv lists them after RESULT_COLUMNS.
+ANALYSIS_COLUMNS = [
+    "latency_ms_per_token", "latency_vs_base",
+    "best_smoothed_loss", "loss_drop_pct", "steps_to_margin", "steps_to_margin_pct", "loss_at_25pct", "loss_at_50pct",
+    "final_smoothed_loss", "loss_tail_std", "grad_norm_median", "grad_norm_p95", "grad_norm_max",
+    "non_finite_steps", "capacity_modules", "effective_rank_min", "effective_rank_median", "effective_rank_max",
+    "jacobian_rank_min", "jacobian_rank_median", "jacobian_rank_max",
+]
+
 # (column, header, format)
 TABLE = [
     ("bleu", "BLEU", "{:.2f}"),
@@ -37,11 +46,17 @@ def format_cell(column: str, value: Any, fmt: str) -> str:
     return fmt.format(value)
 
 
-def summary_table(methods: dict[str, dict[str, Any]]) -> str:
+def summary_table(methods: dict[str, dict[str, Any]], spread: dict[str, dict[str, Any]] | None = None) -> str:
+    """One row per method; with ``spread`` (results.json's ``aggregate``) a cell reads mean ± std over seeds."""
     lines = ["| method | " + " | ".join(header for _, header, _ in TABLE) + " |",
              "|---|" + "---:|" * len(TABLE)]
     for name, figures in methods.items():
         cells = [format_cell(column, figures.get(column), fmt) for column, _, fmt in TABLE]
+        if spread:
+            from qpeft.report_html import with_std
+
+            cells = [with_std(cell, column, fmt, spread.get(name, {}))
+                     for cell, (column, _, fmt) in zip(cells, TABLE, strict=True)]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -55,7 +70,7 @@ def markdown_report(payload: dict[str, Any]) -> str:
     lines = [
         "# qpeft comparison",
         "",
-        f"Model `{experiment['model']}`, data set `{experiment['dataset']}`, seed {experiment['seed']}; "
+        f"Model `{experiment['model']}`, data set `{experiment['dataset']}`, {seeds_phrase(payload)}; "
         f"{train['steps']} steps of batch {train['batch_size']} x {train['grad_accum']} "
         f"(max {train['max_length']} tokens); {test_items} test items, "
         f"{decoding} decoding, "
@@ -64,9 +79,26 @@ def markdown_report(payload: dict[str, Any]) -> str:
         "Scores are on a 0-100 scale, each against every reference of a test item. "
         "`base` is the untrained base model. Trainable % is of the base model's parameters.",
         "",
-        summary_table(payload["methods"]),
+        summary_table(payload["methods"], payload.get("aggregate") if len(payload.get("seeds", [])) > 1 else None),
         "",
+        *analysis_markdown(payload),
         "Versions: " + ", ".join(f"{k} {v}" for k, v in payload["versions"].items()) + ".",
         "",
     ]
     return "\n".join(lines)
+
+
+def seeds_phrase(payload: dict[str, Any]) -> str:
+    seeds = payload.get("seeds") or [payload["experiment"]["seed"]]
+    if len(seeds) == 1:
+        return f"seed {seeds[0]}"
+    return f"seeds {', '.join(str(s) for s in seeds)} (mean ± sample std over seeds)"
+
+
+def analysis_markdown(payload: dict[str, Any]) -> list[str]:
+    """The findings, convergence, efficiency and capacity sections (empty for payloads without analysis)."""
+    if "per_seed" not in payload:
+        return []
+    from qpeft.report_html import markdown_sections
+
+    return markdown_sections(payload)

@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from torch import nn
 from transformers import AutoModelForCausalLM
+from transformers.pytorch_utils import Conv1D
 
 from qpeft.methods.base import Method, MethodConfig
 
@@ -31,3 +33,14 @@ class FullFineTuning(Method):
 
     def load(self, base_model: nn.Module, adapter_dir: Path) -> nn.Module:
         return AutoModelForCausalLM.from_pretrained(adapter_dir, dtype=base_model.dtype)
+
+    def delta_weights(self, model: nn.Module, base_model: nn.Module) -> dict[str, torch.Tensor]:
+        """Trained minus base weight (out x in) on the modules LoRA adapts by default."""
+        from qpeft.methods.targets import find_target_modules
+
+        base_modules = dict(base_model.named_modules())
+        deltas = {}
+        for name, module in find_target_modules(model, "auto").items():
+            delta = module.weight.detach().float().cpu() - base_modules[name].weight.detach().float().cpu()
+            deltas[name] = delta.T if isinstance(module, Conv1D) else delta  # Conv1D stores in x out
+        return deltas

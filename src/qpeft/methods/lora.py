@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from peft import LoraConfig, PeftModel, get_peft_model
+from peft.tuners.lora import LoraLayer
 from torch import nn
 
 from qpeft.errors import UsageError
@@ -50,3 +52,20 @@ class LoRA(Method):
 
     def load(self, base_model: nn.Module, adapter_dir: Path) -> nn.Module:
         return PeftModel.from_pretrained(base_model, adapter_dir)
+
+    def delta_weights(self, model: nn.Module, base_model: nn.Module) -> dict[str, torch.Tensor]:
+        """scaling * B @ A of every LoRA layer, out x in (also for GPT-2's transposed Conv1D).
+
+        Names are the base model's module names, as ``full`` reports them.
+        """
+        deltas = {}
+        for name, module in model.named_modules():
+            if not isinstance(module, LoraLayer):
+                continue
+            for adapter in module.active_adapters:
+                if adapter not in module.lora_A:
+                    continue
+                a = module.lora_A[adapter].weight.detach().float().cpu()  # r x in
+                b = module.lora_B[adapter].weight.detach().float().cpu()  # out x r
+                deltas[name.removeprefix("base_model.model.")] = module.scaling[adapter] * (b @ a)
+        return deltas

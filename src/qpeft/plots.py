@@ -1,0 +1,389 @@
+"""The report's plots, drawn with matplotlib's Agg renderer into PNG bytes.
+
+Every function takes a ``results.json`` payload and returns PNG bytes, or None when the
+payload holds nothing to draw (e.g. no QAA robustness data). No pyplot: figures are
+built with ``matplotlib.figure.Figure`` so that importing this module never changes
+the caller's matplotlib backend or global state.
+
+With several seeds, lines are means over seeds and shaded bands or error bars are one
+sample standard deviation.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import math
+import statistics
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from qpeft.runs import BASE
+
+STYLE = {
+    "font.size": 9,
+    "axes.titlesize": 10,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "legend.fontsize": 8,
+    "legend.frameon": False,
+}
+PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22"]
+BASE_COLOR = "#7f7f7f"
+QUALITY_METRICS = [("bleu", "BLEU"), ("rougeL", "ROUGE-L"), ("bertscore_f1", "BERTScore F1")]
+
+
+def method_colors(names: Sequence[str]) -> dict[str, str]:
+    """A fixed colour per method, the same in every plot (the base model is grey)."""
+    colors, trained = {}, [n for n in names if n != BASE]
+    for i, name in enumerate(trained):
+        colors[name] = PALETTE[i % len(PALETTE)]
+    colors[BASE] = BASE_COLOR
+    return colors
+
+
+def styled(function: Callable[[dict[str, Any]], bytes | None]) -> Callable[[dict[str, Any]], bytes | None]:
+    """Draw under the report's style without touching matplotlib's global settings."""
+
+    @functools.wraps(function)
+    def wrapper(payload: dict[str, Any]) -> bytes | None:
+        from matplotlib import rc_context
+
+        with rc_context(STYLE):
+            return function(payload)
+
+    return wrapper
+
+
+def _figure(width: float, height: float, ncols: int = 1, sharey: bool = False):  # noqa: ANN202 - matplotlib types
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), layout="constrained")
+    return figure, list(figure.subplots(1, ncols, squeeze=False, sharey=sharey)[0])
+
+
+def _legend_outside(axis: Any) -> None:
+    axis.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+
+
+def _png(figure: Any) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, metadata={"Software": None})
+    return buffer.getvalue()
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def _std(payload: dict[str, Any], method: str, figure: str) -> float:
+    stats = payload.get("aggregate", {}).get(method, {}).get(figure)
+    std = stats.get("std") if isinstance(stats, dict) else None
+    return float(std) if isinstance(std, (int, float)) and math.isfinite(std) else 0.0
+
+
+def _trained(payload: dict[str, Any]) -> list[str]:
+    return [name for name in payload["methods"] if name != BASE]
+
+
+def _curves(payload: dict[str, Any], method: str) -> list[dict[str, Any]]:
+    return [seed["curves"][method] for seed in payload.get("per_seed", {}).values()
+            if method in seed.get("curves", {})]
+
+
+def _mean_band(series: list[list[float | None]]) -> tuple[list[float], list[float]]:
+    """Pointwise mean and sample std over seeds (a position with no value anywhere is NaN)."""
+    length = min(len(s) for s in series)
+    means, stds = [], []
+    for i in range(length):
+        values = [s[i] for s in series if s[i] is not None]
+        if not values:
+            means.append(math.nan)
+            stds.append(math.nan)
+            continue
+        mean = sum(values) / len(values)
+        means.append(mean)
+        stds.append(math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0)
+    return means, stds
+
+
+def _as_float(values: Sequence[float | None]) -> list[float]:
+    return [math.nan if v is None else float(v) for v in values]
+
+
+def _curve_plot(payload: dict[str, Any], raw_key: str, smooth_key: str | None, ylabel: str, title: str,
+                log_y: bool) -> bytes | None:
+    colors = method_colors(list(payload["methods"]))
+    methods = [m for m in _trained(payload) if _curves(payload, m)]
+    if not methods:
+        return None
+    figure, (axis,) = _figure(7.5, 3.6)
+    for method in methods:
+        curves = _curves(payload, method)
+        color = colors[method]
+        for curve in curves:
+            axis.plot(curve["step"], _as_float(curve[raw_key]), color=color, alpha=0.22, linewidth=0.8)
+        if smooth_key is None:
+            from qpeft.analysis.convergence import smooth
+
+            smoothed = [_as_float(smooth(_as_float(c[raw_key]))) for c in curves]
+        else:
+            smoothed = [_as_float(c[smooth_key]) for c in curves]
+        mean, std = _mean_band(smoothed)
+        steps = curves[0]["step"][: len(mean)]
+        axis.plot(steps, mean, color=color, linewidth=1.8, label=method)
+        if len(curves) > 1:
+            axis.fill_between(steps, [m - s for m, s in zip(mean, std, strict=True)],
+                              [m + s for m, s in zip(mean, std, strict=True)], color=color, alpha=0.18, linewidth=0)
+    if log_y:
+        axis.set_yscale("log")
+    axis.set_xlabel("optimizer step")
+    axis.set_ylabel(ylabel)
+    axis.set_title(title)
+    _legend_outside(axis)
+    return _png(figure)
+
+
+@styled
+def loss_curves(payload: dict[str, Any]) -> bytes | None:
+    """Training loss per step: raw (faint, one line per seed) and smoothed (solid; band = ±1 std over seeds)."""
+    raw = [v for m in _trained(payload) for c in _curves(payload, m) for v in c["loss"] if v is not None and v > 0]
+    log_y = bool(raw) and max(raw) / min(raw) > 30  # a loss falling by orders of magnitude reads better on log y
+    return _curve_plot(payload, "loss", "smoothed", "training loss", "Training loss (faint: raw; solid: smoothed)",
+                       log_y)
+
+
+@styled
+def grad_norm_curves(payload: dict[str, Any]) -> bytes | None:
+    """Gradient norm per step: raw and smoothed, as the loss (log y when norms differ by orders of magnitude)."""
+    norms = [v for m in _trained(payload) for c in _curves(payload, m) for v in c.get("grad_norm", [])
+             if v is not None and v > 0]
+    if not norms:
+        return None
+    log_y = max(norms) / min(norms) > 20
+    return _curve_plot(payload, "grad_norm", None, "gradient norm", "Gradient norm (before clipping)", log_y)
+
+
+@styled
+def quality_vs_share(payload: dict[str, Any]) -> bytes | None:
+    """Each quality score against the trainable share of parameters (log x); the base model as a line."""
+    methods = payload["methods"]
+    trained = [m for m in _trained(payload) if (_number(methods[m].get("trainable_pct")) or 0) > 0]
+    metrics = [(key, label) for key, label in QUALITY_METRICS
+               if any(_number(methods[m].get(key)) is not None for m in trained)]
+    if not trained or not metrics:
+        return None
+    colors = method_colors(list(methods))
+    figure, axes = _figure(3.3 * len(metrics) + 0.6, 3.4, len(metrics))
+    offsets = [(7, 6), (7, -13), (7, 17), (7, -24)]  # alternate label positions so that close points stay legible
+    for axis, (key, label) in zip(axes, metrics, strict=True):
+        for i, method in enumerate(trained):
+            x, y = _number(methods[method].get("trainable_pct")), _number(methods[method].get(key))
+            if x is None or y is None:
+                continue
+            axis.errorbar([x], [y], yerr=[_std(payload, method, key)], fmt="o", color=colors[method], markersize=7,
+                          capsize=3, label=method)
+            axis.annotate(method, (x, y), textcoords="offset points", xytext=offsets[i % len(offsets)], fontsize=8)
+        base = _number(methods.get(BASE, {}).get(key))
+        if base is not None:
+            axis.axhline(base, color=BASE_COLOR, linestyle="--", linewidth=1, label="base (untrained)")
+        axis.set_xscale("log")
+        axis.set_xlabel("trainable parameters (% of base model, log)")
+        axis.set_ylabel(label)
+        axis.set_title(f"{label} vs trainable share")
+        axis.margins(x=0.25, y=0.2)
+    _legend_outside(axes[-1])
+    return _png(figure)
+
+
+@styled
+def efficiency_bars(payload: dict[str, Any]) -> bytes | None:
+    """Peak memory, training throughput and generation latency against the base model."""
+    methods = payload["methods"]
+    trained = _trained(payload)
+    panels = [("peak_memory_mb", "peak memory (MB)", "Peak memory in training"),
+              ("train_tokens_per_s", "tokens / s", "Training throughput"),
+              ("latency_vs_base", "x base model", "Generation latency vs base")]
+    panels = [p for p in panels if any(_number(methods[m].get(p[0])) is not None for m in trained)]
+    if not trained or not panels:
+        return None
+    colors = method_colors(list(methods))
+    figure, axes = _figure(3.1 * len(panels) + 0.6, 3.2, len(panels))
+    for axis, (key, ylabel, title) in zip(axes, panels, strict=True):
+        names = [m for m in trained if _number(methods[m].get(key)) is not None]
+        values = [_number(methods[m][key]) for m in names]
+        errors = [_std(payload, m, key) for m in names]
+        positions = list(range(len(names)))
+        axis.bar(positions, values, yerr=errors, capsize=3, color=[colors[m] for m in names], alpha=0.85,
+                 error_kw={"elinewidth": 1})
+        unit = "x" if key == "latency_vs_base" else ""
+        axis.set_xticks(positions, [f"{m}\n{_short(v)}{unit}" for m, v in zip(names, values, strict=True)])
+        if key == "latency_vs_base":
+            axis.axhline(1.0, color=BASE_COLOR, linestyle="--", linewidth=1)
+        axis.set_ylabel(ylabel)
+        axis.set_title(title)
+        axis.margins(y=0.15)
+        axis.grid(axis="x", visible=False)
+    return _png(figure)
+
+
+def _short(value: float) -> str:
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def _linear_entries(payload: dict[str, Any], method: str, first_seed_only: bool) -> list[dict[str, Any]]:
+    seeds = list(payload.get("per_seed", {}).values())
+    if first_seed_only:
+        seeds = seeds[:1]
+    return [entry for seed in seeds for entry in seed.get("capacity", {}).get(method, {}).values()
+            if entry.get("singular_values")]
+
+
+@styled
+def capacity_spectra(payload: dict[str, Any]) -> bytes | None:
+    """Normalised singular values σ_i / σ_1 of every module's update (faint) and their median (solid)."""
+    from matplotlib.ticker import MaxNLocator
+
+    methods = [m for m in _trained(payload) if _linear_entries(payload, m, True)]
+    if not methods:
+        return None
+    colors = method_colors(list(payload["methods"]))
+    figure, axes = _figure(min(3.2 * len(methods) + 0.6, 12), 3.3, len(methods), sharey=True)
+    for axis, method in zip(axes, methods, strict=True):
+        spectra = []
+        for entry in _linear_entries(payload, method, True):
+            values = [v for v in entry["singular_values"] if v is not None]
+            if not values or values[0] <= 0:
+                continue
+            # Values past the numerical rank are rounding noise of the float32 update: not drawn.
+            values = values[: max(1, int(entry.get("rank") or len(values)))]
+            normalised = [v / values[0] for v in values]
+            spectra.append(normalised)
+            axis.plot(range(1, len(normalised) + 1), normalised, color=colors[method], alpha=0.2, linewidth=0.8)
+        if spectra:
+            length = max(len(s) for s in spectra)
+            middle = [statistics.median(s[i] for s in spectra if i < len(s)) for i in range(length)]
+            axis.plot(range(1, length + 1), middle, color=colors[method], linewidth=2, label="median over modules")
+        erank = _number(payload["methods"][method].get("effective_rank_median"))
+        if erank is not None:
+            axis.axvline(erank, color="black", linestyle=":", linewidth=1, label=f"median effective rank {erank:.1f}")
+        axis.set_yscale("log")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.set_xlabel("singular value index")
+        axis.set_title(f"{method}: {len(spectra)} modules")
+        axis.legend(loc="lower left")
+    axes[0].set_ylabel(r"$\sigma_i\,/\,\sigma_1$")
+    return _png(figure)
+
+
+@styled
+def capacity_ranks(payload: dict[str, Any]) -> bytes | None:
+    """The distribution over modules (and seeds) of each method's effective rank or Jacobian rank."""
+    colors = method_colors(list(payload["methods"]))
+    rows: list[tuple[str, str, list[float]]] = []
+    for method in _trained(payload):
+        entries = [e for seed in payload.get("per_seed", {}).values()
+                   for e in seed.get("capacity", {}).get(method, {}).values()]
+        eranks = [e["effective_rank"] for e in entries if _number(e.get("effective_rank")) is not None]
+        jacobian = [r for e in entries for r in _jacobian(e).get("ranks", [])]
+        if eranks:
+            rows.append((method, "effective rank", eranks))
+        if jacobian:
+            rows.append((method, "Jacobian rank", [float(r) for r in jacobian]))
+    if not rows:
+        return None
+    figure, (axis,) = _figure(max(4.0, 1.3 * len(rows) + 2.5), 3.3)
+    positions = list(range(1, len(rows) + 1))
+    axis.boxplot([values for _, _, values in rows], positions=positions, widths=0.5, showfliers=False,
+                 medianprops={"color": "black"})
+    for position, (method, kind, values) in zip(positions, rows, strict=True):
+        spread = [position + 0.18 * ((i * 0.618) % 1 - 0.5) for i in range(len(values))]  # deterministic jitter
+        axis.scatter(spread, values, s=10, color=colors[method], alpha=0.6, zorder=3,
+                     marker="o" if kind == "effective rank" else "s")
+    axis.set_xticks(positions, [f"{method}\n({kind})" for method, kind, _ in rows])
+    values = [v for _, _, vs in rows for v in vs if v > 0]
+    if values and max(values) / min(values) > 20:
+        axis.set_yscale("log")
+    else:
+        axis.set_ylim(bottom=0)
+    axis.set_ylabel("rank")
+    axis.set_title("Capacity per adapted module")
+    axis.grid(axis="x", visible=False)
+    return _png(figure)
+
+
+def _jacobian(entry: dict[str, Any]) -> dict[str, Any]:
+    if entry.get("kind") == "jacobian":
+        return entry
+    nested = entry.get("jacobian")
+    return nested if isinstance(nested, dict) else {}
+
+
+def robustness_sets(payload: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Methods whose figures hold a ``robustness`` list (QAA under shots and noise)."""
+    return {name: figures["robustness"] for name, figures in payload["methods"].items()
+            if isinstance(figures.get("robustness"), list) and figures["robustness"]}
+
+
+@styled
+def noise_curves(payload: dict[str, Any]) -> bytes | None:
+    """Quality against depolarising noise, one line per shot count (exact simulation when shots is null)."""
+    sets = robustness_sets(payload)
+    metrics = [(key, label) for key, label in QUALITY_METRICS
+               if any(_number(r.get(key)) is not None for rows in sets.values() for r in rows)]
+    if not sets or not metrics:
+        return None
+    figure, axes = _figure(3.4 * len(metrics) + 0.6, 3.4, len(metrics))
+    styles = ["-", "--", ":", "-."]
+    markers = ["o", "s", "^", "D", "v", "P"]
+    for axis, (key, label) in zip(axes, metrics, strict=True):
+        probabilities = []
+        for m_index, (method, rows) in enumerate(sets.items()):
+            spread = payload.get("aggregate", {}).get(method, {}).get("robustness")
+            groups: dict[Any, list[tuple[float, float, float]]] = {}
+            for i, row in enumerate(rows):
+                p, value = _number(row.get("depolarizing")) or 0.0, _number(row.get(key))
+                if value is None:
+                    continue
+                std = 0.0
+                if isinstance(spread, list) and i < len(spread) and isinstance(spread[i], dict):
+                    std = (spread[i].get(key) or {}).get("std") or 0.0
+                groups.setdefault(row.get("shots"), []).append((p, value, std))
+                probabilities.append(p)
+            ordered = sorted(groups, key=lambda s: (s is not None, -(s or 0)))  # exact, then most shots first
+            for g_index, shots in enumerate(ordered):
+                points = sorted(groups[shots])
+                shots_label = "exact" if shots is None else f"{shots:,} shots"
+                name = shots_label if len(sets) == 1 else f"{method}, {shots_label}"
+                axis.errorbar([p for p, _, _ in points], [v for _, v, _ in points], yerr=[s for _, _, s in points],
+                              linestyle=styles[m_index % len(styles)], marker=markers[g_index % len(markers)],
+                              capsize=2, markersize=4, label=name)
+        positive = [p for p in probabilities if p > 0]
+        if positive and max(positive) / min(positive) > 50:
+            axis.set_xscale("symlog", linthresh=min(positive))
+        base = _number(payload["methods"].get(BASE, {}).get(key))
+        if base is not None:
+            axis.axhline(base, color=BASE_COLOR, linestyle="--", linewidth=1, label="base (untrained)")
+        axis.set_xlabel("depolarising probability p")
+        axis.set_ylabel(label)
+        axis.set_title(f"{label} under shots and noise")
+    _legend_outside(axes[-1])
+    return _png(figure)
+
+
+# id -> (function, caption); the HTML report embeds each that returns an image, in this order.
+PLOTS = {
+    "plot-loss": loss_curves,
+    "plot-grad-norm": grad_norm_curves,
+    "plot-quality": quality_vs_share,
+    "plot-efficiency": efficiency_bars,
+    "plot-capacity-spectra": capacity_spectra,
+    "plot-capacity-rank": capacity_ranks,
+    "plot-noise": noise_curves,
+}

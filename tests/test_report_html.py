@@ -1,0 +1,210 @@
+"""The HTML report: built from a synthetic results payload, checked as text and in headless Chromium."""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from qpeft.analysis.capacity import jacobian_rank, linear_capacity, summarise_capacity
+from qpeft.analysis.convergence import convergence_figures, loss_curve
+from qpeft.compare import AnalysisSettings, build_payload
+from qpeft.evaluation import EvalSettings
+from qpeft.report import markdown_report
+from qpeft.report_html import findings, html_report
+from qpeft.runs import Experiment
+from qpeft.training import TrainSettings
+
+ALL_PLOTS = {"plot-loss", "plot-grad-norm", "plot-quality", "plot-efficiency", "plot-capacity-spectra",
+             "plot-capacity-rank", "plot-noise"}
+
+# method -> (BLEU, ROUGE-L, trainable params, peak MB, tokens/s, latency ratio, loss floor, decay steps)
+PROFILES = {
+    "full": (60.0, 64.0, 1_000_000, 900.0, 1_000.0, 1.00, 0.60, 15.0),
+    "lora": (62.0, 65.0, 8_000, 500.0, 2_500.0, 1.30, 0.70, 25.0),
+    "prefix": (40.0, 50.0, 3_000, 480.0, 2_800.0, 1.10, 1.10, 40.0),
+    "qaa": (58.0, 62.0, 2_000, 510.0, 2_000.0, 1.60, 0.80, 30.0),
+}
+
+
+def synthetic_seed(seed: int, robustness: bool) -> dict[str, Any]:
+    """One seed's analysed figures, built with the real analysis functions on made-up runs."""
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    figures: dict[str, dict[str, Any]] = {"base": {"bleu": 5.0, "rougeL": 20.0, "bertscore_f1": 80.0, "test_loss": 3.0,
+                                                   "trainable_params": 0, "trainable_pct": 0.0, "test_items": 10,
+                                                   "latency_ms_per_token": 2.0, "latency_vs_base": 1.0}}
+    curves, capacity = {}, {}
+    for name, (bleu, rouge, params, memory, speed, latency, floor, tau) in PROFILES.items():
+        steps = list(range(1, 101))
+        log = {"step": [float(s) for s in steps],
+               "loss": [floor + 2.5 * math.exp(-s / tau) + rng.gauss(0, 0.03) for s in steps],
+               "grad_norm": [1.0 + 0.5 * math.exp(-s / tau) + abs(rng.gauss(0, 0.1)) for s in steps],
+               "elapsed_s": [0.1 * s for s in steps]}
+        jitter = rng.gauss(0, 0.5)
+        figures[name] = {
+            "bleu": bleu + jitter, "rougeL": rouge + jitter, "bertscore_f1": 90.0 + jitter / 10, "test_loss": floor,
+            "trainable_params": params, "trainable_pct": 100.0 * params / 1_000_000, "peak_memory_mb": memory,
+            "train_tokens_per_s": speed * (1 + rng.gauss(0, 0.02)), "train_seconds": 100.0, "adapter_bytes": 4 * params,
+            "generation_ms_per_token": 3.0, "latency_ms_per_token": 2.0 * latency, "latency_vs_base": latency,
+            "test_items": 10, **convergence_figures(log, total_steps=100),
+        }
+        curves[name] = loss_curve(log)
+        if name == "full":
+            capacity[name] = {f"layers.{i}.q_proj": linear_capacity(torch.randn(24, 16)) for i in range(3)}
+        elif name == "lora":
+            capacity[name] = {f"layers.{i}.q_proj": linear_capacity(torch.randn(24, 4) @ torch.randn(4, 16))
+                              for i in range(3)}
+        elif name == "qaa":
+            w = torch.randn(4, 16)
+            capacity[name] = {f"layers.{i}.q_proj": jacobian_rank(lambda x, w=w: torch.tanh(w @ x), torch.randn(5, 16))
+                              for i in range(3)}
+            if robustness:
+                figures[name]["robustness"] = [
+                    {"shots": shots, "depolarizing": p, "bleu": bleu - 100 * p - (0 if shots is None else 2000 / shots)
+                     + jitter, "rougeL": rouge - 80 * p + jitter, "bertscore_f1": 90.0 - 5 * p}
+                    for shots in (None, 1000, 100) for p in (0.0, 0.01, 0.05)
+                ]
+        else:
+            capacity[name] = {}
+        figures[name].update(summarise_capacity(capacity[name]))
+    return {"methods": figures, "curves": curves, "capacity": capacity}
+
+
+def synthetic_payload(seeds: tuple[int, ...] = (0, 1, 2), robustness: bool = True) -> dict[str, Any]:
+    experiment = Experiment(model="tiny", dataset="toy", seed=None if len(seeds) > 1 else seeds[0],
+                            train=TrainSettings(steps=100), eval=EvalSettings(bertscore_model="none"))
+    per_seed = {str(s): synthetic_seed(s, robustness) for s in seeds}
+    configs = {"full": {"learning_rate": 5e-5}, "lora": {"learning_rate": 2e-4, "r": 4},
+               "prefix": {"learning_rate": 1e-2}, "qaa": {"learning_rate": 1e-3}}
+    return build_payload(experiment, list(seeds), configs, per_seed, AnalysisSettings())
+
+
+def plot_ids(html: str) -> set[str]:
+    return set(re.findall(r'<img id="(plot-[a-z-]+)"', html))
+
+
+# --- as text -------------------------------------------------------------------------------------
+
+
+def test_report_is_self_contained_with_every_plot() -> None:
+    html = html_report(synthetic_payload())
+    assert plot_ids(html) == ALL_PLOTS
+    assert all(src.startswith("data:image/png;base64,") for src in re.findall(r'src="([^"]*)"', html))
+    assert not re.search(r'(src|href)="(https?:)?//', html)  # nothing fetched from a network
+    assert "<script" not in html
+    for section in ("findings", "summary", "convergence", "quality", "efficiency", "capacity", "noise", "setup"):
+        assert f'<section id="{section}">' in html, section
+    assert "62.00 ± " in html or "± " in html  # spread over three seeds
+
+
+def test_noise_section_only_with_robustness_data() -> None:
+    html = html_report(synthetic_payload(robustness=False))
+    assert plot_ids(html) == ALL_PLOTS - {"plot-noise"}
+    assert 'id="noise"' not in html
+
+
+def test_single_seed_report_has_no_spread() -> None:
+    payload = synthetic_payload(seeds=(0,))
+    html = html_report(payload)
+    assert plot_ids(html) == ALL_PLOTS
+    assert " ± " not in html.split('<section id="summary">')[1].split("</section>")[0]
+    assert "seed 0;" in markdown_report(payload)
+
+
+def test_findings_follow_the_measured_numbers() -> None:
+    payload = synthetic_payload()
+    text = "\n".join(findings(payload))
+    lora_bleu = payload["methods"]["lora"]["bleu"]
+    assert f"Best test quality: **lora** with BLEU {lora_bleu:.2f}" in text
+    assert "Most parameter-efficient: **qaa**" in text
+    assert "Least memory in training: **prefix** peaked at 480 MB" in text
+    assert "Fastest training: **prefix**" in text
+    assert "**qaa** is the slowest to generate" in text
+    assert "Fastest to converge: **full**" in text
+    assert "qaa's Jacobian rank 4 of at most 4" in text
+    assert "prefix has no weight update to measure" in text
+    assert "Under finite shots and depolarising noise, qaa's BLEU" in text
+    assert "means over 3 seeds" in text
+
+    changed = copy.deepcopy(payload)
+    changed["methods"]["prefix"].update(bleu=99.0, peak_memory_mb=2000.0)
+    text = "\n".join(findings(changed))
+    assert "Best test quality: **prefix** with BLEU 99.00" in text
+    assert "Least memory in training: **lora** peaked at 500 MB" in text
+
+
+def test_markdown_report_has_the_analysis_sections() -> None:
+    report = markdown_report(synthetic_payload())
+    for heading in ("## Findings", "## Convergence", "## Efficiency", "## Capacity", "## Under shots and noise"):
+        assert heading in report, heading
+    assert "seeds 0, 1, 2 (mean ± sample std over seeds)" in report
+
+
+# --- in a browser --------------------------------------------------------------------------------
+
+CHROMIUM = next((path for name in ("chromium", "chromium-browser", "google-chrome")
+                 if (path := shutil.which(name))), None)
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium (`make install` adds Debian's chromium)")
+
+# Appended to a copy of the page: after load, record which images decoded to a real size.
+PROBE = """<script>
+window.addEventListener("load", () => {
+  const ok = [...document.images].filter((i) => i.complete && i.naturalWidth > 0).map((i) => i.id);
+  document.body.setAttribute("data-decoded", ok.join(" "));
+});
+</script>"""
+
+
+def render(path: Path) -> tuple[str, list[str]]:
+    """The DOM after load, and the page's console messages, from headless Chromium."""
+    result = subprocess.run(
+        [CHROMIUM, "--headless", "--disable-gpu", "--no-sandbox", "--enable-logging=stderr", "--v=0",
+         "--virtual-time-budget=10000", "--dump-dom", path.as_uri()],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    console = [line for line in result.stderr.splitlines() if "CONSOLE" in line]
+    return result.stdout, console
+
+
+def with_probe(html: str, folder: Path) -> Path:
+    path = folder / "probe.html"
+    path.write_text(html.replace("</body>", PROBE + "</body>"))
+    return path
+
+
+@needs_chromium
+def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
+    html = html_report(synthetic_payload())
+    (tmp_path / "report.html").write_text(html)
+    dom, console = render(tmp_path / "report.html")
+    assert console == []
+    assert plot_ids(dom) == ALL_PLOTS
+    assert dom.count('<table id="table-') == 5  # summary, convergence, efficiency, capacity, noise
+
+    dom, console = render(with_probe(html, tmp_path))
+    assert console == []
+    decoded = re.search(r'data-decoded="([^"]*)"', dom)
+    assert decoded is not None, "the page's load event never fired"
+    assert set(decoded.group(1).split()) == ALL_PLOTS  # every plot is a valid image
+
+
+@needs_chromium
+def test_the_browser_check_does_see_errors(tmp_path: Path) -> None:
+    """A control: the same check on a page with a script error and a broken image fails."""
+    html = html_report(synthetic_payload(seeds=(0,), robustness=False))
+    broken = html.replace('src="data:image/png;base64,iVBOR', 'src="data:image/png;base64,AAAA', 1)
+    broken = broken.replace("</body>", "<script>undefinedFunction();</script></body>")
+    dom, console = render(with_probe(broken, tmp_path))
+    assert any("undefinedFunction" in line for line in console)
+    decoded = set(re.search(r'data-decoded="([^"]*)"', dom).group(1).split())
+    assert decoded == ALL_PLOTS - {"plot-noise", "plot-loss"}
