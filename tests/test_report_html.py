@@ -141,6 +141,12 @@ def test_findings_follow_the_measured_numbers() -> None:
     assert "Best test quality: **prefix** with BLEU 99.00" in text
     assert "Least memory in training: **lora** peaked at 500 MB" in text
 
+    # A loss that never fell by the margin "converges" at step 1: it is named apart, not crowned.
+    changed["methods"]["qaa"].update(steps_to_margin=1, steps_to_margin_pct=1.0, loss_drop_pct=2.0)
+    text = "\n".join(findings(changed))
+    assert "Fastest to converge: **full**" in text
+    assert "qaa (2.0%): the smoothed training loss fell by less than 5%" in text
+
 
 def test_markdown_report_has_the_analysis_sections() -> None:
     report = markdown_report(synthetic_payload())

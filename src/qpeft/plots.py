@@ -183,14 +183,15 @@ def quality_vs_share(payload: dict[str, Any]) -> bytes | None:
             x, y = _number(methods[method].get("trainable_pct")), _number(methods[method].get(key))
             if x is None or y is None:
                 continue
-            axis.errorbar([x], [y], yerr=[_std(payload, method, key)], fmt="o", color=colors[method], markersize=7,
+            error = _std(payload, method, key)
+            axis.errorbar([x], [y], yerr=[error] if error else None, fmt="o", color=colors[method], markersize=7,
                           capsize=3, label=method)
             axis.annotate(method, (x, y), textcoords="offset points", xytext=offsets[i % len(offsets)], fontsize=8)
         base = _number(methods.get(BASE, {}).get(key))
         if base is not None:
             axis.axhline(base, color=BASE_COLOR, linestyle="--", linewidth=1, label="base (untrained)")
         axis.set_xscale("log")
-        axis.set_xlabel("trainable parameters (% of base model, log)")
+        axis.set_xlabel("trainable % of the base model (log)")
         axis.set_ylabel(label)
         axis.set_title(f"{label} vs trainable share")
         axis.margins(x=0.25, y=0.2)
@@ -216,8 +217,8 @@ def efficiency_bars(payload: dict[str, Any]) -> bytes | None:
         values = [_number(methods[m][key]) for m in names]
         errors = [_std(payload, m, key) for m in names]
         positions = list(range(len(names)))
-        axis.bar(positions, values, yerr=errors, capsize=3, color=[colors[m] for m in names], alpha=0.85,
-                 error_kw={"elinewidth": 1})
+        axis.bar(positions, values, yerr=errors if any(errors) else None, capsize=3,
+                 color=[colors[m] for m in names], alpha=0.85, error_kw={"elinewidth": 1})
         unit = "x" if key == "latency_vs_base" else ""
         axis.set_xticks(positions, [f"{m}\n{_short(v)}{unit}" for m, v in zip(names, values, strict=True)])
         if key == "latency_vs_base":

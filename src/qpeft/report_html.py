@@ -179,19 +179,26 @@ def _convergence_finding(payload: dict[str, Any]) -> str:
         step, pct = value(payload, name, "steps_to_margin"), value(payload, name, "steps_to_margin_pct")
         return f"step {step:,.0f}" + (f" ({pct:.0f}% of the budget)" if pct is not None else "")
 
-    fastest = ranked[0][0]
-    text = (f"Fastest to converge: **{fastest}** came within {100 * margin:g}% of its own best smoothed "
-            f"training loss at {reached(fastest)}")
-    if budget:
-        text = text.replace("of the budget", f"of the {budget:,}-step budget", 1)
-    if len(ranked) > 1:
-        text += "; " + ", ".join(f"{name} at {reached(name)}" for name, _ in ranked[1:])
-    text += "."
-    flat = [(n, value(payload, n, "loss_drop_pct")) for n, _ in ranked]
-    flat = [(n, d) for n, d in flat if d is not None and d < 100 * margin]
+    # A run whose smoothed loss never fell by the margin is "within the margin" from its first step:
+    # it is named apart instead of being ranked as the fastest.
+    drops = {n: value(payload, n, "loss_drop_pct") for n, _ in ranked}
+    flat = [n for n, _ in ranked if drops[n] is not None and drops[n] < 100 * margin]
+    moving = [n for n, _ in ranked if n not in flat]
+    fastest = moving[0] if moving else None
+    if fastest is not None:
+        text = (f"Fastest to converge: **{fastest}** came within {100 * margin:g}% of its own best smoothed "
+                f"training loss at {reached(fastest)}")
+        if budget:
+            text = text.replace("of the budget", f"of the {budget:,}-step budget", 1)
+        if len(moving) > 1:
+            text += "; " + ", ".join(f"{name} at {reached(name)}" for name in moving[1:])
+        text += "."
+    else:
+        text = ""
     if flat:
-        text += (f" ({_join([f'{n} {d:.1f}%' for n, d in flat])}: the smoothed loss fell by less than the margin "
-                 "over the whole run, so reaching it says little.)")
+        text += (f" {_join([f'{n} ({drops[n]:.1f}%)' for n in flat])}: the smoothed training loss fell by less than "
+                 f"{100 * margin:g}% over the whole run, so {'it has' if len(flat) == 1 else 'they have'} no "
+                 "meaningful convergence step.")
     fractions = payload.get("analysis", {}).get("loss_fractions", [0.25])
     if fractions:
         key = f"loss_at_{round(100 * fractions[0])}pct"
@@ -203,11 +210,11 @@ def _convergence_finding(payload: dict[str, Any]) -> str:
     if final:
         lowest, lowest_loss = final[0]
         text += f" Lowest training loss at the end: **{lowest}** ({lowest_loss:.3f}, smoothed)"
-        fastest_loss = value(payload, fastest, "final_smoothed_loss")
+        fastest_loss = value(payload, fastest, "final_smoothed_loss") if fastest else None
         if lowest != fastest and fastest_loss is not None and fastest_loss > lowest_loss:
             text += f"; {fastest} converged fastest but to a higher loss ({fastest_loss:.3f})"
         text += "."
-    return text
+    return text.strip()
 
 
 def _gradient_finding(payload: dict[str, Any]) -> str:
