@@ -106,6 +106,15 @@ def test_report_is_self_contained_with_every_plot() -> None:
     assert "62.00 ± " in html or "± " in html  # spread over three seeds
 
 
+def test_zero_shots_means_exact_expectations() -> None:
+    payload = synthetic_payload(seeds=(0,))
+    for row in payload["methods"]["qaa"]["robustness"]:
+        row["shots"] = row["shots"] or 0  # QAAEvalOptions writes shots=0 for exact expectation values
+    html = html_report(payload)
+    assert "exact expectations, depolarising p = 0" in html
+    assert "<td>0</td><td>0</td>" not in html.split('id="table-noise"')[1]
+
+
 def test_noise_section_only_with_robustness_data() -> None:
     html = html_report(synthetic_payload(robustness=False))
     assert plot_ids(html) == ALL_PLOTS - {"plot-noise"}

@@ -334,7 +334,7 @@ def robustness_sets(payload: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
 
 @styled
 def noise_curves(payload: dict[str, Any]) -> bytes | None:
-    """Quality against depolarising noise, one line per shot count (exact simulation when shots is null)."""
+    """Quality against depolarising noise, one line per shot count (exact expectations when shots is null or 0)."""
     sets = robustness_sets(payload)
     metrics = [(key, label) for key, label in QUALITY_METRICS
                if any(_number(r.get(key)) is not None for rows in sets.values() for r in rows)]
@@ -355,7 +355,7 @@ def noise_curves(payload: dict[str, Any]) -> bytes | None:
                 std = 0.0
                 if isinstance(spread, list) and i < len(spread) and isinstance(spread[i], dict):
                     std = (spread[i].get(key) or {}).get("std") or 0.0
-                groups.setdefault(row.get("shots"), []).append((p, value, std))
+                groups.setdefault(row.get("shots") or None, []).append((p, value, std))  # 0 shots: exact
                 probabilities.append(p)
             ordered = sorted(groups, key=lambda s: (s is not None, -(s or 0)))  # exact, then most shots first
             for g_index, shots in enumerate(ordered):

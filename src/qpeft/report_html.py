@@ -328,7 +328,7 @@ def _robustness_findings(payload: dict[str, Any]) -> list[str]:
         scored = [r for r in rows if isinstance(r.get("bleu"), (int, float))]
         if not scored:
             continue
-        clean = [r for r in scored if r.get("shots") is None and not r.get("depolarizing")]
+        clean = [r for r in scored if not r.get("shots") and not r.get("depolarizing")]
         reference = clean[0] if clean else max(scored, key=lambda r: r["bleu"])
         worst = min(scored, key=lambda r: r["bleu"])
         text = (f"Under finite shots and depolarising noise, {name}'s BLEU went from {reference['bleu']:.2f} "
@@ -341,7 +341,7 @@ def _robustness_findings(payload: dict[str, Any]) -> list[str]:
 
 
 def _setting(row: dict[str, Any]) -> str:
-    shots = "exact expectations" if row.get("shots") is None else f"{row['shots']:,} shots"
+    shots = "exact expectations" if not row.get("shots") else f"{row['shots']:,} shots"  # null or 0: exact
     return f"{shots}, depolarising p = {row.get('depolarizing') or 0:g}"
 
 
@@ -426,7 +426,7 @@ def robustness_table(payload: dict[str, Any]) -> tuple[list[str], list[list[str]
     for name, entries in sets.items():
         spread = payload.get("aggregate", {}).get(name, {}).get("robustness") if multi_seed(payload) else None
         for i, row in enumerate(entries):
-            shots = "exact" if row.get("shots") is None else f"{row['shots']:,}"
+            shots = "exact" if not row.get("shots") else f"{row['shots']:,}"
             cells = [name, shots, f"{row.get('depolarizing') or 0:g}"]
             for key, _ in metrics:
                 number = row.get(key)
