@@ -4,8 +4,8 @@ import logging
 from pathlib import Path
 
 import pytest
-from conftest import toy_rows, write_csv
 
+from conftest import toy_rows, write_csv
 from qpeft.data import Example, load_splits, split_by_input
 from qpeft.data.prompts import IGNORE_INDEX, encode_examples, format_prompt
 from qpeft.errors import UsageError

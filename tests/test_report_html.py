@@ -11,7 +11,6 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import pytest
 import torch
 
 from qpeft.analysis.capacity import jacobian_rank, linear_capacity, summarise_capacity
@@ -168,7 +167,6 @@ def test_markdown_report_has_the_analysis_sections() -> None:
 
 CHROMIUM = next((path for name in ("chromium", "chromium-browser", "google-chrome")
                  if (path := shutil.which(name))), None)
-needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium (`make install` adds Debian's chromium)")
 
 # Appended to a copy of the page: after load, record which images decoded to a real size.
 PROBE = """<script>
@@ -181,6 +179,7 @@ window.addEventListener("load", () => {
 
 def render(path: Path) -> tuple[str, list[str]]:
     """The DOM after load, and the page's console messages, from headless Chromium."""
+    assert CHROMIUM is not None, "needs Chromium: `make install` adds Debian's chromium package"
     result = subprocess.run(
         [CHROMIUM, "--headless", "--disable-gpu", "--no-sandbox", "--enable-logging=stderr", "--v=0",
          "--virtual-time-budget=10000", "--dump-dom", path.as_uri()],
@@ -197,7 +196,6 @@ def with_probe(html: str, folder: Path) -> Path:
     return path
 
 
-@needs_chromium
 def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     html = html_report(synthetic_payload())
     (tmp_path / "report.html").write_text(html)
@@ -213,7 +211,6 @@ def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     assert set(decoded.group(1).split()) == ALL_PLOTS  # every plot is a valid image
 
 
-@needs_chromium
 def test_the_browser_check_does_see_errors(tmp_path: Path) -> None:
     """A control: the same check on a page with a script error and a broken image fails."""
     html = html_report(synthetic_payload(seeds=(0,), robustness=False))
