@@ -42,6 +42,14 @@ class MethodConfig:
 class EvalOptions:
     """Inference-time options of a method (e.g. QAA's shots); none by default."""
 
+    def describe(self) -> dict[str, Any]:
+        """The options as they go into results (e.g. beside a robustness re-evaluation)."""
+        return asdict(self)
+
+    def tag(self) -> str:
+        """A short file-name tag for an evaluation under these options (``metrics_<tag>.json``)."""
+        return "_".join(f"{key}{value}" for key, value in asdict(self).items()) or "default"
+
 
 class Method:
     """Base class: override ``prepare``, ``save`` and ``load``; the rest is optional."""
@@ -88,6 +96,13 @@ class Method:
 
     def set_eval_options(self, model: nn.Module, options: EvalOptions) -> None:
         """Apply inference-time options (no-op unless the method defines some)."""
+
+    def robustness_grid(self) -> list[EvalOptions]:
+        """Inference settings under which ``qpeft compare`` re-evaluates the method (e.g. QAA's shots and noise).
+
+        Each is a full re-evaluation of the test set; empty (the default) for methods without eval options.
+        """
+        return []
 
     def delta_weights(self, model: nn.Module, base_model: nn.Module) -> dict[str, torch.Tensor]:
         """The learned update ΔW (out x in) of every adapted linear module, for the capacity analysis.
