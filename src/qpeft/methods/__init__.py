@@ -10,8 +10,11 @@ from qpeft.methods.base import EvalOptions, Method, MethodConfig
 from qpeft.methods.full import FullFineTuning
 from qpeft.methods.lora import LoRA
 from qpeft.methods.prefix import PrefixTuning
+from qpeft.methods.qaa import QAA
 
-REGISTRY: dict[str, Method] = {method.name: method for method in (FullFineTuning(), LoRA(), PrefixTuning())}
+REGISTRY: dict[str, Method] = {
+    method.name: method for method in (FullFineTuning(), LoRA(), PrefixTuning(), QAA())
+}
 
 
 def get_method(name: str) -> Method:

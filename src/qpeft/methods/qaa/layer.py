@@ -1,0 +1,249 @@
+"""The QAA layer: a frozen linear layer plus a measured quantum circuit on its input, and its injection.
+
+y = W0 x + s (W_up z(x) + b), where z(x) is the readout of the circuit (``qpeft.quantum``)
+on the amplitude-embedded x (METHODS.md §5). Three forward paths:
+
+- training (default): ``qpeft.quantum.simulate``, differentiable in x and the angles, with
+  the memory-lean backward unless ``memory_lean=False``;
+- merged (``merge()``, what ``QAA.load`` gives): inference only. The rotation factors of the
+  trained angles, the scale folded into W_up and b, are computed once; each call then only
+  runs the fixed circuit on the new tokens, without autograd;
+- noisy (``set_noise``): ``simulate_noisy`` with finite shots and/or depolarising noise, drawn
+  from the layer's own seeded generator, so that an evaluation is reproducible.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers.pytorch_utils import Conv1D
+
+from qpeft.errors import UsageError
+from qpeft.methods.targets import LINEAR_TYPES, find_target_modules, linear_shape
+from qpeft.quantum import CircuitSpec, n_qubits_for_width, simulate, simulate_noisy
+from qpeft.quantum.simulator import _run, _safe_norm_sq, _schedule, _token_blocks, layer_factors
+
+ANGLE_INITS = ("uniform", "normal", "zeros")
+#: Standard deviation of the "normal" angle initialisation (radians).
+NORMAL_ANGLE_STD = 0.1
+
+
+@dataclass
+class NoiseSettings:
+    """Shots (None: exact expectation values) and depolarising strength of a layer's noisy path."""
+
+    shots: int | None
+    depolarizing: float
+    seed: int
+
+
+class QAALinear(nn.Module):
+    """y = W0 x + s (W_up z(x) + b) around a frozen ``nn.Linear`` or GPT-2 ``Conv1D``.
+
+    ``qaa_angles`` (``spec.angle_shape``), ``qaa_up`` (out x readout width, zero-initialised so
+    that the model starts exactly at the base model) and ``qaa_bias`` (out, zeros; absent
+    with ``bias=False``) are float32 whatever the base layer's dtype; the circuit always runs
+    in float32 (or float64 for float64 inputs), also under bf16/fp16 autocast.
+    """
+
+    def __init__(
+        self,
+        base_layer: nn.Module,
+        layers: int,
+        ansatz: str = "ry",
+        readout: str = "z",
+        scale: float = 1.0,
+        bias: bool = True,
+        angle_init: str = "uniform",
+        memory_lean: bool = True,
+    ) -> None:
+        super().__init__()
+        if angle_init not in ANGLE_INITS:
+            raise UsageError(f"unknown QAA angle_init {angle_init!r}; choose one of {', '.join(ANGLE_INITS)}")
+        self.base_layer = base_layer
+        self.in_features, self.out_features = linear_shape(base_layer)
+        self.is_conv1d = isinstance(base_layer, Conv1D)
+        self.spec = CircuitSpec(n_qubits_for_width(self.in_features), layers, ansatz, readout)
+        self.scale = float(scale)
+        self.memory_lean = memory_lean
+        device = base_layer.weight.device
+        self.qaa_angles = nn.Parameter(init_angles(self.spec.angle_shape, angle_init, device))
+        self.qaa_up = nn.Parameter(torch.zeros(self.out_features, self.spec.output_dim, device=device))
+        self.qaa_bias = nn.Parameter(torch.zeros(self.out_features, device=device)) if bias else None
+        self.merged = False
+        self.noise: NoiseSettings | None = None
+        self._generator: torch.Generator | None = None
+
+    @property
+    def n_qubits(self) -> int:
+        return self.spec.n_qubits
+
+    def trainable_count(self) -> int:
+        """L n (2 L n for ry_rz) angles + readout width x out + out (bias)."""
+        bias = self.out_features if self.has_bias else 0
+        return self.spec.n_angles + self.spec.output_dim * self.out_features + bias
+
+    @property
+    def has_bias(self) -> bool:
+        return self.qaa_bias is not None
+
+    # Forward paths -----------------------------------------------------------------
+
+    def forward(self, x: Tensor, *args: object, **kwargs: object) -> Tensor:
+        result = self.base_layer(x, *args, **kwargs)
+        with torch.autocast(x.device.type, enabled=False):
+            if self.noise is not None:
+                update = self._update(self._noisy_readout(x), x)
+            elif self.merged:
+                with torch.no_grad():
+                    update = _affine(self._merged_readout(x), self.merged_up, self.merged_bias, x)
+            else:
+                update = self._update(simulate(x, self.qaa_angles, self.spec, memory_lean=self.memory_lean), x)
+        return result + update.to(result.dtype)
+
+    def _update(self, z: Tensor, x: Tensor) -> Tensor:
+        """s (W_up z + b) in the readout's dtype (zero where x is zero)."""
+        up = self.qaa_up.to(z.dtype) * self.scale
+        bias = None if self.qaa_bias is None else self.qaa_bias.to(z.dtype) * self.scale
+        return _affine(z, up, bias, x)
+
+    def update(self, x: Tensor) -> Tensor:
+        """The adapter's contribution s (W_up z(x) + b) alone, differentiable (training path, any dtype)."""
+        with torch.autocast(x.device.type, enabled=False):
+            dtype = x.dtype if x.dtype == torch.float64 else torch.float32
+            angles = self.qaa_angles.to(dtype)
+            z = simulate(x.to(dtype), angles, self.spec, memory_lean=self.memory_lean)
+            return self._update(z, x)
+
+    def merge(self) -> None:
+        """Switch to the inference-only form: circuit factors and scaled W_up, b computed once."""
+        with torch.no_grad():
+            angles = self.qaa_angles.detach().float()
+            for index, factor in enumerate(layer_factors(angles, self.spec)):
+                self.register_buffer(f"merged_factor_{index}", factor.contiguous(), persistent=False)
+            self.register_buffer("merged_up", (self.qaa_up.detach().float() * self.scale).contiguous(),
+                                 persistent=False)
+            bias = None if self.qaa_bias is None else (self.qaa_bias.detach().float() * self.scale).contiguous()
+            self.register_buffer("merged_bias", bias, persistent=False)
+        self.merged = True
+
+    def unmerge(self) -> None:
+        """Back to the training form (after training further, ``merge()`` again)."""
+        for name in [n for n in self._buffers if n.startswith("merged_")]:
+            delattr(self, name)
+        self.merged = False
+
+    def _merged_factors(self) -> list[Tensor]:
+        count = sum(1 for name, _ in self.named_buffers(recurse=False) if name.startswith("merged_factor_"))
+        return [getattr(self, f"merged_factor_{index}") for index in range(count)]
+
+    @torch.no_grad()
+    def _merged_readout(self, x: Tensor) -> Tensor:
+        """The circuit's exact readout with the precomputed factors, without autograd."""
+        x2 = x.reshape(-1, self.in_features).float()
+        factors = self._merged_factors()
+        schedule = _schedule(factors, self.spec, self.in_features)
+        readout = torch.cat([_run(block, self.spec, schedule)[1] for block in _token_blocks(x2, self.spec)], 1)
+        z = (readout / _safe_norm_sq(x2)).T
+        return z.reshape(*x.shape[:-1], self.spec.output_dim)
+
+    def set_noise(self, shots: int | None, depolarizing: float, seed: int) -> None:
+        """Evaluate with finite shots and/or depolarising noise (None and 0.0 together: back to exact)."""
+        self.noise = None if shots is None and not depolarizing else NoiseSettings(shots, depolarizing, seed)
+        self._generator = None
+
+    def _noisy_readout(self, x: Tensor) -> Tensor:
+        assert self.noise is not None
+        if self._generator is None or self._generator.device != x.device:
+            self._generator = torch.Generator(device=x.device).manual_seed(self.noise.seed)
+        x32 = x.float() if x.dtype != torch.float64 else x
+        return simulate_noisy(x32, self.qaa_angles.detach().to(x32.dtype), self.spec, shots=self.noise.shots,
+                              depolarizing=self.noise.depolarizing, generator=self._generator)
+
+    def jacobian_bound(self) -> int:
+        """Largest possible rank of the update's Jacobian in x.
+
+        z readout: the update is s W_up z with z in R^n, so at most min(n, out). probs
+        readout: the probabilities sum to 1 and do not change when x is scaled, so at most
+        min(2**n - 1, in - 1, out).
+        """
+        if self.spec.readout == "z":
+            return min(self.n_qubits, self.out_features)
+        return max(0, min(self.spec.dim - 1, self.in_features - 1, self.out_features))
+
+    def extra_repr(self) -> str:
+        spec = self.spec
+        return (f"in={self.in_features}, out={self.out_features}, qubits={spec.n_qubits}, layers={spec.n_layers}, "
+                f"ansatz={spec.ansatz}, readout={spec.readout}, scale={self.scale:g}, bias={self.has_bias}"
+                + (", merged" if self.merged else ""))
+
+
+def _affine(z: Tensor, up: Tensor, bias: Tensor | None, x: Tensor) -> Tensor:
+    """up z + bias, the bias only for tokens whose input is not zero.
+
+    A zero input has no quantum state, so the circuit reads out zero; the adapter then adds
+    nothing at all (not even its bias), so that a zero x always gets a zero delta.
+    """
+    out = F.linear(z, up)
+    if bias is None:
+        return out
+    present = (x != 0).any(-1, keepdim=True)
+    return torch.addcmul(out, present.to(out.dtype), bias)
+
+
+def init_angles(shape: tuple[int, ...], how: str, device: torch.device | None = None) -> Tensor:
+    """Initial angles: uniform in [0, 2π), N(0, 0.1²) or zeros (draws from torch's global generator)."""
+    if how == "uniform":
+        return torch.rand(shape, device=device) * (2 * math.pi)
+    if how == "normal":
+        return torch.randn(shape, device=device) * NORMAL_ANGLE_STD
+    if how == "zeros":
+        return torch.zeros(shape, device=device)
+    raise UsageError(f"unknown QAA angle_init {how!r}; choose one of {', '.join(ANGLE_INITS)}")
+
+
+def qaa_layers(model: nn.Module) -> Iterator[tuple[str, QAALinear]]:
+    """(name, layer) for every QAA layer of ``model``; the name is that of the wrapped module."""
+    for name, module in model.named_modules():
+        if isinstance(module, QAALinear):
+            yield name, module
+
+
+def inject(
+    model: nn.Module,
+    layers: int,
+    ansatz: str = "ry",
+    readout: str = "z",
+    scale: float = 1.0,
+    bias: bool = True,
+    angle_init: str = "uniform",
+    memory_lean: bool = True,
+    target_modules: str = "auto",
+    names: list[str] | None = None,
+) -> dict[str, QAALinear]:
+    """Wrap the target linear layers (by ``target_modules`` rules, or exactly ``names``) in place."""
+    if names is None:
+        targets = find_target_modules(model, target_modules)
+    else:
+        try:
+            targets = {name: model.get_submodule(name) for name in names}
+        except AttributeError as error:
+            raise UsageError(f"the QAA adapter does not fit this model: {error}") from None
+        for name, module in targets.items():
+            if not isinstance(module, (*LINEAR_TYPES, QAALinear)):
+                raise UsageError(f"the QAA adapter does not fit this model: {name!r} is not a linear layer")
+    wrapped = {}
+    for name, module in targets.items():
+        if isinstance(module, QAALinear):
+            raise UsageError(f"module {name!r} already carries a QAA adapter")
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        layer = QAALinear(module, layers, ansatz, readout, scale, bias, angle_init, memory_lean)
+        setattr(parent, child, layer)
+        wrapped[name] = layer
+    return wrapped
