@@ -148,6 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
     sora_export.add_argument("run_dir", type=Path, help="a finished SoRA run folder")
     sora_export.add_argument("out_dir", type=Path, help="where to write adapter_config.json + adapter_model.safetensors")
 
+    qasm = commands.add_parser("qasm", help="write each trained QAA circuit as OpenQASM 2 and/or 3")
+    qasm.add_argument("run_dir", type=Path, help="a trained QAA run folder")
+    qasm.add_argument("--output", type=Path, default=None, help="folder for the files (default RUN_DIR/qasm)")
+    qasm.add_argument("--version", choices=["2", "3", "both"], default="both", help="OpenQASM version (default both)")
+
     for name, method in REGISTRY.items():
         group_parsers = (train, compare)
         for sub in group_parsers:
@@ -237,13 +242,21 @@ def run_sora_export(args: argparse.Namespace) -> None:
           f"{summary['params_before_pruning']:,} -> {summary['params_after_pruning']:,} parameters)")
 
 
+def run_qasm(args: argparse.Namespace) -> None:
+    from qpeft.methods.qaa import export_qasm
+
+    written = export_qasm(args.run_dir, args.output, args.version)
+    folder = args.output or args.run_dir / "qasm"
+    print(f"OpenQASM: {len(written)} files in {folder} (index.json lists the circuits)")
+
+
 def format_metrics(metrics: dict[str, Any]) -> str:
     keys = ["bleu", "rouge1", "rouge2", "rougeL", "bertscore_f1", "test_loss", "trainable_params", "trainable_pct"]
     return "  ".join(f"{k}={metrics[k]:.4g}" for k in keys if isinstance(metrics.get(k), (int, float)))
 
 
 COMMANDS = {"train": run_train, "compare": run_compare, "evaluate": run_evaluate, "generate": run_generate,
-            "sora-export": run_sora_export}
+            "sora-export": run_sora_export, "qasm": run_qasm}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
