@@ -92,6 +92,10 @@ def compare(
         for name in methods:
             log.info("=== %s%s ===", name, f" (seed {seed})" if len(seeds) > 1 else "")
             results[name] = train_run(seed_dir / name, seed_experiment, name, method_configs.get(name, {}), data_dir)
+            if is_main_process():
+                robustness = robustness_figures(seed_dir / name, name, results[name], data_dir)
+                if robustness:
+                    results[name]["robustness"] = robustness
             gc.collect()
         if not is_main_process():
             continue  # under a multi-process launcher only the main process analyses and writes
@@ -136,6 +140,38 @@ class AnalysisSettings:
         values = asdict(self)
         values["loss_fractions"] = list(self.loss_fractions)
         return values
+
+
+ROBUSTNESS_METRICS = ("bleu", "rouge1", "rouge2", "rougeL", "bertscore_f1", "test_loss")
+
+
+def robustness_figures(
+    run_dir: Path, name: str, metrics: dict[str, Any], data_dir: str | None
+) -> list[dict[str, Any]]:
+    """The run's quality under each setting of its method's ``robustness_grid()`` (QAA: shots, noise).
+
+    Empty for methods without a grid. The first row is the run's own evaluation under the
+    default options; each setting is a full re-evaluation into ``metrics_<tag>.json``, reused
+    when that file exists, so an interrupted comparison resumes where it stopped.
+    """
+    from qpeft.runs import evaluate_run
+
+    method = get_method(name)
+    grid = method.robustness_grid()
+    if not grid:
+        return []
+    rows = [{**method.eval_options_class().describe(), **{k: metrics.get(k) for k in ROBUSTNESS_METRICS}}]
+    for options in grid:
+        tag = options.tag()
+        path = run_dir / f"metrics_{tag}.json"
+        if path.exists():
+            scores = read_json(path)
+        else:
+            log.info("%s: re-evaluating under %s", name, tag)
+            scores = evaluate_run(run_dir, data_dir, {}, options, tag)
+        rows.append({**options.describe(), **{k: scores.get(k) for k in ROBUSTNESS_METRICS}})
+        gc.collect()
+    return rows
 
 
 def claim_seed_dirs(output: Path, experiment: Experiment, seeds: list[int]) -> dict[int, Path]:
