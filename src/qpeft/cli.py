@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sora_export = commands.add_parser("sora-export", help="prune a trained SoRA run into a plain PEFT LoRA adapter")
     sora_export.add_argument("run_dir", type=Path, help="a finished SoRA run folder")
-    sora_export.add_argument("out_dir", type=Path, help="where to write adapter_config.json + adapter_model.safetensors")
+    sora_export.add_argument("out_dir", type=Path, help="folder for adapter_config.json + adapter_model.safetensors")
 
     qasm = commands.add_parser("qasm", help="write each trained QAA circuit as OpenQASM 2 and/or 3")
     qasm.add_argument("run_dir", type=Path, help="a trained QAA run folder")

@@ -11,9 +11,10 @@ from qpeft.methods.full import FullFineTuning
 from qpeft.methods.lora import LoRA
 from qpeft.methods.prefix import PrefixTuning
 from qpeft.methods.qaa import QAA
+from qpeft.methods.sora import SoRA
 
 REGISTRY: dict[str, Method] = {
-    method.name: method for method in (FullFineTuning(), LoRA(), PrefixTuning(), QAA())
+    method.name: method for method in (FullFineTuning(), LoRA(), PrefixTuning(), SoRA(), QAA())
 }
 
 
