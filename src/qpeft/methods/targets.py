@@ -7,6 +7,8 @@ otherwise a comma-separated list of module-name suffixes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from torch import nn
 from transformers.pytorch_utils import Conv1D
@@ -53,3 +55,34 @@ def linear_shape(module: nn.Module) -> tuple[int, int]:
         in_features, out_features = module.weight.shape
         return in_features, out_features
     return module.in_features, module.out_features
+
+
+def wrap_linear_modules(
+    model: nn.Module,
+    target_modules: str,
+    names: list[str] | None,
+    wrap: Callable[[nn.Module], nn.Module],
+    label: str,
+) -> dict[str, nn.Module]:
+    """Replace each target linear layer by ``wrap(layer)``, in place; returns name -> wrapper.
+
+    Targets follow the ``target_modules`` rules, or are exactly ``names`` when a saved adapter
+    is put back onto a base model. Shared by the hand-written adapters (SoRA, QAA).
+    """
+    if names is None:
+        targets = find_target_modules(model, target_modules)
+    else:
+        try:
+            targets = {name: model.get_submodule(name) for name in names}
+        except AttributeError as error:
+            raise UsageError(f"the {label} adapter does not fit this model: {error}") from None
+    wrapped = {}
+    for name, module in targets.items():
+        if not isinstance(module, LINEAR_TYPES):
+            raise UsageError(f"the {label} adapter does not fit this model: {name!r} is not a plain linear layer")
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        wrapped[name] = wrap(module)
+        setattr(parent, child, wrapped[name])
+    return wrapped
+

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from transformers.pytorch_utils import Conv1D
 
 from qpeft.errors import UsageError
-from qpeft.methods.targets import LINEAR_TYPES, find_target_modules, linear_shape
+from qpeft.methods.targets import linear_shape, wrap_linear_modules
 from qpeft.quantum import CircuitSpec, n_qubits_for_width, simulate, simulate_noisy
 from qpeft.quantum.simulator import _run, _safe_norm_sq, _schedule, _token_blocks, layer_factors
 
@@ -124,8 +124,10 @@ class QAALinear(nn.Module):
         """Switch to the inference-only form: circuit factors and scaled W_up, b computed once."""
         with torch.no_grad():
             angles = self.qaa_angles.detach().float()
-            for index, factor in enumerate(layer_factors(angles, self.spec)):
+            factors = layer_factors(angles, self.spec)
+            for index, factor in enumerate(factors):
                 self.register_buffer(f"merged_factor_{index}", factor.contiguous(), persistent=False)
+            self._merged_count = len(factors)
             self.register_buffer("merged_up", (self.qaa_up.detach().float() * self.scale).contiguous(),
                                  persistent=False)
             bias = None if self.qaa_bias is None else (self.qaa_bias.detach().float() * self.scale).contiguous()
@@ -139,8 +141,7 @@ class QAALinear(nn.Module):
         self.merged = False
 
     def _merged_factors(self) -> list[Tensor]:
-        count = sum(1 for name, _ in self.named_buffers(recurse=False) if name.startswith("merged_factor_"))
-        return [getattr(self, f"merged_factor_{index}") for index in range(count)]
+        return [self._buffers[f"merged_factor_{index}"] for index in range(self._merged_count)]
 
     @torch.no_grad()
     def _merged_readout(self, x: Tensor) -> Tensor:
@@ -227,23 +228,7 @@ def inject(
     names: list[str] | None = None,
 ) -> dict[str, QAALinear]:
     """Wrap the target linear layers (by ``target_modules`` rules, or exactly ``names``) in place."""
-    if names is None:
-        targets = find_target_modules(model, target_modules)
-    else:
-        try:
-            targets = {name: model.get_submodule(name) for name in names}
-        except AttributeError as error:
-            raise UsageError(f"the QAA adapter does not fit this model: {error}") from None
-        for name, module in targets.items():
-            if not isinstance(module, (*LINEAR_TYPES, QAALinear)):
-                raise UsageError(f"the QAA adapter does not fit this model: {name!r} is not a linear layer")
-    wrapped = {}
-    for name, module in targets.items():
-        if isinstance(module, QAALinear):
-            raise UsageError(f"module {name!r} already carries a QAA adapter")
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        layer = QAALinear(module, layers, ansatz, readout, scale, bias, angle_init, memory_lean)
-        setattr(parent, child, layer)
-        wrapped[name] = layer
-    return wrapped
+    return wrap_linear_modules(
+        model, target_modules, names,
+        lambda module: QAALinear(module, layers, ansatz, readout, scale, bias, angle_init, memory_lean), "QAA",
+    )

@@ -11,7 +11,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from qpeft.errors import UsageError
-from qpeft.methods.targets import find_target_modules, linear_shape
+from qpeft.methods.targets import linear_shape, wrap_linear_modules
 
 GATE_INITS = ("ones", "normal")
 
@@ -79,20 +79,6 @@ def inject(
     names: list[str] | None = None,
 ) -> dict[str, SoRALinear]:
     """Wrap the target linear layers (by ``target_modules`` rules, or exactly ``names``) in place."""
-    if names is None:
-        targets = find_target_modules(model, target_modules)
-    else:
-        try:
-            targets = {name: model.get_submodule(name) for name in names}
-        except AttributeError as error:
-            raise UsageError(f"the SoRA adapter does not fit this model: {error}") from None
-    layers = {}
-    for name, module in targets.items():
-        if isinstance(module, SoRALinear):
-            raise UsageError(f"module {name!r} already carries a SoRA adapter")
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        layer = SoRALinear(module, r, alpha, dropout, gate_init)
-        setattr(parent, child, layer)
-        layers[name] = layer
-    return layers
+    return wrap_linear_modules(
+        model, target_modules, names, lambda module: SoRALinear(module, r, alpha, dropout, gate_init), "SoRA"
+    )
