@@ -122,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_experiment_flags(train)
 
     compare = commands.add_parser("compare", help="train and evaluate several methods under one budget")
-    compare.add_argument("--methods", default="full,lora,prefix", help="comma-separated method names")
+    compare.add_argument("--methods", default=",".join(REGISTRY),
+                         help="comma-separated method names (default: all)")
     compare.add_argument("--output", required=True, type=Path, help="output folder")
     compare.add_argument("--seeds", default=None, metavar="S1,S2,...",
                          help="run everything once per seed (into OUTPUT/seed-<s>/) and report mean and standard "
