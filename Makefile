@@ -12,8 +12,8 @@ SHARED_DATA := $(abspath ../shared/data)
 export QPEFT_DATA_DIR ?= $(if $(wildcard $(SHARED_DATA)/e2e),$(SHARED_DATA),)
 
 DEMO_OUTPUT ?= demo
-DEMO_METHODS ?= full,lora,prefix
-DEMO_FLAGS ?= --steps 60 --batch-size 8 --max-test-items 64 --max-new-tokens 48
+DEMO_METHODS ?= full,lora,prefix,sora,qaa
+DEMO_FLAGS ?= --steps 40 --batch-size 8 --max-test-items 48 --max-new-tokens 40
 
 .PHONY: demo test install chromium clean
 
