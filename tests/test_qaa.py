@@ -172,7 +172,7 @@ def test_merged_form_gives_the_training_forms_logits_without_autograd(tiny_model
     # The merged branch builds no graph: only the frozen path is differentiable.
     layer = next(layer for _, layer in qaa_layers(model))
     x = torch.randn(3, layer.in_features, requires_grad=True)
-    assert not layer._merged_readout(x).requires_grad
+    assert not layer._merged_readout(x)[0].requires_grad
     layer(x).sum().backward()
     torch.testing.assert_close(x.grad, torch.autograd.grad(layer.base_layer(x).sum(), x)[0])
 

@@ -26,7 +26,7 @@ from transformers.pytorch_utils import Conv1D
 from qpeft.errors import UsageError
 from qpeft.methods.targets import linear_shape, wrap_linear_modules
 from qpeft.quantum import CircuitSpec, n_qubits_for_width, simulate, simulate_noisy
-from qpeft.quantum.simulator import _run, _safe_norm_sq, _schedule, _token_blocks, layer_factors
+from qpeft.quantum.simulator import _run, _schedule, _token_blocks, layer_factors
 
 ANGLE_INITS = ("uniform", "normal", "zeros")
 #: Standard deviation of the "normal" angle initialisation (radians).
@@ -100,8 +100,7 @@ class QAALinear(nn.Module):
             if self.noise is not None:
                 update = self._update(self._noisy_readout(x), x)
             elif self.merged:
-                with torch.no_grad():
-                    update = _affine(self._merged_readout(x), self.merged_up, self.merged_bias, x)
+                update = self._merged_update(x)
             else:
                 update = self._update(simulate(x, self.qaa_angles, self.spec, memory_lean=self.memory_lean), x)
         return result + update.to(result.dtype)
@@ -144,14 +143,26 @@ class QAALinear(nn.Module):
         return [self._buffers[f"merged_factor_{index}"] for index in range(self._merged_count)]
 
     @torch.no_grad()
-    def _merged_readout(self, x: Tensor) -> Tensor:
-        """The circuit's exact readout with the precomputed factors, without autograd."""
+    def _merged_readout(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(readout (tokens, width), whether each token's input is non-zero) with the precomputed factors."""
         x2 = x.reshape(-1, self.in_features).float()
-        factors = self._merged_factors()
-        schedule = _schedule(factors, self.spec, self.in_features)
-        readout = torch.cat([_run(block, self.spec, schedule)[1] for block in _token_blocks(x2, self.spec)], 1)
-        z = (readout / _safe_norm_sq(x2)).T
-        return z.reshape(*x.shape[:-1], self.spec.output_dim)
+        schedule = _schedule(self._merged_factors(), self.spec, self.in_features)
+        blocks = _token_blocks(x2, self.spec)
+        parts = [_run(block, self.spec, schedule)[1] for block in blocks]
+        readout = parts[0] if len(parts) == 1 else torch.cat(parts, 1)
+        norm_sq = torch.linalg.vector_norm(x2, dim=-1).square()
+        present = norm_sq > 0
+        z = readout.T / torch.where(present, norm_sq, 1.0)[:, None]  # zero inputs read out zero
+        return z, present
+
+    @torch.no_grad()
+    def _merged_update(self, x: Tensor) -> Tensor:
+        z, present = self._merged_readout(x)
+        if self.merged_bias is None:
+            out = F.linear(z, self.merged_up)
+        else:
+            out = torch.addmm(self.merged_bias * present[:, None], z, self.merged_up.T)
+        return out.reshape(*x.shape[:-1], self.out_features)
 
     def set_noise(self, shots: int | None, depolarizing: float, seed: int) -> None:
         """Evaluate with finite shots and/or depolarising noise (None and 0.0 together: back to exact)."""
@@ -169,13 +180,13 @@ class QAALinear(nn.Module):
     def jacobian_bound(self) -> int:
         """Largest possible rank of the update's Jacobian in x.
 
-        z readout: the update is s W_up z with z in R^n, so at most min(n, out). probs
-        readout: the probabilities sum to 1 and do not change when x is scaled, so at most
-        min(2**n - 1, in - 1, out).
+        The update is s W_up z(x) + const, and z does not change when x is scaled (so x
+        itself is in the Jacobian's kernel): at most min(n, in - 1, out) for the z readout
+        (n for any real projection), and min(2**n - 1, in - 1, out) for the probs readout,
+        whose 2**n entries also sum to 1.
         """
-        if self.spec.readout == "z":
-            return min(self.n_qubits, self.out_features)
-        return max(0, min(self.spec.dim - 1, self.in_features - 1, self.out_features))
+        width = self.n_qubits if self.spec.readout == "z" else self.spec.dim - 1
+        return max(0, min(width, self.in_features - 1, self.out_features))
 
     def extra_repr(self) -> str:
         spec = self.spec
