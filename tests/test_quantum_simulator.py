@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from qpeft.errors import UsageError
-from qpeft.quantum import CircuitSpec, pennylane_reference, simulate
+from qpeft.quantum import CircuitSpec, fused_cpu, pennylane_reference, simulate
 
 
 def inputs(spec: CircuitSpec, tokens: int = 3, seed: int = 0, dtype=torch.float64, width: int | None = None):
@@ -34,6 +34,12 @@ def assert_close(ours, reference, atol):
         assert (a.double() - b.double()).abs().max().item() <= atol
 
 
+def paths(spec: CircuitSpec) -> list[dict]:
+    """Every way simulate can run this circuit on CPU: both memory-lean kernels, plain autograd."""
+    kernels = ["torch", "fused"] if spec.ansatz == "ry" else ["torch"]
+    return [{"kernel": kernel} for kernel in kernels] + [{"memory_lean": False}]
+
+
 CASES = list(itertools.product(range(1, 11), (1, 3), ("ry", "ry_rz"), ("z", "probs")))
 
 
@@ -44,8 +50,8 @@ def test_float64_matches_pennylane(n, layers, ansatz, readout):
     width = None if layers == 1 else spec.dim * 9 // 16 + 1
     x, angles = inputs(spec, seed=n + layers, width=width)
     reference = value_and_grads(lambda a, b: pennylane_reference(a, b, spec), x, angles)
-    for lean in (True, False):
-        ours = value_and_grads(lambda a, b, lean=lean: simulate(a, b, spec, memory_lean=lean), x, angles)
+    for kwargs in paths(spec):
+        ours = value_and_grads(lambda a, b, kwargs=kwargs: simulate(a, b, spec, **kwargs), x, angles)
         assert_close(ours, reference, 1e-10)
     # The zero input reads out zero, with zero gradient.
     assert ours[0][1].abs().max() == 0 and ours[1][1].abs().max() == 0
@@ -59,9 +65,9 @@ def test_float32_matches_pennylane(n, ansatz, readout):
     spec = CircuitSpec(n, 2, ansatz, readout)
     x, angles = inputs(spec, seed=3)
     reference = value_and_grads(lambda a, b: pennylane_reference(a, b, spec), x, angles)
-    for lean in (True, False):
+    for kwargs in paths(spec):
         ours = value_and_grads(
-            lambda a, b, lean=lean: simulate(a, b, spec, memory_lean=lean), x.float(), angles.float()
+            lambda a, b, kwargs=kwargs: simulate(a, b, spec, **kwargs), x.float(), angles.float()
         )
         assert ours[0].dtype == torch.float32
         assert_close(ours, reference, 1e-5)
@@ -72,9 +78,10 @@ def test_float32_matches_pennylane(n, ansatz, readout):
 def test_memory_lean_equals_plain_autograd_on_a_large_batch(ansatz, readout):
     spec = CircuitSpec(10, 3, ansatz, readout)
     x, angles = inputs(spec, tokens=150, seed=11, width=576)  # two blocks of tokens on CPU
-    lean = value_and_grads(lambda a, b: simulate(a, b, spec, memory_lean=True), x, angles)
     plain = value_and_grads(lambda a, b: simulate(a, b, spec, memory_lean=False), x, angles)
-    assert_close(lean, plain, 1e-12)
+    for kwargs in paths(spec)[:-1]:
+        lean = value_and_grads(lambda a, b, kwargs=kwargs: simulate(a, b, spec, **kwargs), x, angles)
+        assert_close(lean, plain, 1e-12)
 
 
 def saved_bytes(fn, *inputs) -> int:
@@ -95,14 +102,13 @@ def saved_bytes(fn, *inputs) -> int:
 def test_memory_lean_keeps_nothing_that_grows_with_tokens():
     spec = CircuitSpec(10, 2)
     angles = torch.randn(spec.angle_shape, dtype=torch.float64, requires_grad=True)
-    for lean in (True, False):
+    for kwargs in paths(spec):
         sizes = []
         for tokens in (100, 200):
             x = torch.randn(tokens, 576, dtype=torch.float64, requires_grad=True)
-            sizes.append(
-                saved_bytes(lambda x=x, lean=lean: simulate(x, angles, spec, memory_lean=lean), x, angles)
-            )
+            sizes.append(saved_bytes(lambda x=x, kwargs=kwargs: simulate(x, angles, spec, **kwargs), x, angles))
         per_token = (sizes[1] - sizes[0]) / 100
+        lean = kwargs.get("memory_lean", True)
         assert per_token == 0 if lean else per_token >= 4 * spec.dim * 8  # plain: several 2**n states
 
 
@@ -138,3 +144,41 @@ def test_bad_shapes_raise_usage_error():
         simulate(torch.randn(2, 9), torch.randn(2, 3), spec)
     with pytest.raises(UsageError):
         simulate(torch.randn(2, 8), torch.randn(3, 2), spec)
+    with pytest.raises(UsageError, match="kernel"):
+        simulate(torch.randn(2, 8), torch.randn(2, 3), spec, kernel="qulacs")
+    with pytest.raises(UsageError, match="real RY"):
+        simulate(torch.randn(2, 8), torch.randn(2, 2, 3), CircuitSpec(3, 2, "ry_rz"), kernel="fused")
+
+
+def test_fused_kernel_is_built_here_and_splits_work_over_threads_without_changing_results():
+    # The fused kernel needs a C compiler: this machine has one, so "auto" must not fall back.
+    assert fused_cpu.available()
+    spec = CircuitSpec(10, 2)
+    x, angles = inputs(spec, tokens=150, seed=4, width=576)
+    x, angles = x.float(), angles.float()
+    before = torch.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            results.append(value_and_grads(lambda a, b: simulate(a, b, spec, kernel="fused"), x, angles))
+    finally:
+        torch.set_num_threads(before)
+    for one, two in zip(*results, strict=True):
+        assert torch.equal(one, two)  # the same chunks, the same per-chunk sums, whatever the split
+
+
+def test_without_a_compiler_the_pytorch_kernel_runs(monkeypatch, tmp_path):
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv("QPEFT_CACHE", str(tmp_path))
+    fused_cpu._library.cache_clear()
+    try:
+        with pytest.warns(UserWarning, match="could not compile"):
+            assert not fused_cpu.available()
+        spec = CircuitSpec(4, 2)
+        x, angles = inputs(spec, seed=6)
+        torch.testing.assert_close(simulate(x, angles, spec), simulate(x, angles, spec, kernel="torch"))
+        with pytest.raises(UsageError, match="C compiler"):
+            simulate(x, angles, spec, kernel="fused")
+    finally:
+        fused_cpu._library.cache_clear()

@@ -18,6 +18,9 @@ How the circuit's structure is used:
   adjoint state back through the layers, collecting each factor's gradient on the way. No
   2**n-wide state per token outlives the forward pass. It works on blocks of tokens sized to
   stay in cache on CPU (and to bound the transient memory on GPU).
+
+On CPU, real (RY) circuits run instead in ``fused_cpu``: a C kernel that takes the
+whole circuit through cache-sized chunks of tokens, one gate at a time (``kernel=`` picks).
 """
 
 from __future__ import annotations
@@ -62,8 +65,8 @@ def z_signs(n: int, device: torch.device, dtype: torch.dtype) -> Tensor:
 
 
 @functools.cache
-def _folded_signs_t(n: int, device: torch.device, dtype: torch.dtype) -> Tensor:
-    # Z readout of ring(state) equals the readout of state with the ring folded into the table.
+def folded_z_signs(n: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """(n, 2**n) Z signs of the state before the last ring: the ring folded into the table."""
     return z_signs(n, device, dtype)[ring_permutation(n, device)[0]].T.contiguous()
 
 
@@ -139,8 +142,8 @@ def _schedule(factors: Sequence[Tensor], spec: CircuitSpec, width: int) -> list[
     return layers
 
 
-def _safe_norm_sq(x2: Tensor) -> Tensor:
-    # Zero tokens read out 0; dividing them by 1 instead of 0 keeps output and gradient zero.
+def safe_norm_sq(x2: Tensor) -> Tensor:
+    """||x||^2 per token, 1 for a zero token (which reads out 0: its output and gradient stay zero)."""
     norm_sq = (x2 * x2).sum(-1)
     return torch.where(norm_sq > 0, norm_sq, torch.ones_like(norm_sq))
 
@@ -169,7 +172,7 @@ def _run(x2: Tensor, spec: CircuitSpec, schedule: list, keep: list[Tensor] | Non
     # The readout folds in the last ring.
     probs = (psi * psi.conj()).real if psi.is_complex() else psi * psi
     if spec.readout == "z":
-        return psi, _folded_signs_t(spec.n_qubits, psi.device, probs.dtype) @ probs
+        return psi, folded_z_signs(spec.n_qubits, psi.device, probs.dtype) @ probs
     return psi, probs.index_select(0, inverse)
 
 
@@ -182,7 +185,7 @@ class _LeanCircuit(torch.autograd.Function):
         ctx.spec = spec
         schedule = _schedule(factors, spec, x2.shape[1])
         readout = torch.cat([_run(block, spec, schedule)[1] for block in _token_blocks(x2, spec)], 1)
-        return readout / _safe_norm_sq(x2)
+        return readout / safe_norm_sq(x2)
 
     @staticmethod
     @once_differentiable
@@ -192,7 +195,7 @@ class _LeanCircuit(torch.autograd.Function):
         schedule = _schedule(factors, spec, x2.shape[1])
         grads = [torch.zeros_like(f) for f in factors]
         with torch.autocast(grad.device.type, enabled=False):
-            norm_sq = _safe_norm_sq(x2)
+            norm_sq = safe_norm_sq(x2)
             grad_r = 2 * grad / norm_sq  # d loss / d readout, times the 2 of d|psi|^2 / d psi
             lam_x, readout, start = [], [], 0
             for block in _token_blocks(x2, spec):
@@ -221,7 +224,7 @@ def _backward_block(
     psi, readout = _run(x2, spec, schedule, inputs)
     forward_map = ring_permutation(spec.n_qubits, psi.device)[0]
     if spec.readout == "z":
-        weight = _folded_signs_t(spec.n_qubits, psi.device, grad_r.dtype).T @ grad_r
+        weight = folded_z_signs(spec.n_qubits, psi.device, grad_r.dtype).T @ grad_r
     else:
         weight = grad_r.index_select(0, forward_map)
     lam = weight * psi  # d loss / d psi
@@ -238,24 +241,53 @@ def _backward_block(
     return lam[: x2.shape[1]].real, readout
 
 
-def simulate(x: Tensor, angles: Tensor, spec: CircuitSpec, *, memory_lean: bool = True) -> Tensor:
+KERNELS = ("auto", "torch", "fused")
+
+
+def simulate(
+    x: Tensor, angles: Tensor, spec: CircuitSpec, *, memory_lean: bool = True, kernel: str = "auto"
+) -> Tensor:
     """Exact readout of the QAA circuit for inputs (..., d), d <= 2**n: returns (..., spec.output_dim).
 
     Differentiable in ``x`` and ``angles``; runs on their device, in their promoted dtype
     (half precision is computed in float32). ``memory_lean`` keeps no intermediate state for
     backward and recomputes it there, at the cost of one more forward; ``memory_lean=False``
-    is plain autograd (which also supports higher derivatives).
+    is plain autograd (which also supports higher derivatives). ``kernel`` picks the
+    memory-lean simulator: ``"fused"``, the compiled CPU kernel (``fused_cpu``; real RY circuits
+    on CPU), ``"torch"``, the batched tensor ops here (any circuit, any device), or
+    ``"auto"``, the fused kernel wherever it applies.
     """
     if x.shape[-1] > spec.dim:
         raise UsageError(f"input width {x.shape[-1]} exceeds 2**{spec.n_qubits} = {spec.dim} amplitudes")
     if tuple(angles.shape) != spec.angle_shape:
         raise UsageError(f"angles have shape {tuple(angles.shape)}, expected {spec.angle_shape}")
+    if kernel not in KERNELS:
+        raise UsageError(f"unknown simulator kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
     dtype = compute_dtype(x, angles)
     with torch.autocast(x.device.type, enabled=False):
         x2 = x.reshape(-1, x.shape[-1]).to(dtype)
+        fused = _fused_kernel(x2, spec, kernel) if memory_lean else None
+        if fused is not None:
+            out = fused.FusedCircuit.apply(x2, angles.to(dtype), spec)
+            return out.reshape(*x.shape[:-1], spec.output_dim)
         factors = layer_factors(angles.to(dtype), spec)
         if memory_lean:
             out = _LeanCircuit.apply(x2, spec, *factors)
         else:
-            out = _run(x2, spec, _schedule(factors, spec, x2.shape[1]))[1] / _safe_norm_sq(x2)
+            out = _run(x2, spec, _schedule(factors, spec, x2.shape[1]))[1] / safe_norm_sq(x2)
     return out.T.contiguous().reshape(*x.shape[:-1], spec.output_dim)
+
+
+def _fused_kernel(x2: Tensor, spec: CircuitSpec, kernel: str):
+    """The ``fused_cpu`` module when ``kernel`` asks for it (or "auto" and it applies), else None."""
+    if kernel == "torch":
+        return None
+    from qpeft.quantum import fused_cpu  # here: it imports this module
+
+    if kernel == "fused":
+        if not fused_cpu.supports(x2, spec):
+            raise UsageError("the fused simulator kernel runs real RY circuits on CPU tensors only")
+        if not fused_cpu.available():
+            raise UsageError("the fused simulator kernel needs a C compiler (cc, or $CC)")
+        return fused_cpu
+    return fused_cpu if fused_cpu.supports(x2, spec) and fused_cpu.available() else None

@@ -5,9 +5,8 @@ on the amplitude-embedded x (METHODS.md §5). Three forward paths:
 
 - training (default): ``qpeft.quantum.simulate``, differentiable in x and the angles, with
   the memory-lean backward unless ``memory_lean=False``;
-- merged (``merge()``, what ``QAA.load`` gives): inference only. The rotation factors of the
-  trained angles, the scale folded into W_up and b, are computed once; each call then only
-  runs the fixed circuit on the new tokens, without autograd;
+- merged (``merge()``, what ``QAA.load`` gives): inference only, without autograd, the scale
+  folded into W_up and b once;
 - noisy (``set_noise``): ``simulate_noisy`` with finite shots and/or depolarising noise, drawn
   from the layer's own seeded generator, so that an evaluation is reproducible.
 """
@@ -26,7 +25,6 @@ from transformers.pytorch_utils import Conv1D
 from qpeft.errors import UsageError
 from qpeft.methods.targets import linear_shape, wrap_linear_modules
 from qpeft.quantum import CircuitSpec, n_qubits_for_width, simulate, simulate_noisy
-from qpeft.quantum.simulator import _run, _schedule, _token_blocks, layer_factors
 
 ANGLE_INITS = ("uniform", "normal", "zeros")
 #: Standard deviation of the "normal" angle initialisation (radians).
@@ -120,13 +118,8 @@ class QAALinear(nn.Module):
             return self._update(z, x)
 
     def merge(self) -> None:
-        """Switch to the inference-only form: circuit factors and scaled W_up, b computed once."""
+        """Switch to the inference-only form: no autograd, the scale folded into W_up and b once."""
         with torch.no_grad():
-            angles = self.qaa_angles.detach().float()
-            factors = layer_factors(angles, self.spec)
-            for index, factor in enumerate(factors):
-                self.register_buffer(f"merged_factor_{index}", factor.contiguous(), persistent=False)
-            self._merged_count = len(factors)
             self.register_buffer("merged_up", (self.qaa_up.detach().float() * self.scale).contiguous(),
                                  persistent=False)
             bias = None if self.qaa_bias is None else (self.qaa_bias.detach().float() * self.scale).contiguous()
@@ -139,30 +132,11 @@ class QAALinear(nn.Module):
             delattr(self, name)
         self.merged = False
 
-    def _merged_factors(self) -> list[Tensor]:
-        return [self._buffers[f"merged_factor_{index}"] for index in range(self._merged_count)]
-
-    @torch.no_grad()
-    def _merged_readout(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(readout (tokens, width), whether each token's input is non-zero) with the precomputed factors."""
-        x2 = x.reshape(-1, self.in_features).float()
-        schedule = _schedule(self._merged_factors(), self.spec, self.in_features)
-        blocks = _token_blocks(x2, self.spec)
-        parts = [_run(block, self.spec, schedule)[1] for block in blocks]
-        readout = parts[0] if len(parts) == 1 else torch.cat(parts, 1)
-        norm_sq = torch.linalg.vector_norm(x2, dim=-1).square()
-        present = norm_sq > 0
-        z = readout.T / torch.where(present, norm_sq, 1.0)[:, None]  # zero inputs read out zero
-        return z, present
-
     @torch.no_grad()
     def _merged_update(self, x: Tensor) -> Tensor:
-        z, present = self._merged_readout(x)
-        if self.merged_bias is None:
-            out = F.linear(z, self.merged_up)
-        else:
-            out = torch.addmm(self.merged_bias * present[:, None], z, self.merged_up.T)
-        return out.reshape(*x.shape[:-1], self.out_features)
+        z = simulate(x, self.qaa_angles.detach(), self.spec)
+        return _affine(z, self.merged_up.to(z.dtype), None if self.merged_bias is None else
+                       self.merged_bias.to(z.dtype), x)
 
     def set_noise(self, shots: int | None, depolarizing: float, seed: int) -> None:
         """Evaluate with finite shots and/or depolarising noise (None and 0.0 together: back to exact)."""

@@ -1,0 +1,293 @@
+/* The fused CPU kernel of the real (RY) QAA circuit: see fused_cpu.py for what it computes and why.
+ *
+ * Compiled once per real type (-DREAL=float or -DREAL=double). States are stored amplitude-major,
+ * CHUNK tokens per row, so that every gate is a loop over rows whose innermost loop runs over
+ * the tokens: the compiler turns it into vector instructions. Each call handles the chunks
+ * [first, last) of the tokens; the caller spreads the chunks over threads.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define CHUNK 32
+
+typedef struct {
+    int64_t tokens, width, layers, n;
+    const REAL *x;        /* (tokens, width), width <= 2**n */
+    const REAL *cos, *sin; /* (layers, n): cos and sin of half the angles */
+    const int64_t *inverse, *forward; /* CNOT ring: state'[k] = state[inverse[k]]; forward is its inverse */
+    int z_readout;
+} Circuit;
+
+/* Each thread keeps its scratch buffers between calls: allocating them afresh every time costs
+ * page faults, which threads take in turn. */
+static _Thread_local REAL *scratch;
+static _Thread_local int64_t scratch_rows;
+
+static REAL *workspace(int64_t rows) {
+    if (rows > scratch_rows) {
+        free(scratch);
+        scratch = aligned_alloc(64, (size_t)rows * CHUNK * sizeof(REAL));
+        scratch_rows = scratch ? rows : 0;
+    }
+    return scratch;
+}
+
+/* The unnormalised amplitudes of tokens t0 .. t0 + tb, and their squared norms (1 for a zero token, which
+ * reads out zero: the state is linear in x, so dividing the quadratic readout by |x|^2 normalises it). */
+static void embed(const Circuit *c, int64_t t0, int64_t tb, REAL *restrict psi, REAL *restrict norm_sq) {
+    memset(psi, 0, sizeof(REAL) * CHUNK << c->n); /* padding amplitudes and tokens past the end stay 0 */
+    for (int64_t t = 0; t < tb; t++) {
+        const REAL *row = c->x + (t0 + t) * c->width;
+        REAL sum = 0;
+        for (int64_t k = 0; k < c->width; k++) {
+            psi[k * CHUNK + t] = row[k];
+            sum += row[k] * row[k];
+        }
+        norm_sq[t] = sum > 0 ? sum : 1;
+    }
+}
+
+static void rotate(REAL *restrict psi, int64_t dim, int64_t bit, REAL cos, REAL sin) {
+    int64_t stride = (int64_t)1 << bit;
+    for (int64_t base = 0; base < dim; base += 2 * stride)
+        for (int64_t k = base; k < base + stride; k++) {
+            REAL *restrict a = psi + k * CHUNK, *restrict b = psi + (k + stride) * CHUNK;
+            for (int t = 0; t < CHUNK; t++) {
+                REAL a0 = a[t], a1 = b[t];
+                a[t] = cos * a0 - sin * a1;
+                b[t] = sin * a0 + cos * a1;
+            }
+        }
+}
+
+/* Rotations on two neighbouring wires (index bits bit and bit - 1) in one pass over the state: each
+ * group of four amplitudes is read and written once, which halves the memory traffic. */
+static void rotate_two(REAL *restrict psi, int64_t dim, int64_t bit, REAL c1, REAL s1, REAL c2, REAL s2) {
+    int64_t hi = (int64_t)1 << bit, lo = hi >> 1;
+    for (int64_t base = 0; base < dim; base += 2 * hi)
+        for (int64_t mid = base; mid < base + hi; mid += 2 * lo)
+            for (int64_t k = mid; k < mid + lo; k++) {
+                REAL *restrict p00 = psi + k * CHUNK, *restrict p01 = psi + (k + lo) * CHUNK;
+                REAL *restrict p10 = psi + (k + hi) * CHUNK, *restrict p11 = psi + (k + hi + lo) * CHUNK;
+                for (int t = 0; t < CHUNK; t++) {
+                    REAL a00 = p00[t], a01 = p01[t], a10 = p10[t], a11 = p11[t];
+                    REAL b00 = c1 * a00 - s1 * a10, b10 = s1 * a00 + c1 * a10; /* first wire */
+                    REAL b01 = c1 * a01 - s1 * a11, b11 = s1 * a01 + c1 * a11;
+                    p00[t] = c2 * b00 - s2 * b01; /* second wire */
+                    p01[t] = s2 * b00 + c2 * b01;
+                    p10[t] = c2 * b10 - s2 * b11;
+                    p11[t] = s2 * b10 + c2 * b11;
+                }
+            }
+}
+
+/* One layer's rotations, wires taken two at a time. */
+static void rotate_layer(REAL *psi, int64_t n, const REAL *cos, const REAL *sin) {
+    int64_t dim = (int64_t)1 << n, q = 0;
+    for (; q + 1 < n; q += 2) rotate_two(psi, dim, n - 1 - q, cos[q], sin[q], cos[q + 1], sin[q + 1]);
+    if (q < n) rotate(psi, dim, n - 1 - q, cos[q], sin[q]);
+}
+
+static void gather(const REAL *restrict src, REAL *restrict dst, const int64_t *index, int64_t dim) {
+    for (int64_t k = 0; k < dim; k++) memcpy(dst + k * CHUNK, src + index[k] * CHUNK, sizeof(REAL) * CHUNK);
+}
+
+static void swap(REAL **a, REAL **b) {
+    REAL *t = *a;
+    *a = *b;
+    *b = t;
+}
+
+/* The state before the last ring in *psi (the buffers may be swapped). */
+static void run(const Circuit *c, int64_t t0, int64_t tb, REAL **psi, REAL **spare, REAL *norm_sq) {
+    int64_t dim = (int64_t)1 << c->n;
+    embed(c, t0, tb, *psi, norm_sq);
+    for (int64_t l = 0; l < c->layers; l++) {
+        if (l) {
+            gather(*psi, *spare, c->inverse, dim);
+            swap(psi, spare);
+        }
+        rotate_layer(*psi, c->n, c->cos + l * c->n, c->sin + l * c->n);
+    }
+}
+
+/* Readout (tokens, n or 2**n): S^T |psi|^2 / |x|^2, or the probabilities. */
+void qaa_forward(const Circuit *c, REAL *out, int64_t first, int64_t last) {
+    int64_t dim = (int64_t)1 << c->n;
+    REAL *psi = workspace(2 * dim + c->n + 2), *spare = psi + dim * CHUNK, *acc = spare + dim * CHUNK;
+    REAL *norm_sq = acc + (c->n + 1) * CHUNK;
+    for (int64_t chunk = first; chunk < last; chunk++) {
+        int64_t t0 = chunk * CHUNK, tb = c->tokens - t0 < CHUNK ? c->tokens - t0 : CHUNK;
+        run(c, t0, tb, &psi, &spare, norm_sq);
+        if (c->z_readout) {
+            /* z_q = sum_j (-1)^bit_q(j) p_j over the probabilities after the last ring, p_j = psi[inverse[j]]^2:
+             * the total minus twice the mass where wire q is 1, taken by folding the first wire away each time */
+            REAL *p = spare;
+            for (int64_t j = 0; j < dim; j++) {
+                const REAL *a = psi + c->inverse[j] * CHUNK;
+                for (int t = 0; t < CHUNK; t++) p[j * CHUNK + t] = a[t] * a[t];
+            }
+            for (int64_t q = 0, size = dim; q < c->n; q++, size /= 2) {
+                REAL *restrict mass = acc + q * CHUNK;
+                memset(mass, 0, sizeof(REAL) * CHUNK);
+                for (int64_t r = size / 2; r < size; r++)
+                    for (int t = 0; t < CHUNK; t++) mass[t] += p[r * CHUNK + t];
+                for (int64_t r = 0; r < size / 2; r++)
+                    for (int t = 0; t < CHUNK; t++) p[r * CHUNK + t] += p[(r + size / 2) * CHUNK + t];
+            }
+            for (int64_t t = 0; t < tb; t++)
+                for (int64_t q = 0; q < c->n; q++)
+                    out[(t0 + t) * c->n + q] = (p[t] - 2 * acc[q * CHUNK + t]) / norm_sq[t];
+        } else {
+            for (int64_t t = 0; t < tb; t++)
+                for (int64_t j = 0; j < dim; j++) {
+                    REAL a = psi[c->inverse[j] * CHUNK + t];
+                    out[(t0 + t) * dim + j] = a * a / norm_sq[t];
+                }
+        }
+    }
+}
+
+static double lane_sum(const REAL *acc) {
+    double total = 0;
+    for (int t = 0; t < CHUNK; t++) total += acc[t];
+    return total;
+}
+
+/* Backward through one rotation: the state and the adjoint just after it go back to just before it
+ * (R^T), and its angle's gradient 1/2 sum (lam1 b0 - lam0 b1) goes to *grad. */
+static void unrotate(REAL *restrict psi, REAL *restrict lam, int64_t dim, int64_t bit, REAL cs, REAL sn,
+                     REAL *restrict acc, double *grad) {
+    int64_t stride = (int64_t)1 << bit;
+    memset(acc, 0, sizeof(REAL) * CHUNK);
+    for (int64_t base = 0; base < dim; base += 2 * stride)
+        for (int64_t k = base; k < base + stride; k++) {
+            REAL *restrict s0 = psi + k * CHUNK, *restrict s1 = psi + (k + stride) * CHUNK;
+            REAL *restrict m0 = lam + k * CHUNK, *restrict m1 = lam + (k + stride) * CHUNK;
+            for (int t = 0; t < CHUNK; t++) {
+                REAL b0 = s0[t], b1 = s1[t], l0 = m0[t], l1 = m1[t];
+                acc[t] += l1 * b0 - l0 * b1;
+                s0[t] = cs * b0 + sn * b1;
+                s1[t] = cs * b1 - sn * b0;
+                m0[t] = cs * l0 + sn * l1;
+                m1[t] = cs * l1 - sn * l0;
+            }
+        }
+    *grad = 0.5 * lane_sum(acc);
+}
+
+/* Backward through rotate_two (cos, sin, grad point at the first wire's entries; the second wire's follow). */
+static void unrotate_two(REAL *restrict psi, REAL *restrict lam, int64_t dim, int64_t bit, const REAL *cos,
+                         const REAL *sin, REAL *restrict acc, double *grad) {
+    int64_t hi = (int64_t)1 << bit, lo = hi >> 1;
+    REAL c1 = cos[0], s1 = sin[0], c2 = cos[1], s2 = sin[1];
+    REAL *restrict acc1 = acc, *restrict acc2 = acc + CHUNK;
+    memset(acc, 0, sizeof(REAL) * 2 * CHUNK);
+    for (int64_t base = 0; base < dim; base += 2 * hi)
+        for (int64_t mid = base; mid < base + hi; mid += 2 * lo)
+            for (int64_t k = mid; k < mid + lo; k++) {
+                REAL *restrict p00 = psi + k * CHUNK, *restrict p01 = psi + (k + lo) * CHUNK;
+                REAL *restrict p10 = psi + (k + hi) * CHUNK, *restrict p11 = psi + (k + hi + lo) * CHUNK;
+                REAL *restrict q00 = lam + k * CHUNK, *restrict q01 = lam + (k + lo) * CHUNK;
+                REAL *restrict q10 = lam + (k + hi) * CHUNK, *restrict q11 = lam + (k + hi + lo) * CHUNK;
+#pragma GCC ivdep /* eight distinct rows: too many pairs for the compiler's own overlap checks */
+                for (int t = 0; t < CHUNK; t++) {
+                    REAL b00 = p00[t], b01 = p01[t], b10 = p10[t], b11 = p11[t];
+                    REAL l00 = q00[t], l01 = q01[t], l10 = q10[t], l11 = q11[t];
+                    /* second wire first: pairs (00, 01) and (10, 11) */
+                    acc2[t] += l01 * b00 - l00 * b01 + l11 * b10 - l10 * b11;
+                    REAL a00 = c2 * b00 + s2 * b01, a01 = c2 * b01 - s2 * b00;
+                    REAL a10 = c2 * b10 + s2 * b11, a11 = c2 * b11 - s2 * b10;
+                    REAL m00 = c2 * l00 + s2 * l01, m01 = c2 * l01 - s2 * l00;
+                    REAL m10 = c2 * l10 + s2 * l11, m11 = c2 * l11 - s2 * l10;
+                    /* then the first wire: pairs (00, 10) and (01, 11) */
+                    acc1[t] += m10 * a00 - m00 * a10 + m11 * a01 - m01 * a11;
+                    p00[t] = c1 * a00 + s1 * a10;
+                    p10[t] = c1 * a10 - s1 * a00;
+                    p01[t] = c1 * a01 + s1 * a11;
+                    p11[t] = c1 * a11 - s1 * a01;
+                    q00[t] = c1 * m00 + s1 * m10;
+                    q10[t] = c1 * m10 - s1 * m00;
+                    q01[t] = c1 * m01 + s1 * m11;
+                    q11[t] = c1 * m11 - s1 * m01;
+                }
+            }
+    grad[0] = 0.5 * lane_sum(acc1);
+    grad[1] = 0.5 * lane_sum(acc2);
+}
+
+/* Backward through rotate_layer: its groups in reverse order (the odd last wire, then the pairs). */
+static void unrotate_layer(REAL *psi, REAL *lam, int64_t n, const REAL *cos, const REAL *sin, REAL *acc,
+                           double *grad) {
+    int64_t dim = (int64_t)1 << n, q = n - 1;
+    if (n % 2) {
+        unrotate(psi, lam, dim, 0, cos[q], sin[q], acc, grad + q);
+        q--;
+    }
+    for (q -= 1; q >= 0; q -= 2) unrotate_two(psi, lam, dim, n - 1 - q, cos + q, sin + q, acc, grad + q);
+}
+
+/* Gradients of sum(grad_out * readout): wrt x into grad_x (tokens, width), wrt the angles into
+ * grad_angles (chunks, layers, n), one slice per chunk. The circuit is rerun, then walked back gate
+ * by gate: each rotation is undone on the state (R^T) while the adjoint goes through it, and
+ * dL/dtheta = 1/2 sum (lam1 b0 - lam0 b1) over the amplitude pairs and tokens just after the gate.
+ * The readout r(x) / |x|^2 has r quadratic in x, so x . d(r.g)/dx = 2 r.g (Euler): the share of the
+ * norm, -2x (r.g) / |x|^4, is minus the radial part of the rest, and r itself is not needed. */
+void qaa_backward(const Circuit *c, const REAL *grad_out, REAL *grad_x, double *grad_angles, int64_t first,
+                  int64_t last) {
+    int64_t dim = (int64_t)1 << c->n, n_out = c->z_readout ? c->n : dim;
+    REAL *psi = workspace(4 * dim + 3), *spare = psi + dim * CHUNK, *lam = spare + dim * CHUNK;
+    REAL *lam_spare = lam + dim * CHUNK, *acc = lam_spare + dim * CHUNK, *norm_sq = acc + 2 * CHUNK;
+    for (int64_t chunk = first; chunk < last; chunk++) {
+        int64_t t0 = chunk * CHUNK, tb = c->tokens - t0 < CHUNK ? c->tokens - t0 : CHUNK;
+        run(c, t0, tb, &psi, &spare, norm_sq);
+        /* d loss / d state before the last ring: 2 psi times d loss / d probability (over |x|^2) */
+        if (c->z_readout) {
+            /* w_j = sum_q (-1)^bit_q(j) g_q over the basis after the last ring, built wire by wire, so
+             * that d loss / d psi_k = 2 psi_k w[forward[k]] */
+            REAL *w = spare, g[CHUNK];
+            memset(w, 0, sizeof(REAL) * CHUNK);
+            for (int64_t t = 0; t < tb; t++)
+                for (int64_t q = 0; q < c->n; q++) w[t] += grad_out[(t0 + t) * n_out + q] / norm_sq[t];
+            for (int64_t q = 0, size = 1; q < c->n; q++, size *= 2) {
+                memset(g, 0, sizeof g);
+                for (int64_t t = 0; t < tb; t++) g[t] = 2 * grad_out[(t0 + t) * n_out + q] / norm_sq[t];
+                for (int64_t r = size - 1; r >= 0; r--) /* backwards: rows 2r, 2r + 1 are read already */
+                    for (int t = 0; t < CHUNK; t++) {
+                        REAL v = w[r * CHUNK + t];
+                        w[(2 * r + 1) * CHUNK + t] = v - g[t];
+                        w[2 * r * CHUNK + t] = v;
+                    }
+            }
+            for (int64_t k = 0; k < dim; k++) {
+                const REAL *weight = w + c->forward[k] * CHUNK;
+                for (int t = 0; t < CHUNK; t++) lam[k * CHUNK + t] = 2 * psi[k * CHUNK + t] * weight[t];
+            }
+        } else {
+            memset(lam, 0, sizeof(REAL) * CHUNK << c->n);
+            for (int64_t k = 0; k < dim; k++)
+                for (int64_t t = 0; t < tb; t++)
+                    lam[k * CHUNK + t] = 2 * psi[k * CHUNK + t] * grad_out[(t0 + t) * n_out + c->forward[k]] / norm_sq[t];
+        }
+        for (int64_t l = c->layers - 1; l >= 0; l--) {
+            unrotate_layer(psi, lam, c->n, c->cos + l * c->n, c->sin + l * c->n, acc,
+                           grad_angles + (chunk * c->layers + l) * c->n);
+            if (l) { /* undo the ring: state[j] = state_after[forward[j]] */
+                gather(psi, spare, c->forward, dim);
+                swap(&psi, &spare);
+                gather(lam, lam_spare, c->forward, dim);
+                swap(&lam, &lam_spare);
+            }
+        }
+        for (int64_t t = 0; t < tb; t++) {
+            const REAL *row = c->x + (t0 + t) * c->width;
+            REAL radial = 0;
+            for (int64_t k = 0; k < c->width; k++) radial += row[k] * lam[k * CHUNK + t];
+            radial /= norm_sq[t];
+            for (int64_t k = 0; k < c->width; k++) grad_x[(t0 + t) * c->width + k] = lam[k * CHUNK + t] - row[k] * radial;
+        }
+    }
+}
+
+int64_t qaa_chunk(void) { return CHUNK; }
