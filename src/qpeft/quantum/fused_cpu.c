@@ -2,8 +2,10 @@
  *
  * Compiled once per real type (-DREAL=float or -DREAL=double). States are stored amplitude-major,
  * CHUNK tokens per row, so that every gate is a loop over rows whose innermost loop runs over
- * the tokens: the compiler turns it into vector instructions. Each call handles the chunks
- * [first, last) of the tokens; the caller spreads the chunks over threads.
+ * the tokens: the compiler turns it into vector instructions. The chunks are shared out over
+ * OpenMP threads: built with -fopenmp, this file links libgomp.so.1, which resolves to the copy
+ * PyTorch has loaded already, so the kernel runs on PyTorch's own (already awake) worker threads
+ * instead of competing with them.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -113,11 +115,12 @@ static void run(const Circuit *c, int64_t t0, int64_t tb, REAL **psi, REAL **spa
 }
 
 /* Readout (tokens, n or 2**n): S^T |psi|^2 / |x|^2, or the probabilities. */
-void qaa_forward(const Circuit *c, REAL *out, int64_t first, int64_t last) {
+void qaa_forward(const Circuit *c, REAL *out, int threads) {
     int64_t dim = (int64_t)1 << c->n;
-    REAL *psi = workspace(2 * dim + c->n + 2), *spare = psi + dim * CHUNK, *acc = spare + dim * CHUNK;
-    REAL *norm_sq = acc + (c->n + 1) * CHUNK;
-    for (int64_t chunk = first; chunk < last; chunk++) {
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t chunk = 0; chunk < (c->tokens + CHUNK - 1) / CHUNK; chunk++) {
+        REAL *psi = workspace(2 * dim + c->n + 2), *spare = psi + dim * CHUNK, *acc = spare + dim * CHUNK;
+        REAL *norm_sq = acc + (c->n + 1) * CHUNK;
         int64_t t0 = chunk * CHUNK, tb = c->tokens - t0 < CHUNK ? c->tokens - t0 : CHUNK;
         run(c, t0, tb, &psi, &spare, norm_sq);
         if (c->z_readout) {
@@ -234,12 +237,12 @@ static void unrotate_layer(REAL *psi, REAL *lam, int64_t n, const REAL *cos, con
  * dL/dtheta = 1/2 sum (lam1 b0 - lam0 b1) over the amplitude pairs and tokens just after the gate.
  * The readout r(x) / |x|^2 has r quadratic in x, so x . d(r.g)/dx = 2 r.g (Euler): the share of the
  * norm, -2x (r.g) / |x|^4, is minus the radial part of the rest, and r itself is not needed. */
-void qaa_backward(const Circuit *c, const REAL *grad_out, REAL *grad_x, double *grad_angles, int64_t first,
-                  int64_t last) {
+void qaa_backward(const Circuit *c, const REAL *grad_out, REAL *grad_x, double *grad_angles, int threads) {
     int64_t dim = (int64_t)1 << c->n, n_out = c->z_readout ? c->n : dim;
-    REAL *psi = workspace(4 * dim + 3), *spare = psi + dim * CHUNK, *lam = spare + dim * CHUNK;
-    REAL *lam_spare = lam + dim * CHUNK, *acc = lam_spare + dim * CHUNK, *norm_sq = acc + 2 * CHUNK;
-    for (int64_t chunk = first; chunk < last; chunk++) {
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t chunk = 0; chunk < (c->tokens + CHUNK - 1) / CHUNK; chunk++) {
+        REAL *psi = workspace(4 * dim + 3), *spare = psi + dim * CHUNK, *lam = spare + dim * CHUNK;
+        REAL *lam_spare = lam + dim * CHUNK, *acc = lam_spare + dim * CHUNK, *norm_sq = acc + 2 * CHUNK;
         int64_t t0 = chunk * CHUNK, tb = c->tokens - t0 < CHUNK ? c->tokens - t0 : CHUNK;
         run(c, t0, tb, &psi, &spare, norm_sq);
         /* d loss / d state before the last ring: 2 psi times d loss / d probability (over |x|^2) */

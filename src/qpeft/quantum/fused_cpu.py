@@ -21,8 +21,8 @@ The C file is compiled on first use with the system's C compiler (``$CC``, else 
 this machine's vector instructions, into the qpeft cache (``$QPEFT_CACHE/kernels``), and
 loaded with ctypes: plain C, no Python headers, so it builds in about a second, and the only
 memory it adds is its buffers. Without a compiler, ``available()`` is False and the PyTorch
-simulator runs instead. The chunks are spread over as many threads as PyTorch uses (ctypes
-releases the GIL during the call).
+simulator runs instead. The chunks are spread over as many threads as PyTorch uses, on
+PyTorch's own OpenMP threads (see the C file).
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ import shutil
 import subprocess
 import tempfile
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -81,8 +80,8 @@ def _library(real: str) -> ctypes.CDLL | None:
         with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
             built = Path(scratch) / target.name
             error = ""
-            # this machine's vector instructions where the compiler knows them, else its defaults
-            for extra in (["-march=native"], []):
+            # this machine's vector instructions and OpenMP where the compiler has them
+            for extra in (["-march=native", "-fopenmp"], ["-fopenmp"], ["-march=native"], []):
                 result = subprocess.run([compiler, *flags, *extra, str(SOURCE), "-o", str(built)],
                                         capture_output=True, text=True) if shutil.which(compiler) else None
                 if result is None or result.returncode == 0:
@@ -101,21 +100,6 @@ def _library(real: str) -> ctypes.CDLL | None:
     return library
 
 
-@functools.cache
-def _pool() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="qpeft-qaa")
-
-
-def _spread(call, chunks: int) -> None:
-    """Run call(first, last) over the chunks, split across as many threads as PyTorch uses (this one too)."""
-    parts = max(1, min(torch.get_num_threads(), chunks))
-    bounds = [chunks * i // parts for i in range(parts + 1)]
-    others = [_pool().submit(call, lo, hi) for lo, hi in zip(bounds[1:-1], bounds[2:], strict=True)]
-    call(0, bounds[1])
-    for future in others:
-        future.result()
-
-
 def _pointer(array: np.ndarray | Tensor) -> ctypes.c_void_p:
     return ctypes.c_void_p(array.ctypes.data if isinstance(array, np.ndarray) else array.data_ptr())
 
@@ -130,8 +114,7 @@ class FusedCircuit(torch.autograd.Function):
         x = x2.detach().contiguous()
         library, circuit, keep = _circuit(x, angles, spec)
         out = torch.empty(x.shape[0], spec.output_dim, dtype=x.dtype)
-        _spread(lambda lo, hi: library.qaa_forward(ctypes.byref(circuit), _pointer(out), ctypes.c_int64(lo),
-                                                   ctypes.c_int64(hi)), _chunks(library, x))
+        library.qaa_forward(ctypes.byref(circuit), _pointer(out), torch.get_num_threads())
         del keep
         return out
 
@@ -143,17 +126,11 @@ class FusedCircuit(torch.autograd.Function):
         library, circuit, keep = _circuit(x, angles, spec)
         grad = grad.to(x.dtype).contiguous()
         grad_x = torch.empty_like(x)
-        chunks = _chunks(library, x)
-        grad_angles = np.zeros((chunks, *angles.shape), dtype=np.float64)
-        _spread(lambda lo, hi: library.qaa_backward(ctypes.byref(circuit), _pointer(grad), _pointer(grad_x),
-                                                    _pointer(grad_angles), ctypes.c_int64(lo), ctypes.c_int64(hi)),
-                chunks)
+        grad_angles = np.zeros((-(-x.shape[0] // library.qaa_chunk()), *angles.shape), dtype=np.float64)
+        library.qaa_backward(ctypes.byref(circuit), _pointer(grad), _pointer(grad_x), _pointer(grad_angles),
+                             torch.get_num_threads())
         del keep
         return grad_x, torch.from_numpy(grad_angles.sum(0)).to(angles.dtype), None
-
-
-def _chunks(library: ctypes.CDLL, x: Tensor) -> int:
-    return -(-x.shape[0] // library.qaa_chunk())
 
 
 def _circuit(x: Tensor, angles: Tensor, spec: CircuitSpec) -> tuple[ctypes.CDLL, _Circuit, list]:
