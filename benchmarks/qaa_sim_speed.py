@@ -95,18 +95,19 @@ def _measure(
     angles = torch.randn(spec.angle_shape, generator=gen, dtype=torch.float64)
     weights = torch.randn(tokens, spec.output_dim, generator=gen, dtype=torch.float64)
 
-    def ours(memory_lean: bool):
+    def ours(memory_lean: bool, kernel: str = "auto"):
         return _forward_backward(
-            lambda a, b: simulate(a, b, spec, memory_lean=memory_lean), x, angles, weights
+            lambda a, b: simulate(a, b, spec, memory_lean=memory_lean, kernel=kernel), x, angles, weights
         )
 
     def reference():
         return _forward_backward(lambda a, b: pennylane_reference(a, b, spec), x, angles, weights)
 
-    ours(True), ours(False)  # warm-up: thread pools, caches of the ring tables
+    ours(True), ours(True, "torch"), ours(False)  # warm-up: thread pools, caches of the ring tables
     seconds = _interleaved_medians(
         {
-            "lean": (lambda: ours(True), repeats),
+            "lean": (lambda: ours(True), repeats),  # the fused C kernel where it applies (CPU)
+            "torch": (lambda: ours(True, "torch"), repeats),
             "plain": (lambda: ours(False), repeats),
             "pennylane": (reference, reference_repeats),
         }
@@ -114,8 +115,8 @@ def _measure(
     expected = reference()
     diff = max(
         (a - b).abs().max().item()
-        for lean in (True, False)
-        for a, b in zip(ours(lean), expected, strict=True)
+        for result in (ours(True), ours(True, "torch"), ours(False))
+        for a, b in zip(result, expected, strict=True)
     )
     return {
         "n_qubits": n_qubits,
@@ -126,6 +127,7 @@ def _measure(
         "torch_threads": torch.get_num_threads(),
         "load_average_1min": os.getloadavg()[0],  # other work on the machine skews both timings
         "sim_seconds": seconds["lean"],
+        "sim_torch_kernel_seconds": seconds["torch"],
         "sim_plain_autograd_seconds": seconds["plain"],
         "pennylane_seconds": seconds["pennylane"],
         "sim_vs_pennylane_speedup": seconds["pennylane"] / seconds["lean"],
@@ -142,7 +144,8 @@ def main() -> None:
         f"of width {result['width']}, float64, forward + backward, {result['torch_threads']} threads "
         f"(load average {result['load_average_1min']:.1f})"
     )
-    print(f"  qpeft simulator (memory-lean): {result['sim_seconds'] * 1e3:9.1f} ms")
+    print(f"  qpeft simulator (memory-lean): {result['sim_seconds'] * 1e3:9.1f} ms  (the default kernel)")
+    print(f"  qpeft PyTorch kernel:          {result['sim_torch_kernel_seconds'] * 1e3:9.1f} ms")
     print(f"  qpeft simulator (plain):       {result['sim_plain_autograd_seconds'] * 1e3:9.1f} ms")
     print(f"  PennyLane default.qubit:       {result['pennylane_seconds'] * 1e3:9.1f} ms")
     print(
