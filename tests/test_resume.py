@@ -61,3 +61,30 @@ def test_half_written_checkpoint_is_not_resumed_from(tmp_path: Path) -> None:
     (tmp_path / "checkpoint-6" / "model.safetensors").write_bytes(b"partial")
     assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-3")
     assert last_complete_checkpoint(tmp_path / "missing") is None
+
+
+def test_run_killed_after_its_last_step_is_recorded_without_training_further(
+    tiny_llama_dir: Path, toy_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import qpeft.runs
+    from qpeft.cli import main
+    from qpeft.training import read_train_log
+
+    args = ["--method", "lora", "--model", str(tiny_llama_dir), "--dataset", str(toy_data_dir), "--steps", "4",
+            "--batch-size", "4", "--save-steps", "2", "--max-new-tokens", "4", "--bertscore-model", "none"]
+    straight = tmp_path / "straight"
+    assert main(["train", "--output", str(straight), *args]) == 0
+
+    def interrupted(*_args: object, **_kwargs: object) -> None:
+        raise KeyboardInterrupt  # as if killed between the last checkpoint and metrics.json
+
+    stopped = tmp_path / "stopped"
+    with monkeypatch.context() as patch:
+        patch.setattr(qpeft.runs, "_evaluate_and_record", interrupted)
+        assert main(["train", "--output", str(stopped), *args]) == 130
+    assert last_complete_checkpoint(stopped / "checkpoints").endswith("checkpoint-4")
+    assert main(["train", "--output", str(stopped), *args]) == 0
+    assert [row["step"] for row in read_train_log(stopped / "train_log.csv")] == ["1", "2", "3", "4"]
+    want, got = (json.loads((run / "metrics.json").read_text()) for run in (straight, stopped))
+    for figure in FIGURES:
+        assert got[figure] == pytest.approx(want[figure], rel=1e-6), figure

@@ -190,11 +190,15 @@ def last_complete_checkpoint(checkpoint_dir: Path) -> str | None:
     complete = []
     for folder in checkpoint_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
         try:
-            step = json.loads((folder / "trainer_state.json").read_text())["global_step"]
+            complete.append((checkpoint_step(folder), folder))
         except (OSError, ValueError, KeyError):
             continue
-        complete.append((step, folder))
     return str(max(complete)[1]) if complete else None
+
+
+def checkpoint_step(checkpoint: str | Path) -> int:
+    """The optimizer step a checkpoint was saved at (from its trainer state, written last)."""
+    return json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"]
 
 
 def check_compatible(method: Method, settings: TrainSettings) -> None:
@@ -237,7 +241,12 @@ def train(
     trainer.add_callback(StepProgress())
     resume = last_complete_checkpoint(checkpoint_dir)
     with PeakMemory() as memory:
-        trainer.train(resume_from_checkpoint=resume)
+        if resume is not None and checkpoint_step(resume) >= settings.steps:
+            # Killed after the last step but before the run was recorded. Resumed there, the
+            # Trainer (transformers 5) would take one step past max_steps, so only restore the weights.
+            trainer._load_from_checkpoint(resume)
+        else:
+            trainer.train(resume_from_checkpoint=resume)
     if logger.non_finite_step is not None:
         raise TrainingDiverged(
             f"method {method.name!r}: non-finite loss or gradient at step {logger.non_finite_step}; "
