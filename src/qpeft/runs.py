@@ -2,12 +2,14 @@
 
 Layout: ``config.json`` (everything needed to reproduce the run), ``train_log.csv``,
 ``checkpoints/`` (while training), ``adapter/``, ``predictions.jsonl``, ``metrics.json``.
-``metrics.json`` is written last, so its presence means the run finished.
+``metrics.json`` is written last, so its presence means the run finished; the checkpoints,
+which only serve to resume, are then deleted (for full fine-tuning they weigh gigabytes).
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -142,6 +144,7 @@ def _evaluate_and_record(
     )
     metrics = {**scores, **figures}
     write_json(run_dir / "metrics.json", metrics)
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     wait_for_everyone()
     return metrics
 
