@@ -27,6 +27,7 @@ class EvalSettings:
     batch_size: int = 16
     max_test_items: int = 0  # 0: the whole test set
     bertscore_model: str = DEFAULT_BERTSCORE_MODEL  # "none" to skip BERTScore
+    test_loss: bool = True  # False: skip the teacher-forced loss over every reference (reported as None)
 
     def validate(self) -> None:
         for name in ("max_new_tokens", "num_beams", "batch_size"):
@@ -122,7 +123,7 @@ def evaluate(
     settings: EvalSettings,
     predictions_path: Path | None = None,
 ) -> dict[str, Any]:
-    """Generate once per test item, score against all its references, add the test loss."""
+    """Generate once per test item, score against all its references, add the test loss (unless skipped)."""
     predictions, timing = generate(model, tokenizer, [item.input for item in items], template, settings)
     references = [list(item.references) for item in items]
     if predictions_path is not None:
@@ -133,7 +134,10 @@ def evaluate(
         write_text_atomic(predictions_path, "\n".join(lines) + "\n")
     bertscore_model = None if settings.bertscore_model == "none" else settings.bertscore_model
     scores = score_all(predictions, references, bertscore_model)
-    scores["test_loss"] = test_loss(model, tokenizer, reference_pairs(items), template, max_length, settings.batch_size)
+    scores["test_loss"] = (
+        test_loss(model, tokenizer, reference_pairs(items), template, max_length, settings.batch_size)
+        if settings.test_loss else None
+    )
     scores["test_items"] = len(items)
     scores["generation_ms_per_token"] = 1000.0 * timing["generation_seconds"] / max(timing["generated_tokens"], 1)
     return scores
