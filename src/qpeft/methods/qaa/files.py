@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from qpeft.errors import UsageError
 from qpeft.io import read_json, write_json
+from qpeft.methods.adapter_files import missing_tensor, read_adapter_files, write_adapter_files
 from qpeft.methods.qaa.layer import qaa_layers
 from qpeft.quantum import CircuitSpec, to_qasm
 
@@ -69,16 +69,13 @@ def adapter_from_model(model: nn.Module, config: dict[str, Any]) -> QAAAdapter:
 
 
 def write_adapter(adapter: QAAAdapter, out_dir: Path) -> None:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     tensors = {}
     for name, module in adapter.modules.items():
-        tensors[f"{name}.qaa_angles"] = module.angles.contiguous()
-        tensors[f"{name}.qaa_up"] = module.up.contiguous()
+        tensors[f"{name}.qaa_angles"] = module.angles
+        tensors[f"{name}.qaa_up"] = module.up
         if module.bias is not None:
-            tensors[f"{name}.qaa_bias"] = module.bias.contiguous()
-    save_file(tensors, str(out_dir / WEIGHTS_FILE), metadata={"format": "pt"})
-    write_json(out_dir / CONFIG_FILE, {
+            tensors[f"{name}.qaa_bias"] = module.bias
+    write_adapter_files(out_dir, WEIGHTS_FILE, CONFIG_FILE, {
         "format": FORMAT,
         "config": adapter.config,
         "base_model_name_or_path": adapter.base_model_name_or_path,
@@ -88,17 +85,11 @@ def write_adapter(adapter: QAAAdapter, out_dir: Path) -> None:
                    "readout": m.spec.readout, "bias": m.bias is not None}
             for name, m in adapter.modules.items()
         },
-    })
+    }, tensors)
 
 
 def read_adapter(adapter_dir: Path) -> QAAAdapter:
-    adapter_dir = Path(adapter_dir)
-    if not (adapter_dir / CONFIG_FILE).exists() or not (adapter_dir / WEIGHTS_FILE).exists():
-        raise UsageError(f"{adapter_dir} holds no QAA adapter ({CONFIG_FILE} + {WEIGHTS_FILE})")
-    meta = read_json(adapter_dir / CONFIG_FILE)
-    if meta.get("format") != FORMAT:
-        raise UsageError(f"{adapter_dir / CONFIG_FILE}: unknown format {meta.get('format')!r}")
-    tensors = load_file(str(adapter_dir / WEIGHTS_FILE))
+    meta, tensors = read_adapter_files(adapter_dir, WEIGHTS_FILE, CONFIG_FILE, FORMAT, "QAA")
     modules = {}
     for name, info in meta["modules"].items():
         spec = CircuitSpec(int(info["n_qubits"]), int(info["layers"]), info["ansatz"], info["readout"])
@@ -109,7 +100,7 @@ def read_adapter(adapter_dir: Path) -> QAAAdapter:
                 bool(info["conv1d"]),
             )
         except KeyError as error:
-            raise UsageError(f"{adapter_dir / WEIGHTS_FILE} lacks tensor {error}") from None
+            raise missing_tensor(adapter_dir, WEIGHTS_FILE, error) from None
     return QAAAdapter(meta["config"], modules, meta.get("base_model_name_or_path"))
 
 

@@ -22,11 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from qpeft.errors import UsageError
-from qpeft.io import read_json, write_json
+from qpeft.io import read_json
+from qpeft.methods.adapter_files import missing_tensor, read_adapter_files, write_adapter_files
 from qpeft.methods.sora.layer import sora_layers
 
 CONFIG_FILE = "sora_config.json"
@@ -101,38 +102,29 @@ def adapter_from_model(model: nn.Module, config: dict[str, Any]) -> SoRAAdapter:
 
 
 def write_adapter(adapter: SoRAAdapter, out_dir: Path) -> None:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     tensors = {}
     for name, weights in adapter.modules.items():
-        tensors[f"{name}.sora_A"] = weights.A.contiguous()
-        tensors[f"{name}.sora_B"] = weights.B.contiguous()
-        tensors[f"{name}.sora_gate"] = weights.gate.contiguous()
-    save_file(tensors, str(out_dir / WEIGHTS_FILE), metadata={"format": "pt"})
-    write_json(out_dir / CONFIG_FILE, {
+        tensors[f"{name}.sora_A"] = weights.A
+        tensors[f"{name}.sora_B"] = weights.B
+        tensors[f"{name}.sora_gate"] = weights.gate
+    write_adapter_files(out_dir, WEIGHTS_FILE, CONFIG_FILE, {
         "format": FORMAT,
         "config": adapter.config,
         "base_model_name_or_path": adapter.base_model_name_or_path,
         "modules": {name: {"in_features": w.A.shape[1], "out_features": w.B.shape[0], "conv1d": w.conv1d}
                     for name, w in adapter.modules.items()},
-    })
+    }, tensors)
 
 
 def read_adapter(adapter_dir: Path) -> SoRAAdapter:
-    adapter_dir = Path(adapter_dir)
-    if not (adapter_dir / CONFIG_FILE).exists() or not (adapter_dir / WEIGHTS_FILE).exists():
-        raise UsageError(f"{adapter_dir} holds no SoRA adapter ({CONFIG_FILE} + {WEIGHTS_FILE})")
-    meta = read_json(adapter_dir / CONFIG_FILE)
-    if meta.get("format") != FORMAT:
-        raise UsageError(f"{adapter_dir / CONFIG_FILE}: unknown format {meta.get('format')!r}")
-    tensors = load_file(str(adapter_dir / WEIGHTS_FILE))
+    meta, tensors = read_adapter_files(adapter_dir, WEIGHTS_FILE, CONFIG_FILE, FORMAT, "SoRA")
     modules = {}
     for name, info in meta["modules"].items():
         try:
             modules[name] = ModuleWeights(tensors[f"{name}.sora_A"], tensors[f"{name}.sora_B"],
                                           tensors[f"{name}.sora_gate"], bool(info["conv1d"]))
         except KeyError as error:
-            raise UsageError(f"{adapter_dir / WEIGHTS_FILE} lacks tensor {error}") from None
+            raise missing_tensor(adapter_dir, WEIGHTS_FILE, error) from None
     return SoRAAdapter(meta["config"], modules, meta.get("base_model_name_or_path"))
 
 
