@@ -279,6 +279,9 @@ def test_train_logs_sparsity_exports_lora_and_resume_reproduces_the_gates(
     state = torch.load(resumed / "checkpoints" / "checkpoint-2" / "optimizer.pt", weights_only=False)
     gate_group = [g for g in state["param_groups"] if g.get("sora_gate")][0]
     assert gate_group["prox_steps"] == 2
+    # the checkpoint holds the trained tensors only, not the frozen base model
+    saved = load_file(resumed / "checkpoints" / "checkpoint-2" / "model.safetensors")
+    assert saved and all(key.rsplit(".", 1)[-1] in ("sora_A", "sora_B", "sora_gate") for key in saved)
     monkeypatch.setattr(StepLogger, "on_log", original)
     assert main(["train", "--method", "sora", "--output", str(resumed), *args]) == 0
     assert json.loads((resumed / "metrics.json").read_text())["resumed_from"].endswith("checkpoint-2")

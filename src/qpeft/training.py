@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from peft import PeftModel
 from transformers import (
     DataCollatorForSeq2Seq,
     PreTrainedTokenizerBase,
@@ -141,6 +142,24 @@ class MethodTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.method = method
         self.method_config = method_config
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        # A checkpoint needs what training changes. PEFT models already save only their adapter;
+        # for qpeft's own adapters (SoRA, QAA) the Trainer would save the whole frozen model too
+        # (about 520 MB for SmolLM2-135M), so save the trainable tensors alone.
+        model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+        if state_dict is None and not isinstance(model, PeftModel):
+            params = dict(model.named_parameters())
+            if not all(p.requires_grad for p in params.values()):
+                state_dict = {name: p.detach() for name, p in params.items() if p.requires_grad}
+        super()._save(output_dir, state_dict)
+
+    def _issue_warnings_after_load(self, load_result: Any) -> None:
+        # Such a checkpoint lacks the frozen weights (tied ones included) on purpose: only a missing
+        # trainable tensor is news.
+        trainable = {name for name, p in self.model.named_parameters() if p.requires_grad}
+        missing = [key for key in load_result.missing_keys if key in trainable]
+        super()._issue_warnings_after_load(load_result._replace(missing_keys=missing))
 
     def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:  # noqa: ARG002
         if self.optimizer is None:
