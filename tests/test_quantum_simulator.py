@@ -152,7 +152,7 @@ def test_bad_shapes_raise_usage_error():
 
 def test_fused_kernel_is_built_here_and_splits_work_over_threads_without_changing_results():
     # The fused kernel needs a C compiler: this machine has one, so "auto" must not fall back.
-    assert fused_cpu.available()
+    assert fused_cpu.available(torch.float32) and fused_cpu.available(torch.float64)
     spec = CircuitSpec(10, 2)
     x, angles = inputs(spec, tokens=150, seed=4, width=576)
     x, angles = x.float(), angles.float()
@@ -174,7 +174,7 @@ def test_without_a_compiler_the_pytorch_kernel_runs(monkeypatch, tmp_path):
     fused_cpu._library.cache_clear()
     try:
         with pytest.warns(UserWarning, match="could not compile"):
-            assert not fused_cpu.available()
+            assert not fused_cpu.available(torch.float64)  # the inputs below are float64
         spec = CircuitSpec(4, 2)
         x, angles = inputs(spec, seed=6)
         torch.testing.assert_close(simulate(x, angles, spec), simulate(x, angles, spec, kernel="torch"))

@@ -157,7 +157,8 @@ class MethodTrainer(Trainer):
     def _issue_warnings_after_load(self, load_result: Any) -> None:
         # Such a checkpoint lacks the frozen weights (tied ones included) on purpose: only a missing
         # trainable tensor is news.
-        trainable = {name for name, p in self.model.named_parameters() if p.requires_grad}
+        model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+        trainable = {name for name, p in model.named_parameters() if p.requires_grad}
         missing = [key for key in load_result.missing_keys if key in trainable]
         super()._issue_warnings_after_load(load_result._replace(missing_keys=missing))
 

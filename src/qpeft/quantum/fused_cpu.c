@@ -119,8 +119,8 @@ void qaa_forward(const Circuit *c, REAL *out, int threads) {
     int64_t dim = (int64_t)1 << c->n;
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t chunk = 0; chunk < (c->tokens + CHUNK - 1) / CHUNK; chunk++) {
-        REAL *psi = workspace(2 * dim + c->n + 2), *spare = psi + dim * CHUNK, *acc = spare + dim * CHUNK;
-        REAL *norm_sq = acc + (c->n + 1) * CHUNK;
+        REAL *psi = workspace(2 * dim + c->n + 1), *spare = psi + dim * CHUNK, *acc = spare + dim * CHUNK;
+        REAL *norm_sq = acc + c->n * CHUNK;
         int64_t t0 = chunk * CHUNK, tb = c->tokens - t0 < CHUNK ? c->tokens - t0 : CHUNK;
         run(c, t0, tb, &psi, &spare, norm_sq);
         if (c->z_readout) {

@@ -20,7 +20,7 @@ with b the state and λ the adjoint just after the gate.
 The C file is compiled on first use with the system's C compiler (``$CC``, else ``cc``), for
 this machine's vector instructions, into the qpeft cache (``$QPEFT_CACHE/kernels``), and
 loaded with ctypes: plain C, no Python headers, so it builds in about a second, and the only
-memory it adds is its buffers. Without a compiler, ``available()`` is False and the PyTorch
+memory it adds is its buffers. Without a compiler, ``available(dtype)`` is False and the PyTorch
 simulator runs instead. The chunks are spread over as many threads as PyTorch uses, on
 PyTorch's own OpenMP threads (see the C file).
 """
@@ -55,9 +55,9 @@ def supports(x: Tensor, spec: CircuitSpec) -> bool:
     return spec.ansatz == "ry" and x.device.type == "cpu" and x.dtype in _REAL
 
 
-def available() -> bool:
-    """Whether the kernel could be compiled here (it is, on the first call)."""
-    return all(_library(real) is not None for real in _REAL.values())
+def available(dtype: torch.dtype) -> bool:
+    """Whether the kernel for this dtype could be compiled here (it is, on the first call)."""
+    return _library(_REAL[dtype]) is not None
 
 
 class _Circuit(ctypes.Structure):

@@ -20,7 +20,7 @@ How the circuit's structure is used:
   stay in cache on CPU (and to bound the transient memory on GPU).
 
 On CPU, real (RY) circuits run instead in ``fused_cpu``: a C kernel that takes the
-whole circuit through cache-sized chunks of tokens, one gate at a time (``kernel=`` picks).
+whole circuit through cache-sized chunks of tokens, two wires per pass (``kernel=`` picks).
 """
 
 from __future__ import annotations
@@ -65,8 +65,8 @@ def z_signs(n: int, device: torch.device, dtype: torch.dtype) -> Tensor:
 
 
 @functools.cache
-def folded_z_signs(n: int, device: torch.device, dtype: torch.dtype) -> Tensor:
-    """(n, 2**n) Z signs of the state before the last ring: the ring folded into the table."""
+def _folded_signs_t(n: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    # Z readout of ring(state) equals the readout of state with the ring folded into the table.
     return z_signs(n, device, dtype)[ring_permutation(n, device)[0]].T.contiguous()
 
 
@@ -142,8 +142,8 @@ def _schedule(factors: Sequence[Tensor], spec: CircuitSpec, width: int) -> list[
     return layers
 
 
-def safe_norm_sq(x2: Tensor) -> Tensor:
-    """||x||^2 per token, 1 for a zero token (which reads out 0: its output and gradient stay zero)."""
+def _safe_norm_sq(x2: Tensor) -> Tensor:
+    # Zero tokens read out 0; dividing them by 1 instead of 0 keeps output and gradient zero.
     norm_sq = (x2 * x2).sum(-1)
     return torch.where(norm_sq > 0, norm_sq, torch.ones_like(norm_sq))
 
@@ -172,7 +172,7 @@ def _run(x2: Tensor, spec: CircuitSpec, schedule: list, keep: list[Tensor] | Non
     # The readout folds in the last ring.
     probs = (psi * psi.conj()).real if psi.is_complex() else psi * psi
     if spec.readout == "z":
-        return psi, folded_z_signs(spec.n_qubits, psi.device, probs.dtype) @ probs
+        return psi, _folded_signs_t(spec.n_qubits, psi.device, probs.dtype) @ probs
     return psi, probs.index_select(0, inverse)
 
 
@@ -185,7 +185,7 @@ class _LeanCircuit(torch.autograd.Function):
         ctx.spec = spec
         schedule = _schedule(factors, spec, x2.shape[1])
         readout = torch.cat([_run(block, spec, schedule)[1] for block in _token_blocks(x2, spec)], 1)
-        return readout / safe_norm_sq(x2)
+        return readout / _safe_norm_sq(x2)
 
     @staticmethod
     @once_differentiable
@@ -195,7 +195,7 @@ class _LeanCircuit(torch.autograd.Function):
         schedule = _schedule(factors, spec, x2.shape[1])
         grads = [torch.zeros_like(f) for f in factors]
         with torch.autocast(grad.device.type, enabled=False):
-            norm_sq = safe_norm_sq(x2)
+            norm_sq = _safe_norm_sq(x2)
             grad_r = 2 * grad / norm_sq  # d loss / d readout, times the 2 of d|psi|^2 / d psi
             lam_x, readout, start = [], [], 0
             for block in _token_blocks(x2, spec):
@@ -224,7 +224,7 @@ def _backward_block(
     psi, readout = _run(x2, spec, schedule, inputs)
     forward_map = ring_permutation(spec.n_qubits, psi.device)[0]
     if spec.readout == "z":
-        weight = folded_z_signs(spec.n_qubits, psi.device, grad_r.dtype).T @ grad_r
+        weight = _folded_signs_t(spec.n_qubits, psi.device, grad_r.dtype).T @ grad_r
     else:
         weight = grad_r.index_select(0, forward_map)
     lam = weight * psi  # d loss / d psi
@@ -274,7 +274,7 @@ def simulate(
         if memory_lean:
             out = _LeanCircuit.apply(x2, spec, *factors)
         else:
-            out = _run(x2, spec, _schedule(factors, spec, x2.shape[1]))[1] / safe_norm_sq(x2)
+            out = _run(x2, spec, _schedule(factors, spec, x2.shape[1]))[1] / _safe_norm_sq(x2)
     return out.T.contiguous().reshape(*x.shape[:-1], spec.output_dim)
 
 
@@ -287,7 +287,7 @@ def _fused_kernel(x2: Tensor, spec: CircuitSpec, kernel: str):
     if kernel == "fused":
         if not fused_cpu.supports(x2, spec):
             raise UsageError("the fused simulator kernel runs real RY circuits on CPU tensors only")
-        if not fused_cpu.available():
+        if not fused_cpu.available(x2.dtype):
             raise UsageError("the fused simulator kernel needs a C compiler (cc, or $CC)")
         return fused_cpu
-    return fused_cpu if fused_cpu.supports(x2, spec) and fused_cpu.available() else None
+    return fused_cpu if fused_cpu.supports(x2, spec) and fused_cpu.available(x2.dtype) else None
