@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -147,13 +148,13 @@ def test_linear_capacity_fields() -> None:
     delta = torch.randn(100, 3) @ torch.randn(3, 80)  # rank 3
     figures = linear_capacity(delta, top_k=10)
     assert figures["kind"] == "linear" and figures["shape"] == [100, 80]
-    assert figures["rank"] == 3
+    assert figures["update_jacobian_rank"] == 3  # a linear update's Jacobian is ΔW: its rank
     assert len(figures["singular_values"]) == 10 and figures["singular_values_total"] == 80
     assert figures["singular_values"] == sorted(figures["singular_values"], reverse=True)
     assert 1.0 <= figures["effective_rank"] <= 3.0
     assert figures["frobenius_norm"] == pytest.approx(float(torch.linalg.norm(delta.double())), rel=1e-6)
     zero = linear_capacity(torch.zeros(4, 4))
-    assert zero["effective_rank"] == 0.0 and zero["rank"] == 0
+    assert zero["effective_rank"] == 0.0 and zero["update_jacobian_rank"] == 0
 
 
 def test_jacobian_rank_of_functions_with_known_bounds() -> None:
@@ -161,7 +162,7 @@ def test_jacobian_rank_of_functions_with_known_bounds() -> None:
     x = torch.randn(6, 8)
     m = torch.randn(5, 3) @ torch.randn(3, 8)  # a linear map of rank 3
     linear = jacobian_rank(lambda v: m @ v, x)
-    assert linear["ranks"] == [3] * 6 and linear["bound"] == 5 and linear["median"] == 3
+    assert linear["ranks"] == [3] * 6 and linear["bound"] == 5 and linear["update_jacobian_rank"] == 3
     w = torch.randn(2, 8)
     narrow = jacobian_rank(lambda v: torch.tanh(w @ v), x)  # R^8 -> R^2: rank <= 2 (= 2 generically)
     assert narrow["max"] <= 2 and narrow["ranks"] == [2] * 6
@@ -176,8 +177,10 @@ def test_jacobian_rank_of_functions_with_known_bounds() -> None:
     normalised = jacobian_rank(branching, x)
     # A map through a unit sphere loses the radial direction: rank 3 - 0 or 1, never more than 3.
     assert all(r <= 3 for r in normalised["ranks"]) and normalised["samples"] == 6
-    summary = summarise_capacity({"a": normalised, "b": {"jacobian": linear}})
-    assert summary["jacobian_rank_max"] <= 3 and summary["capacity_modules"] == 2
+    summary = summarise_capacity({"a": normalised, "b": linear})
+    assert summary["update_jacobian_rank_max"] <= 3 and summary["capacity_modules"] == 2
+    assert summary["update_jacobian_rank_bound"] == 5
+    assert "effective_rank_median" not in summary  # an effective rank is a linear update's only
     assert summarise_capacity({}) == {}
 
 
@@ -255,7 +258,7 @@ def test_lora_delta_is_the_merged_update_out_by_in(kind: str, tokenizer) -> None
             change = change.T  # Conv1D stores in x out; ΔW is reported out x in
         assert delta.shape == change.shape
         assert torch.allclose(delta, change, atol=1e-5)
-        assert linear_capacity(delta)["rank"] <= 4
+        assert linear_capacity(delta)["update_jacobian_rank"] <= 4
 
 
 def test_capacity_of_trained_lora_and_full(tiny_llama_dir: Path, toy_data_dir: Path, tmp_path: Path) -> None:
@@ -279,12 +282,111 @@ def test_capacity_of_trained_lora_and_full(tiny_llama_dir: Path, toy_data_dir: P
     assert set(lora_capacity) == set(full_capacity)  # the same modules: q_proj and v_proj of both layers
     assert len(lora_capacity) == 4
     for name, entry in lora_capacity.items():
-        assert 0 < entry["effective_rank"] <= 4 and entry["rank"] <= 4, name
+        assert 0 < entry["effective_rank"] <= 4 and entry["update_jacobian_rank"] <= 4, name
     for name, entry in full_capacity.items():
         assert entry["frobenius_norm"] > 0 and entry["effective_rank"] > 1, name
     summary = summarise_capacity(lora_capacity)
     assert summary["effective_rank_min"] <= summary["effective_rank_median"] <= summary["effective_rank_max"] <= 4
-    assert get_method("prefix").capacity(lora_model, base, ids) == {}  # no linear update
+    assert summary["update_jacobian_rank_max"] <= 4
+    assert get_method("prefix").capacity(lora_model, base, ids) == {}  # no per-token update
+
+
+R = 4  # the LoRA / SoRA rank of the capacity tests below
+
+
+def _adapted(name: str, model_dir: Path) -> torch.nn.Module:
+    """``name`` prepared on the tiny model, with its update moved off zero (as training would)."""
+    from qpeft.methods import get_method
+    from qpeft.methods.targets import find_target_modules
+    from qpeft.models import load_model
+
+    method = get_method(name)
+    overrides = {"r": R} if name in ("lora", "sora") else {}
+    model = method.prepare(load_model(str(model_dir)), method.config_class(**overrides))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        if name == "full":
+            for module in find_target_modules(model, "auto").values():
+                module.weight.add_(0.01 * torch.randn_like(module.weight))
+        for parameter_name, parameter in model.named_parameters():
+            if parameter_name.endswith(("lora_B.default.weight", "sora_B", "qaa_up")):
+                parameter.normal_()
+            if parameter_name.endswith("sora_gate"):
+                parameter[0] = 0.0  # a pruned rank: the gate is part of SoRA's update
+    return model
+
+
+@pytest.mark.parametrize("name", ["full", "lora", "sora", "qaa"])
+def test_every_per_token_method_reports_the_update_jacobian_rank(name: str, tiny_model_dir: Path) -> None:
+    from qpeft.methods import get_method
+    from qpeft.models import load_model
+
+    model = _adapted(name, tiny_model_dir)
+    capacity = get_method(name).capacity(model, load_model(str(tiny_model_dir)), torch.tensor([[3, 4, 5, 6]]))
+    assert capacity
+    for module, entry in capacity.items():
+        rank = entry["update_jacobian_rank"]
+        if name == "full":  # a dense random change has full rank
+            assert rank == min(entry["shape"]), module
+        elif name == "lora":
+            assert 1 <= rank <= R, module
+        elif name == "sora":
+            assert rank == R - 1, module  # generic B and A, one gate at zero
+        else:
+            assert 1 <= rank <= entry["n_qubits"], module
+    summary = summarise_capacity(capacity)
+    assert summary["update_jacobian_rank_min"] <= summary["update_jacobian_rank_median"]
+    assert summary["update_jacobian_rank_median"] <= summary["update_jacobian_rank_max"]
+    assert ("effective_rank_median" in summary) == (name != "qaa")  # only a linear update has one
+
+
+def test_lora_update_jacobian_is_delta_w_at_every_input(tiny_model_dir: Path) -> None:
+    """The numerical Jacobian of a LoRA layer's update (torch.func) is ΔW, so its rank is rank(ΔW) at any x."""
+    from peft.tuners.lora import LoraLayer
+
+    from qpeft.methods import get_method
+    from qpeft.models import load_model
+
+    model = _adapted("lora", tiny_model_dir)
+    deltas = get_method("lora").delta_weights(model, load_model(str(tiny_model_dir)))
+    torch.manual_seed(2)
+    for name, layer in model.named_modules():
+        if not isinstance(layer, LoraLayer):
+            continue
+        delta = deltas[name.removeprefix("base_model.model.")]
+
+        def update(x: torch.Tensor, layer: torch.nn.Module = layer) -> torch.Tensor:
+            return layer(x) - layer.base_layer(x)  # the adapted layer's output minus the frozen one's
+
+        x = torch.randn(3, delta.shape[1])
+        for sample in x:
+            torch.testing.assert_close(torch.func.jacrev(update)(sample), delta, atol=1e-5, rtol=1e-4)
+        expected = linear_capacity(delta)["update_jacobian_rank"]
+        assert jacobian_rank(update, x)["ranks"] == [expected] * 3, name
+
+
+def test_capacity_finding_keeps_unlike_measures_apart() -> None:
+    from qpeft.report_html import _capacity_finding
+
+    torch.manual_seed(0)
+    w = torch.randn(4, 16)
+    capacity = {
+        "full": {"q": linear_capacity(torch.randn(24, 16))},
+        "lora": {"q": linear_capacity(torch.randn(24, R) @ torch.randn(R, 16))},
+        "qaa": {"q": jacobian_rank(lambda x: torch.tanh(w @ x), torch.randn(5, 16))},
+        "prefix": {},
+    }
+    payload = {"methods": {"base": {}, **{name: summarise_capacity(e) for name, e in capacity.items()}},
+               "method_configs": {"lora": {"r": R}}}
+    text = _capacity_finding(payload)
+    sentences = [s for s in re.split(r"(?<=\.)\s+", text) if s]
+    jacobian = next(s for s in sentences if "Jacobian" in s)
+    assert "full 16" in jacobian and f"lora {R} (rank r = {R})" in jacobian and "qaa 4 (of at most 4)" in jacobian
+    effective = next(s for s in sentences if "effective rank" in s)
+    assert "full" in effective and "lora" in effective
+    for sentence in sentences:
+        assert not ("effective" in sentence and ("Jacobian" in sentence or "qaa" in sentence)), sentence
+    assert "prefix has no weight update to measure" in text
 
 
 # --- compare --seeds ---------------------------------------------------------------------------
@@ -312,6 +414,7 @@ def test_compare_over_two_seeds_reports_per_seed_figures_and_their_spread(
     for figures in per_seed:
         for key in ("steps_to_margin", "loss_at_25pct", "loss_at_50pct", "loss_tail_std", "grad_norm_median",
                     "grad_norm_p95", "grad_norm_max", "non_finite_steps", "effective_rank_median",
+                    "update_jacobian_rank_median",
                     "latency_ms_per_token", "latency_vs_base"):
             assert isinstance(figures[key], (int, float)), key
     loss = [f["test_loss"] for f in per_seed]
@@ -324,6 +427,7 @@ def test_compare_over_two_seeds_reports_per_seed_figures_and_their_spread(
     seed0 = results["per_seed"]["0"]
     assert len(seed0["capacity"]["lora"]) == 4 and seed0["capacity"]["prefix"] == {}
     assert "effective_rank_median" not in seed0["methods"]["prefix"]
+    assert "update_jacobian_rank_median" not in seed0["methods"]["prefix"]
     curve = seed0["curves"]["lora"]
     assert curve["step"] == [1, 2, 3, 4] and len(curve["smoothed"]) == 4
 

@@ -343,7 +343,7 @@ def test_jacobian_rank_of_a_real_layer_is_at_most_n(trained_run: tuple[Path, Pat
     for name, entry in capacity.items():
         layer = model.get_submodule(name)
         assert entry["kind"] == "jacobian" and entry["bound"] == min(layer.n_qubits, layer.out_features)
-        assert 1 <= entry["jacobian_rank"] <= entry["bound"] == entry["n_qubits"]
+        assert 1 <= entry["update_jacobian_rank"] <= entry["bound"] == entry["n_qubits"]
         assert all(rank <= layer.n_qubits for rank in entry["ranks"])
 
 

@@ -1,17 +1,22 @@
 """How expressive a learned update is.
 
-Two measures, one per kind of update:
+One measure is common to every method with a per-token update (full fine-tuning, LoRA,
+SoRA, QAA), so that they can be compared like with like:
 
-- A **linear update** ΔW (out x in) is described by its singular values and its
-  *effective rank* (Roy and Vetterli, 2007): with the singular values σ_1..σ_K normalised
-  to a distribution p_k = σ_k / Σ_j σ_j, the effective rank is exp(H(p)), where
-  H(p) = -Σ_k p_k log p_k is the Shannon entropy (natural log, 0 log 0 = 0). It is 1 for
-  a rank-1 matrix, n for an n x n identity (or any matrix with n equal singular values),
-  lies between 1 and the numerical rank otherwise, does not change when ΔW is scaled,
-  and is defined here as 0 for ΔW = 0 (no update has no spectrum).
-- A **non-linear update** (QAA's measured circuit) has no single matrix; its local
-  expressiveness at an input x is the numerical rank of the Jacobian of the update at x,
-  which ``jacobian_rank`` reports as a distribution over sample inputs.
+- the **update Jacobian rank**: the numerical rank of the Jacobian of the update
+  Δ(x) = f(x) - f_0(x) with respect to the layer input x, on sample activations.
+  For a linear update Δ(x) = ΔW x the Jacobian is ΔW at every input, so the figure is the
+  numerical rank of ΔW (``linear_capacity``); for a non-linear update (QAA's measured
+  circuit) it varies with x and is the median over the samples (``jacobian_rank``).
+
+A second measure exists for linear updates only and is compared only among them:
+
+- the **effective rank** of ΔW (out x in) (Roy and Vetterli, 2007): with the singular values
+  σ_1..σ_K normalised to a distribution p_k = σ_k / Σ_j σ_j, the effective rank is
+  exp(H(p)), where H(p) = -Σ_k p_k log p_k is the Shannon entropy (natural log,
+  0 log 0 = 0). It is 1 for a rank-1 matrix, n for an n x n identity (or any matrix with n
+  equal singular values), lies between 1 and the numerical rank otherwise, does not change
+  when ΔW is scaled, and is defined here as 0 for ΔW = 0 (no update has no spectrum).
 
 The *numerical rank* of a matrix counts its singular values above ``tol * σ_max``, with
 ``tol`` by default ``max(m, n) * eps`` of the computation's dtype (NumPy's
@@ -19,8 +24,9 @@ The *numerical rank* of a matrix counts its singular values above ``tol * σ_max
 
 Schema of a method's ``capacity()`` result (module name -> entry), as stored in
 ``results.json``: an entry is either ``linear_capacity(ΔW)`` (``kind == "linear"``) or
-``jacobian_rank(...)`` (``kind == "jacobian"``); ``summarise_capacity`` turns the entries of
-one method into scalar figures (min / median / max over modules).
+``jacobian_rank(...)`` (``kind == "jacobian"``), and both carry ``update_jacobian_rank``;
+``summarise_capacity`` turns the entries of one method into scalar figures (min / median /
+max over modules).
 """
 
 from __future__ import annotations
@@ -75,6 +81,8 @@ def numerical_rank(values: torch.Tensor, shape: tuple[int, ...], tol: float | No
 def linear_capacity(delta: torch.Tensor, top_k: int = TOP_K) -> dict[str, Any]:
     """Spectrum figures of one linear update ΔW (out x in).
 
+    ``update_jacobian_rank`` is the numerical rank of ΔW: the Jacobian of x -> ΔW x is ΔW at
+    every input, so this is the figure ``jacobian_rank`` would give on any sample.
     ``singular_values`` holds the largest ``top_k`` only (``singular_values_total`` says how
     many there are); the effective rank, numerical rank and norms use all of them.
     """
@@ -83,7 +91,7 @@ def linear_capacity(delta: torch.Tensor, top_k: int = TOP_K) -> dict[str, Any]:
         "kind": "linear",
         "shape": list(delta.shape),
         "effective_rank": effective_rank(values),
-        "rank": numerical_rank(values, tuple(delta.shape), dtype=delta.dtype),
+        "update_jacobian_rank": numerical_rank(values, tuple(delta.shape), dtype=delta.dtype),
         "frobenius_norm": float(values.pow(2).sum().sqrt()),
         "spectral_norm": float(values[0]) if values.numel() else 0.0,
         "singular_values": [float(v) for v in values[:top_k]],
@@ -106,6 +114,8 @@ def jacobian_rank(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
 
     ``tol`` is relative to each Jacobian's largest singular value (default
     ``max(n, d) * eps`` of ``x``'s dtype). The rank can never exceed ``bound = min(n, d)``.
+    When ``fn`` is a module's update, ``update_jacobian_rank`` (the median over the samples)
+    is the figure compared with the other methods' (``linear_capacity``).
     """
     if x.dim() == 1:
         x = x.unsqueeze(0)
@@ -123,6 +133,7 @@ def jacobian_rank(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
         "min": min(ranks),
         "median": float(median(ranks)),
         "max": max(ranks),
+        "update_jacobian_rank": float(median(ranks)),
         "mean": sum(ranks) / len(ranks),
         "bound": min(out_dim, in_dim),
         "shape": [out_dim, in_dim],
@@ -130,37 +141,35 @@ def jacobian_rank(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
     }
 
 
-def _jacobian_entry(entry: dict[str, Any]) -> dict[str, Any] | None:
-    if entry.get("kind") == "jacobian":
-        return entry
-    nested = entry.get("jacobian")
-    return nested if isinstance(nested, dict) else None
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def summarise_capacity(entries: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Scalar figures over one method's modules: effective rank and Jacobian rank distributions.
+    """Scalar figures over one method's modules: min / median / max of each measure.
 
-    Keys appear only for what the entries hold, so a method without a linear update
-    (Prefix tuning) gets an empty summary.
+    ``update_jacobian_rank_*`` for every per-token update (with ``update_jacobian_rank_bound``
+    where the entries state one, as QAA's qubit count); ``effective_rank_*`` for linear
+    updates only. Keys appear only for what the entries hold, so a method without a
+    per-token update (Prefix tuning) gets an empty summary.
     """
     summary: dict[str, Any] = {}
     if not entries:
         return summary
     summary["capacity_modules"] = len(entries)
-    eranks = [e["effective_rank"] for e in entries.values()
-              if isinstance(e.get("effective_rank"), (int, float)) and math.isfinite(e["effective_rank"])]
-    if eranks:
+    ranks = [e["update_jacobian_rank"] for e in entries.values() if _is_number(e.get("update_jacobian_rank"))]
+    if ranks:
+        summary.update(update_jacobian_rank_min=min(ranks), update_jacobian_rank_median=float(median(ranks)),
+                       update_jacobian_rank_max=max(ranks))
+        bounds = [e["bound"] for e in entries.values() if _is_number(e.get("bound"))]
+        if bounds:
+            summary["update_jacobian_rank_bound"] = max(bounds)
+    linear = [e for e in entries.values() if e.get("kind") == "linear" and _is_number(e.get("effective_rank"))]
+    if linear:
+        eranks = [e["effective_rank"] for e in linear]
         summary.update(effective_rank_min=min(eranks), effective_rank_median=float(median(eranks)),
                        effective_rank_max=max(eranks))
-        ratios = [e["effective_rank"] / min(e["shape"]) for e in entries.values()
-                  if isinstance(e.get("effective_rank"), (int, float)) and e.get("shape")]
-        if ratios:
-            summary["effective_rank_share_median"] = float(median(ratios))
-    jacobians = [j for j in (_jacobian_entry(e) for e in entries.values()) if j is not None]
-    if jacobians:
-        medians = [j["median"] for j in jacobians]
-        summary.update(jacobian_rank_min=min(j["min"] for j in jacobians),
-                       jacobian_rank_median=float(median(medians)),
-                       jacobian_rank_max=max(j["max"] for j in jacobians),
-                       jacobian_rank_bound=max(j["bound"] for j in jacobians))
+        shares = [e["effective_rank"] / min(e["shape"]) for e in linear if min(e["shape"]) > 0]
+        if shares:
+            summary["effective_rank_share_median"] = float(median(shares))
     return summary

@@ -142,8 +142,9 @@ def jacobian_capacity(
 ) -> dict[str, dict[str, Any]]:
     """Per module: ``jacobian_rank`` of its update on ``samples`` of its real input activations.
 
-    ``jacobian_rank`` is the largest rank seen (the generic rank of an analytic map: it drops
-    only on a measure-zero set), ``bound`` the largest possible (n for the z readout).
+    ``update_jacobian_rank`` is the median rank over the samples, measured as the linear
+    methods' rank(ΔW) is (their Jacobian); ``max`` is the generic rank of the analytic map (it
+    drops only on a measure-zero set), ``bound`` the largest possible (n for the z readout).
     """
     from qpeft.analysis.capacity import jacobian_rank
 
@@ -156,7 +157,6 @@ def jacobian_capacity(
         if x.shape[0] == 0:
             continue
         entry = jacobian_rank(update_function(layer), x)
-        entry.update(jacobian_rank=entry["max"], bound=layer.jacobian_bound(), n_qubits=layer.n_qubits,
-                     readout=layer.spec.readout)
+        entry.update(bound=layer.jacobian_bound(), n_qubits=layer.n_qubits, readout=layer.spec.readout)
         out[name] = entry
     return out

@@ -161,5 +161,6 @@ class SoRA(Method):
         return figures
 
     def delta_weights(self, model: nn.Module, base_model: nn.Module) -> dict[str, torch.Tensor]:
+        """(alpha / r) B diag(g) A of every SoRA layer, out x in: with the gates, so a pruned rank does not count."""
         with torch.no_grad():
             return {name: layer.delta_weight().detach().float().cpu() for name, layer in sora_layers(model)}
