@@ -75,14 +75,14 @@ def test_compare_writes_results_and_skips_finished_methods(tiny_llama_dir: Path,
     args = ["compare", "--methods", "lora,prefix", "--output", str(out), *common(tiny_llama_dir, toy_data_dir)]
     assert main(args) == 0
     results = json.loads((out / "results.json").read_text())
-    assert set(results["methods"]) == {"base", "lora", "prefix"}
+    assert set(results["methods"]) == {"base", "base-fewshot", "lora", "prefix"}
     for key in ("bleu", "rouge1", "rouge2", "rougeL", "test_loss", "trainable_params", "trainable_pct",
                 "peak_memory_mb", "train_tokens_per_s", "train_seconds", "final_train_loss", "adapter_bytes"):
         assert key in results["methods"]["lora"], key
     assert {"torch", "transformers", "peft"} <= set(results["versions"])
     report = (out / "report.md").read_text()
     assert "| lora |" in report and "| base |" in report
-    assert len((out / "results.csv").read_text().splitlines()) == 4
+    assert len((out / "results.csv").read_text().splitlines()) == 5
 
     lora_before = snapshot(out / "lora")
     assert main(args) == 0

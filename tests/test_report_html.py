@@ -132,13 +132,13 @@ def test_findings_follow_the_measured_numbers() -> None:
     payload = synthetic_payload()
     text = "\n".join(findings(payload))
     lora_bleu = payload["methods"]["lora"]["bleu"]
-    assert f"Best test quality: **lora** with BLEU {lora_bleu:.2f}" in text
+    assert f"Highest BLEU: **lora**, {lora_bleu:.2f}." in text
     assert "Most parameter-efficient: **qaa**" in text
     assert "Least memory in training: **prefix** peaked at 480 MB" in text
     assert "Fastest training: **prefix**" in text
     assert "**qaa** is the slowest to generate" in text
     assert "Fastest to converge: **full**" in text
-    assert "qaa's Jacobian rank 4 of at most 4" in text
+    assert "qaa 4 (of at most 4)" in text
     assert "prefix has no weight update to measure" in text
     assert "Under finite shots and depolarising noise, qaa's BLEU" in text
     assert "means over 3 seeds" in text
@@ -146,7 +146,7 @@ def test_findings_follow_the_measured_numbers() -> None:
     changed = copy.deepcopy(payload)
     changed["methods"]["prefix"].update(bleu=99.0, peak_memory_mb=2000.0)
     text = "\n".join(findings(changed))
-    assert "Best test quality: **prefix** with BLEU 99.00" in text
+    assert "Highest BLEU: **prefix**, 99.00." in text
     assert "Least memory in training: **lora** peaked at 500 MB" in text
 
     # A loss that never fell by the margin "converges" at step 1: it is named apart, not crowned.
@@ -154,6 +154,30 @@ def test_findings_follow_the_measured_numbers() -> None:
     text = "\n".join(findings(changed))
     assert "Fastest to converge: **full**" in text
     assert "qaa (2.0%): the smoothed training loss fell by less than 5%" in text
+
+
+def test_findings_claim_a_difference_only_where_the_paired_test_finds_one() -> None:
+    payload = synthetic_payload(seeds=(0,))
+    payload["analysis"]["reference"] = "lora"
+    methods = payload["methods"]
+    methods["lora"].update(bleu=50.0, ci={"bleu": [45.0, 55.0]})
+    methods["qaa"].update(bleu=53.0, ci={"bleu": [48.0, 58.0]}, p_vs_reference={"bleu": 0.31})
+    methods["full"].update(bleu=60.0, ci={"bleu": [56.0, 64.0]}, p_vs_reference={"bleu": 0.004})
+    methods["prefix"].update(bleu=30.0, ci={"bleu": [25.0, 35.0]}, p_vs_reference={"bleu": 0.0004})
+    text = "\n".join(findings(payload))
+    assert "Highest BLEU: **full**, 60.00 [56.00, 64.00]; its interval overlaps qaa's" in text
+    sentence = next(line for line in text.splitlines() if line.startswith("BLEU against **lora**"))
+    assert "better: full (p 0.004)" in sentence and "worse: prefix (p < 0.001)" in sentence
+    assert "not distinguishable on 10 items: qaa" in sentence
+    assert "qaa (p" not in sentence  # no verdict for a difference inside the noise
+
+    methods["full"]["status"], methods["full"]["error"] = "failed", "TrainingDiverged: non-finite loss at step 3"
+    text = "\n".join(findings(payload))
+    assert "**full** failed and has no scores: TrainingDiverged: non-finite loss at step 3" in text
+    assert "Highest BLEU: **qaa**" in text
+    report = markdown_report(payload)
+    assert "| full | failed: TrainingDiverged" in report
+    assert "| qaa | 0.310 |" in report  # the paired-test table
 
 
 def test_markdown_report_has_the_analysis_sections() -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 from qpeft.config_file import expand_config_file
 from qpeft.errors import UsageError
-from qpeft.evaluation import EvalSettings
+from qpeft.evaluation import STOP_MODES, EvalSettings
 from qpeft.methods import REGISTRY
 from qpeft.training import PRECISIONS, TrainSettings
 
@@ -70,6 +70,11 @@ def add_experiment_flags(parser: argparse.ArgumentParser) -> None:
     budget.add_argument("--save-steps", type=int, default=train.save_steps, help="checkpoint interval")
     budget.add_argument("--precision", choices=PRECISIONS, default=train.precision)
     budget.add_argument("--gradient-checkpointing", action="store_true")
+    budget.add_argument("--eval-steps", type=int, default=train.eval_steps,
+                        help="validation loss every N optimizer steps and at the end (default 0: four times a run)")
+    budget.add_argument("--validation-items", type=int, default=train.validation_items,
+                        help=f"validation (input, target) pairs scored each time, a fixed seeded sample "
+                             f"(default {train.validation_items})")
     add_eval_flags(parser, evaluation)
 
 
@@ -84,14 +89,20 @@ def add_eval_flags(parser: argparse.ArgumentParser, defaults: EvalSettings | Non
     group.add_argument("--num-beams", type=int, default=value("num_beams"), help="1: greedy decoding")
     group.add_argument("--eval-batch-size", type=int, default=value("batch_size"))
     group.add_argument("--max-test-items", type=int, default=value("max_test_items"),
-                       help="evaluate the first N test items only (0: all)")
+                       help="score a random sample of N test items, drawn with the seed (0: all)")
     group.add_argument("--bertscore-model", default=value("bertscore_model"),
                        help="model id or path for BERTScore, or 'none' to skip it")
+    group.add_argument("--stop-at-newline", choices=STOP_MODES, default=value("stop_at_newline"),
+                       help="cut each output at its first line break; auto (default): when no training target "
+                            "holds one")
+    group.add_argument("--fewshot-examples", type=int, default=value("fewshot_examples"),
+                       help="solved training examples in the prompt of the base-fewshot row (default 3; 0: no row)")
 
 
 def eval_overrides(args: argparse.Namespace) -> dict[str, Any]:
     names = {"max_new_tokens": "max_new_tokens", "num_beams": "num_beams", "eval_batch_size": "batch_size",
-             "max_test_items": "max_test_items", "bertscore_model": "bertscore_model"}
+             "max_test_items": "max_test_items", "bertscore_model": "bertscore_model",
+             "stop_at_newline": "stop_at_newline", "fewshot_examples": "fewshot_examples"}
     return {field: getattr(args, flag) for flag, field in names.items() if getattr(args, flag) is not None}
 
 
@@ -102,6 +113,7 @@ def experiment_from_args(args: argparse.Namespace) -> Any:
         steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum, max_length=args.max_length,
         warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay, save_steps=args.save_steps,
         precision=args.precision, gradient_checkpointing=args.gradient_checkpointing, template=args.template,
+        eval_steps=args.eval_steps, validation_items=args.validation_items,
     )
     return Experiment(
         model=args.model, dataset=args.dataset, input_column=args.input_column, target_column=args.target_column,
@@ -131,6 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--convergence-margin", type=float, default=0.05, metavar="FRACTION",
                          help="a method has converged when its smoothed loss is within this fraction of its best "
                               "(default 0.05)")
+    compare.add_argument("--reference", default="lora",
+                         help="the row every p-value is against (default lora; the base model when absent)")
+    compare.add_argument("--same-process", action="store_true",
+                         help="train every method in this process (starts faster; each method's peak memory then "
+                              "includes what the methods before it left behind)")
+    compare.add_argument("--bootstrap-resamples", type=int, default=1000,
+                         help="paired bootstrap resamples of the test items (and seeds) (default 1000)")
     add_experiment_flags(compare)
 
     evaluate = commands.add_parser("evaluate", help="(re)evaluate a trained run")
@@ -189,19 +208,24 @@ def parse_seeds(text: str | None) -> list[int] | None:
     return seeds
 
 
-def run_compare(args: argparse.Namespace) -> None:
+def run_compare(args: argparse.Namespace) -> int:
     from qpeft.compare import AnalysisSettings, compare
 
     methods = [name.strip() for name in args.methods.split(",") if name.strip()]
     configs = {name: collect_dataclass_flags(args, name) for name in methods}
-    analysis = AnalysisSettings(convergence_margin=args.convergence_margin)
+    analysis = AnalysisSettings(convergence_margin=args.convergence_margin, reference=args.reference,
+                                bootstrap_resamples=args.bootstrap_resamples)
     payload = compare(args.output, experiment_from_args(args), methods, configs, args.data_dir,
-                      seeds=parse_seeds(args.seeds), analysis=analysis)
+                      seeds=parse_seeds(args.seeds), analysis=analysis, fresh_process=not args.same_process)
     from qpeft.report import summary_table
 
-    spread = payload["aggregate"] if len(payload["seeds"]) > 1 else None
-    print(summary_table(payload["methods"], spread))
+    print(summary_table(payload))
     print(f"\nreport: {args.output / 'report.md'} and {args.output / 'report.html'}")
+    failed = [name for name, figures in payload["methods"].items() if figures.get("status") == "failed"]
+    if failed:
+        print(f"qpeft: {', '.join(failed)} failed (see the report); the other rows are complete", file=sys.stderr)
+        return 1
+    return 0
 
 
 def run_evaluate(args: argparse.Namespace) -> None:
@@ -221,6 +245,7 @@ def run_evaluate(args: argparse.Namespace) -> None:
 
 def run_generate(args: argparse.Namespace) -> None:
     from qpeft.evaluation import generate
+    from qpeft.io import read_json
     from qpeft.runs import Experiment, load_run
 
     model, tokenizer, config = load_run(args.run_dir)
@@ -229,7 +254,12 @@ def run_generate(args: argparse.Namespace) -> None:
     settings.max_new_tokens = args.max_new_tokens or settings.max_new_tokens
     settings.num_beams = args.num_beams or settings.num_beams
     settings.validate()
-    completions, _ = generate(model, tokenizer, args.input, experiment.train.template, settings, progress=False)
+    # Stop as the run's own evaluation did ("auto" was resolved against its training targets then).
+    metrics_path = args.run_dir / "metrics.json"
+    stop = read_json(metrics_path).get("stop_at_newline") if metrics_path.exists() else None
+    stop = settings.stop_at_newline == "on" if stop is None else bool(stop)
+    completions, _ = generate(model, tokenizer, args.input, experiment.train.template, settings, progress=False,
+                              stop_at_newline=stop)
     for completion in completions:
         print(completion)
 
@@ -274,14 +304,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Deprecation notices raised inside transformers/PEFT are for their developers, not for our users.
     warnings.filterwarnings("ignore", category=FutureWarning)
     try:
-        COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
     except UsageError as error:
         print(f"qpeft: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("qpeft: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

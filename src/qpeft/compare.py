@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import gc
+import json
 import logging
+import multiprocessing
 import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from statistics import median
 from typing import Any
 
 import torch
+from accelerate import PartialState
 
 from qpeft.analysis.capacity import summarise_capacity
 from qpeft.analysis.convergence import (
@@ -22,13 +28,14 @@ from qpeft.analysis.convergence import (
     read_log,
 )
 from qpeft.analysis.seeds import aggregate_methods
+from qpeft.analysis.significance import SystemScores, bootstrap_comparison
 from qpeft.distributed import is_main_process
 from qpeft.errors import UsageError
 from qpeft.io import read_json, write_csv, write_json, write_text_atomic
 from qpeft.methods import get_method
 from qpeft.report import ANALYSIS_COLUMNS, RESULT_COLUMNS, markdown_report
-from qpeft.runs import BASE, Experiment, base_run, load_run, train_run
-from qpeft.training import check_compatible
+from qpeft.runs import BASE, FEWSHOT, Experiment, base_run, load_run, train_run
+from qpeft.training import TrainingDiverged, check_compatible
 
 log = logging.getLogger(__name__)
 
@@ -65,17 +72,25 @@ def compare(
     data_dir: str | None,
     seeds: list[int] | None = None,
     analysis: AnalysisSettings | None = None,
+    fresh_process: bool = True,
 ) -> dict[str, Any]:
     """Train and evaluate each method once per seed (finished runs are kept), then analyse and report.
 
     One seed (default: ``experiment.seed``) keeps runs in ``output/<method>/``; several put
     each seed's comparison in ``output/seed-<s>/<method>/`` and report mean and spread.
+    Each run trains in a fresh process (``fresh_process``) so that its peak memory is its own.
+    A method that fails is recorded as such (``methods.<m>.status == "failed"``) and the rest run.
     """
     if not methods:
         raise UsageError("--methods: name at least one method")
+    if len(set(methods)) != len(methods):
+        raise UsageError(f"--methods: name each method once, got {','.join(methods)}")
     seeds = list(seeds) if seeds else [experiment.seed]
     if len(set(seeds)) != len(seeds):
         raise UsageError(f"--seeds: name each seed once, got {seeds}")
+    if len(seeds) > 1 and experiment.eval.sample_seed is None:
+        # Every seed scores the same test sample, so that the bootstrap can pair items across seeds.
+        experiment = replace(experiment, eval=replace(experiment.eval, sample_seed=seeds[0]))
     analysis = analysis or AnalysisSettings()
     analysis.validate()
     experiment.validate()
@@ -88,11 +103,12 @@ def compare(
     per_seed = {}
     for seed, seed_dir in seed_dirs.items():
         seed_experiment = replace(experiment, seed=seed)
-        results = {BASE: base_run(seed_dir / BASE, seed_experiment, data_dir)}
+        results = baseline_rows(seed_dir, seed_experiment, data_dir, fresh_process)
         for name in methods:
             log.info("=== %s%s ===", name, f" (seed {seed})" if len(seeds) > 1 else "")
-            results[name] = train_run(seed_dir / name, seed_experiment, name, method_configs.get(name, {}), data_dir)
-            if is_main_process():
+            results[name] = method_row(seed_dir / name, seed_experiment, name, method_configs.get(name, {}), data_dir,
+                                       fresh_process)
+            if is_main_process() and results[name].get("status") != FAILED:
                 robustness = robustness_figures(seed_dir / name, name, results[name], data_dir)
                 if robustness:
                     results[name]["robustness"] = robustness
@@ -101,18 +117,83 @@ def compare(
             continue  # under a multi-process launcher only the main process analyses and writes
         per_seed[str(seed)] = analyse_seed(seed_dir, seed_experiment, methods, results, data_dir, analysis)
         if len(seeds) > 1:
-            configs = {name: read_json(seed_dir / name / "config.json")["method_config"] for name in methods}
-            seed_payload = build_payload(seed_experiment, [seed], configs, {str(seed): per_seed[str(seed)]}, analysis)
+            seed_payload = build_payload(seed_experiment, [seed], method_configs_of(seed_dir, methods, method_configs),
+                                         {str(seed): per_seed[str(seed)]}, analysis, {seed: seed_dir})
             write_json(seed_dir / "results.json", seed_payload)
     if not is_main_process():
         return {}
-    first_dir = seed_dirs[seeds[0]]
-    configs = {name: read_json(first_dir / name / "config.json")["method_config"] for name in methods}
+    configs = method_configs_of(seed_dirs[seeds[0]], methods, method_configs)
     # Several seeds share everything but the seed, which the payload lists under "seeds".
     shared = replace(experiment, seed=seeds[0] if len(seeds) == 1 else None)
-    payload = build_payload(shared, seeds, configs, per_seed, analysis)
+    payload = build_payload(shared, seeds, configs, per_seed, analysis, seed_dirs)
     write_reports(output, payload)
     return payload
+
+
+FAILED = "failed"
+
+
+def baseline_rows(seed_dir: Path, experiment: Experiment, data_dir: str | None,
+                  fresh_process: bool) -> dict[str, dict[str, Any]]:
+    """The untrained base model, zero-shot and (unless ``fewshot_examples`` is 0) few-shot."""
+    rows = {BASE: isolated(base_run, fresh_process, seed_dir / BASE, experiment, data_dir)}
+    if experiment.eval.fewshot_examples:
+        rows[FEWSHOT] = isolated(base_run, fresh_process, seed_dir / FEWSHOT, experiment, data_dir, True)
+    return rows
+
+
+def method_row(run_dir: Path, experiment: Experiment, name: str, config: dict[str, Any], data_dir: str | None,
+               fresh_process: bool) -> dict[str, Any]:
+    """One method's metrics; a method that diverges or raises is a failed row, and the comparison goes on."""
+    try:
+        return {"status": "ok", **isolated(train_run, fresh_process, run_dir, experiment, name, config, data_dir)}
+    except TrainingDiverged as error:
+        message = str(error)
+    except UsageError:
+        raise  # bad input the checks before training could not see (a foreign run folder): stop
+    except Exception as error:  # noqa: BLE001 - one method's failure must not lose the others' results
+        log.exception("%s failed", name)
+        message = f"{type(error).__name__}: {error}".splitlines()[0]
+    log.error("%s: failed: %s", name, message)
+    return {"status": FAILED, "error": message}
+
+
+def isolated(function: Callable[..., dict[str, Any]], fresh_process: bool, *args: Any) -> dict[str, Any]:
+    """``function(*args)``, in a fresh process when asked (and not under a multi-process launcher).
+
+    A fresh process per run makes each method's peak memory its own: in one shared process the
+    resident set keeps what earlier methods left behind (allocator caches, imported libraries),
+    so a method's figure would depend on which methods ran before it. It also keeps a crash in
+    one method (a segfault in a compiled kernel) from ending the comparison.
+    """
+    if not fresh_process or PartialState().num_processes > 1:
+        return function(*args)
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=configure_child_logging, initargs=(logging.getLogger("qpeft").level,)) as pool:
+        try:
+            return pool.submit(function, *args).result()
+        except BrokenProcessPool:
+            raise RuntimeError("the run's process died (killed, or a crash in compiled code)") from None
+
+
+def configure_child_logging(level: int) -> None:
+    """The parent's log format and quiet library warnings, in a spawned process that starts with none."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    logging.basicConfig(level=level or logging.INFO, format="qpeft: %(message)s")
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def method_configs_of(seed_dir: Path, methods: list[str], given: dict[str, dict[str, Any]]) -> dict[str, dict]:
+    """Each method's full configuration as its run recorded it (the given flags for a run that never started)."""
+    configs = {}
+    for name in methods:
+        path = seed_dir / name / "config.json"
+        configs[name] = read_json(path)["method_config"] if path.exists() else given.get(name, {})
+    return configs
 
 
 @dataclass
@@ -126,15 +207,21 @@ class AnalysisSettings:
     latency_new_tokens: int = 16
     latency_repeats: int = 3
     smoothing: str = field(default="centred moving average over ~5% of the logged steps (odd window, >= 3)")
+    reference: str = "lora"  # the method every p-value is against (the base model when it is not in the comparison)
+    bootstrap_resamples: int = 1000  # paired bootstrap over test items (and seeds), the same draws for every row
+    confidence: float = 0.95
+    alpha: float = 0.05  # a finding calls one row better than another only when p < alpha
 
     def validate(self) -> None:
         if not 0 < self.convergence_margin < 1:
             raise UsageError(f"--convergence-margin must be in (0, 1), got {self.convergence_margin}")
         if not all(0 < f <= 1 for f in self.loss_fractions) or not 0 < self.tail_fraction <= 1:
             raise UsageError("loss fractions and the tail fraction must be in (0, 1]")
-        for name in ("sample_prompts", "latency_new_tokens", "latency_repeats"):
+        for name in ("sample_prompts", "latency_new_tokens", "latency_repeats", "bootstrap_resamples"):
             if getattr(self, name) <= 0:
-                raise UsageError(f"{name} must be positive")
+                raise UsageError(f"--{name.replace('_', '-')} must be positive")
+        if not 0 < self.confidence < 1 or not 0 < self.alpha < 1:
+            raise UsageError("the confidence level and alpha must be in (0, 1)")
 
     def to_dict(self) -> dict[str, Any]:
         values = asdict(self)
@@ -197,20 +284,24 @@ def analyse_seed(
     data_dir: str | None,
     settings: AnalysisSettings,
 ) -> dict[str, Any]:
-    """Convergence from each train log, capacity and same-process latency from the saved runs."""
+    """Convergence from each train log, capacity and same-process latency from the saved runs.
+
+    A failed method keeps its row and its loss curve up to the failure; it has no model to measure.
+    """
     figures = {name: dict(values) for name, values in results.items()}
     curves = {}
     for name in methods:
         log_path = seed_dir / name / "train_log.csv"
-        if not log_path.exists():
+        train_log = read_log(log_path) if log_path.exists() else {}
+        if not train_log.get("step"):
             continue
-        train_log = read_log(log_path)
         figures[name].update(convergence_figures(
             train_log, settings.convergence_margin, settings.loss_fractions, settings.tail_fraction,
             total_steps=experiment.train.steps,
         ))
         curves[name] = loss_curve(train_log)
-    capacity, latency, errors = measure_models(seed_dir, experiment, methods, data_dir, settings)
+    finished = [name for name in methods if results[name].get("status") != FAILED]
+    capacity, latency, errors = measure_models(seed_dir, experiment, finished, data_dir, settings)
     for name, entries in capacity.items():
         figures[name].update(summarise_capacity(entries))
     for name, message in errors.items():
@@ -310,19 +401,74 @@ def build_payload(
     method_configs: dict[str, dict[str, Any]],
     per_seed: dict[str, dict[str, Any]],
     analysis: AnalysisSettings,
+    seed_dirs: dict[int, Path] | None = None,
 ) -> dict[str, Any]:
-    """results.json: the figures of every seed, their mean (``methods``) and spread (``aggregate``)."""
+    """results.json: the figures of every seed, their mean (``methods``) and spread (``aggregate``),
+    and each quality figure's bootstrap interval and p-value against the reference row."""
     means, spread = aggregate_methods({seed: values["methods"] for seed, values in per_seed.items()})
+    statistics = quality_statistics(seed_dirs, per_seed, analysis) if seed_dirs else {}
+    for name, values in statistics.get("methods", {}).items():
+        means[name].update(values)
     return {
         "experiment": experiment.to_dict(),
         "seeds": list(seeds),
         "method_configs": method_configs,
         "versions": versions(),
-        "analysis": analysis.to_dict(),
+        "analysis": {**analysis.to_dict(), "reference": statistics.get("reference"),
+                     "bootstrap_note": statistics.get("note")},
+        "test_sample": test_sample_record(means),
         "methods": means,
         "aggregate": spread,
         "per_seed": per_seed,
     }
+
+
+def test_sample_record(methods: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Which test items every row scored (the base row's, which all rows share)."""
+    base = methods.get(BASE, {})
+    return {"items": base.get("test_items"), "indices": base.get("test_indices")}
+
+
+def quality_statistics(
+    seed_dirs: dict[int, Path], per_seed: dict[str, dict[str, Any]], settings: AnalysisSettings
+) -> dict[str, Any]:
+    """``ci`` and ``p_vs_reference`` per row from a paired bootstrap over the test items (and seeds).
+
+    Rows that failed in any seed are left out. Every row must have scored the same items in the
+    same order (they do: one seeded sample); otherwise nothing is claimed and ``note`` says why.
+    """
+    rows_of_seeds = [values["methods"] for values in per_seed.values()]
+    names = [name for name in rows_of_seeds[0]
+             if all(rows.get(name, {}).get("status", "ok") != FAILED and name in rows for rows in rows_of_seeds)]
+    systems: dict[str, list[SystemScores]] = {}
+    references, indices = None, None
+    for name in names:
+        systems[name] = []
+        for seed_dir in seed_dirs.values():
+            rows = read_predictions(seed_dir / name / "predictions.jsonl")
+            row_indices = [row.get("index") for row in rows]
+            if indices is None:
+                indices, references = row_indices, [row["references"] for row in rows]
+            if row_indices != indices:
+                return {"note": f"{name} scored other test items than {names[0]}: no intervals or p-values"}
+            scores = {metric: [row["scores"][metric] for row in rows] for metric in rows[0]["scores"]} if rows else {}
+            systems[name].append(SystemScores([row["prediction"] for row in rows], scores))
+    if not systems or not references:
+        return {}
+    reference = settings.reference if settings.reference in systems else BASE
+    stats = bootstrap_comparison(systems, references, reference_method=reference,
+                                 resamples=settings.bootstrap_resamples, seed=min(seed_dirs),
+                                 confidence=settings.confidence)
+    return {"reference": reference, "methods": {name: {"ci": values["ci"], "p_vs_reference": values["p_vs_reference"]}
+                                                for name, values in stats.items()}}
+
+
+def read_predictions(path: Path) -> list[dict[str, Any]]:
+    """The rows of a ``predictions.jsonl`` (JSON only; a malformed file is a one-line error)."""
+    try:
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, ValueError) as error:
+        raise UsageError(f"{path}: cannot read the predictions ({error})") from None
 
 
 def write_reports(output: Path, payload: dict[str, Any]) -> None:

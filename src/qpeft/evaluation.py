@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,9 @@ from qpeft.data import Example, TestItem, reference_pairs
 from qpeft.data.prompts import encode_examples, encode_prompt
 from qpeft.errors import UsageError
 from qpeft.io import write_text_atomic
-from qpeft.metrics import DEFAULT_BERTSCORE_MODEL, score_all
+from qpeft.metrics import DEFAULT_BERTSCORE_MODEL, bleu, per_item_scores
+
+STOP_MODES = ("auto", "on", "off")
 
 
 @dataclass
@@ -25,9 +29,14 @@ class EvalSettings:
     max_new_tokens: int = 64
     num_beams: int = 1
     batch_size: int = 16
-    max_test_items: int = 0  # 0: the whole test set
+    max_test_items: int = 0  # 0: the whole test set; N: a seeded random sample of N items
+    sample_seed: int | None = None  # seed of that sample; None: the experiment's seed
     bertscore_model: str = DEFAULT_BERTSCORE_MODEL  # "none" to skip BERTScore
     test_loss: bool = True  # False: skip the teacher-forced loss over every reference (reported as None)
+    # "auto": cut each output at its first newline when no training target holds one (the model has
+    # never been shown a target that goes on after a line break, so what follows one is rambling).
+    stop_at_newline: str = "auto"
+    fewshot_examples: int = 3  # k training examples in the prompt of the base-fewshot row (0: no such row)
 
     def validate(self) -> None:
         for name in ("max_new_tokens", "num_beams", "batch_size"):
@@ -35,9 +44,24 @@ class EvalSettings:
                 raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if self.max_test_items < 0:
             raise UsageError("--max-test-items must be 0 (all) or positive")
+        if self.stop_at_newline not in STOP_MODES:
+            raise UsageError(f"--stop-at-newline must be one of {', '.join(STOP_MODES)}, got {self.stop_at_newline!r}")
+        if self.fewshot_examples < 0:
+            raise UsageError(f"--fewshot-examples must be 0 (no few-shot row) or positive, got {self.fewshot_examples}")
 
-    def select(self, items: list[TestItem]) -> list[TestItem]:
-        return items[: self.max_test_items] if self.max_test_items else items
+    def sample_indices(self, count: int, seed: int) -> list[int]:
+        """Indices of the test items to score: all, or a seeded random sample of ``max_test_items``.
+
+        Never the first N: a test file may be sorted (E2E's is, by the number of attributes).
+        """
+        if not self.max_test_items or self.max_test_items >= count:
+            return list(range(count))
+        return sorted(random.Random(seed).sample(range(count), self.max_test_items))
+
+    def stops_at_newline(self, train: list[Example]) -> bool:
+        if self.stop_at_newline == "auto":
+            return not any("\n" in example.target for example in train)
+        return self.stop_at_newline == "on"
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
@@ -52,18 +76,25 @@ def generate(
     template: str,
     settings: EvalSettings,
     progress: bool = True,
+    stop_at_newline: bool = False,
+    shots: Sequence[Example] = (),
 ) -> tuple[list[str], dict[str, float]]:
     """Batched generation (greedy, or beam search with ``num_beams`` > 1).
 
-    Returns the completions and timing: seconds and generated tokens, for latency per token.
+    With ``stop_at_newline`` a row stops at its first generated line break and the text is cut
+    there. ``shots`` are solved examples put before every prompt (the few-shot baseline).
+    Returns the completions and timing: seconds, generated tokens, and how many outputs
+    used every one of ``max_new_tokens`` without stopping (they were cut, not finished).
     """
     model.eval()
     device = model_device(model)
     pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
-    outputs, new_tokens, started = [], 0, time.perf_counter()
+    stop = {"stop_strings": ["\n"], "tokenizer": tokenizer} if stop_at_newline else {}
+    outputs, new_tokens, unfinished, started = [], 0, 0, time.perf_counter()
     batches = range(0, len(inputs), settings.batch_size)
     for start in tqdm(batches, desc="generating", unit="batch", disable=not progress):
-        prompts = [encode_prompt(text, tokenizer, template) for text in inputs[start : start + settings.batch_size]]
+        batch = inputs[start : start + settings.batch_size]
+        prompts = [encode_prompt(text, tokenizer, template, shots) for text in batch]
         width = max(len(p) for p in prompts)
         # Left padding keeps every prompt's last token at the end, where generation continues.
         ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=device)
@@ -76,14 +107,34 @@ def generate(
             do_sample=False,
             pad_token_id=pad_id,
             eos_token_id=eos_id,
+            **stop,
         )[:, width:]
         for row in generated.tolist():
-            # Everything after the first EOS is padding.
-            length = row.index(eos_id) + 1 if eos_id in row else len(row)
+            text, length, finished = decode_completion(row, tokenizer, stop_at_newline)
             new_tokens += length
-            outputs.append(tokenizer.decode(row[:length], skip_special_tokens=True).strip())
+            unfinished += not finished and length >= settings.max_new_tokens
+            outputs.append(text)
     seconds = time.perf_counter() - started
-    return outputs, {"generation_seconds": seconds, "generated_tokens": new_tokens}
+    return outputs, {"generation_seconds": seconds, "generated_tokens": new_tokens, "unfinished": unfinished}
+
+
+def decode_completion(
+    row: list[int], tokenizer: PreTrainedTokenizerBase, stop_at_newline: bool
+) -> tuple[str, int, bool]:
+    """(text, tokens generated, whether it ended by itself) of one generated row.
+
+    The row ends at its first EOS; with ``stop_at_newline`` also at its first line break
+    (the text is cut there). Rows that stopped early are padded up to the batch's longest.
+    """
+    eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
+    finished = eos_id in row
+    length = row.index(eos_id) + 1 if finished else len(row)
+    while length and row[length - 1] == pad_id and pad_id != eos_id:
+        length -= 1
+    text = tokenizer.decode(row[:length], skip_special_tokens=True)
+    if stop_at_newline and "\n" in text:
+        text, finished = text.split("\n", 1)[0], True
+    return text.strip(), length, finished
 
 
 @torch.no_grad()
@@ -94,12 +145,22 @@ def test_loss(
     template: str,
     max_length: int,
     batch_size: int,
+    shots: Sequence[Example] = (),
 ) -> float:
     """Mean cross-entropy per target token over every (input, reference) pair."""
+    return mean_target_loss(model, tokenizer, encode_examples(pairs, tokenizer, template, max_length, shots),
+                            batch_size)
+
+
+@torch.no_grad()
+def mean_target_loss(
+    model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, encoded: list[dict[str, list[int]]], batch_size: int
+) -> float:
+    """Mean cross-entropy per target token of already encoded examples (the test and validation loss)."""
+    was_training = model.training
     model.eval()
     device = model_device(model)
     collate = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
-    encoded = encode_examples(pairs, tokenizer, template, max_length)
     total, count = 0.0, 0
     for start in range(0, len(encoded), batch_size):
         batch = {k: v.to(device) for k, v in collate(encoded[start : start + batch_size]).items()}
@@ -111,6 +172,7 @@ def test_loss(
         )
         total += loss.item()
         count += int((targets != -100).sum())
+    model.train(was_training)
     return total / count if count else math.nan
 
 
@@ -122,22 +184,37 @@ def evaluate(
     max_length: int,
     settings: EvalSettings,
     predictions_path: Path | None = None,
+    stop_at_newline: bool = False,
+    shots: Sequence[Example] = (),
+    item_indices: Sequence[int] | None = None,
 ) -> dict[str, Any]:
-    """Generate once per test item, score against all its references, add the test loss (unless skipped)."""
-    predictions, timing = generate(model, tokenizer, [item.input for item in items], template, settings)
+    """Generate once per test item, score against all its references, add the test loss (unless skipped).
+
+    ``predictions.jsonl`` keeps each item's index in the test split and its own scores, which
+    the comparison's paired bootstrap resamples.
+    """
+    predictions, timing = generate(model, tokenizer, [item.input for item in items], template, settings,
+                                   stop_at_newline=stop_at_newline, shots=shots)
     references = [list(item.references) for item in items]
+    bertscore_model = None if settings.bertscore_model == "none" else settings.bertscore_model
+    item_scores = per_item_scores(predictions, references, bertscore_model)
     if predictions_path is not None:
+        indices = list(item_indices) if item_indices is not None else list(range(len(items)))
         lines = [
-            json.dumps({"input": item.input, "prediction": prediction, "references": list(item.references)})
-            for item, prediction in zip(items, predictions, strict=True)
+            json.dumps({"index": index, "input": item.input, "prediction": prediction,
+                        "references": list(item.references),
+                        "scores": {name: values[i] for name, values in item_scores.items()}})
+            for i, (index, item, prediction) in enumerate(zip(indices, items, predictions, strict=True))
         ]
         write_text_atomic(predictions_path, "\n".join(lines) + "\n")
-    bertscore_model = None if settings.bertscore_model == "none" else settings.bertscore_model
-    scores = score_all(predictions, references, bertscore_model)
+    scores: dict[str, Any] = {"bleu": bleu(predictions, references),
+                              **{name: sum(values) / len(values) for name, values in item_scores.items()}}
     scores["test_loss"] = (
-        test_loss(model, tokenizer, reference_pairs(items), template, max_length, settings.batch_size)
+        test_loss(model, tokenizer, reference_pairs(items), template, max_length, settings.batch_size, shots)
         if settings.test_loss else None
     )
     scores["test_items"] = len(items)
+    scores["stop_at_newline"] = stop_at_newline
+    scores["max_new_tokens_reached_pct"] = 100.0 * timing["unfinished"] / max(len(items), 1)
     scores["generation_ms_per_token"] = 1000.0 * timing["generation_seconds"] / max(timing["generated_tokens"], 1)
     return scores

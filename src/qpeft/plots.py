@@ -18,7 +18,7 @@ import statistics
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from qpeft.runs import BASE
+from qpeft.runs import BASE, BASELINES, FEWSHOT
 
 STYLE = {
     "font.size": 9,
@@ -32,15 +32,17 @@ STYLE = {
 }
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22"]
 BASE_COLOR = "#7f7f7f"
+FEWSHOT_COLOR = "#b5b5b5"
 QUALITY_METRICS = [("bleu", "BLEU"), ("rougeL", "ROUGE-L"), ("bertscore_f1", "BERTScore F1")]
 
 
 def method_colors(names: Sequence[str]) -> dict[str, str]:
-    """A fixed colour per method, the same in every plot (the base model is grey)."""
-    colors, trained = {}, [n for n in names if n != BASE]
+    """A fixed colour per method, the same in every plot (the base model is grey, few-shot light grey)."""
+    colors, trained = {}, [n for n in names if n not in BASELINES]
     for i, name in enumerate(trained):
         colors[name] = PALETTE[i % len(PALETTE)]
     colors[BASE] = BASE_COLOR
+    colors[FEWSHOT] = FEWSHOT_COLOR
     return colors
 
 
@@ -84,8 +86,18 @@ def _std(payload: dict[str, Any], method: str, figure: str) -> float:
     return float(std) if isinstance(std, (int, float)) and math.isfinite(std) else 0.0
 
 
+def _error_bar(payload: dict[str, Any], method: str, key: str, center: float) -> list[list[float]] | None:
+    """The bootstrap interval as an asymmetric error bar, else ±1 std over seeds, else none."""
+    interval = payload["methods"][method].get("ci", {}).get(key)
+    if isinstance(interval, list) and len(interval) == 2 and None not in interval:
+        return [[max(center - interval[0], 0.0)], [max(interval[1] - center, 0.0)]]
+    error = _std(payload, method, key)
+    return [[error], [error]] if error else None
+
+
 def _trained(payload: dict[str, Any]) -> list[str]:
-    return [name for name in payload["methods"] if name != BASE]
+    return [name for name, figures in payload["methods"].items()
+            if name not in BASELINES and figures.get("status") != "failed"]
 
 
 def _curves(payload: dict[str, Any], method: str) -> list[dict[str, Any]]:
@@ -114,7 +126,7 @@ def _as_float(values: Sequence[float | None]) -> list[float]:
 
 
 def _curve_plot(payload: dict[str, Any], raw_key: str, smooth_key: str | None, ylabel: str, title: str,
-                log_y: bool) -> bytes | None:
+                log_y: bool, dashed_key: str | None = None) -> bytes | None:
     colors = method_colors(list(payload["methods"]))
     methods = [m for m in _trained(payload) if _curves(payload, m)]
     if not methods:
@@ -137,6 +149,8 @@ def _curve_plot(payload: dict[str, Any], raw_key: str, smooth_key: str | None, y
         if len(curves) > 1:
             axis.fill_between(steps, [m - s for m, s in zip(mean, std, strict=True)],
                               [m + s for m, s in zip(mean, std, strict=True)], color=color, alpha=0.18, linewidth=0)
+        if dashed_key:
+            _measured_points(axis, curves, dashed_key, color)
     if log_y:
         axis.set_yscale("log")
     axis.set_xlabel("optimizer step")
@@ -146,13 +160,22 @@ def _curve_plot(payload: dict[str, Any], raw_key: str, smooth_key: str | None, y
     return _png(figure)
 
 
+def _measured_points(axis: Any, curves: list[dict[str, Any]], key: str, color: str) -> None:
+    """A sparse series (the validation loss at its few steps), mean over seeds, dashed with markers."""
+    series = [c.get(key) or [] for c in curves]
+    mean, _ = _mean_band(series) if all(series) else ([], [])
+    points = [(step, v) for step, v in zip(curves[0]["step"], mean, strict=False) if math.isfinite(v)]
+    if points:
+        axis.plot(*zip(*points, strict=True), color=color, linestyle="--", marker="o", markersize=3.5, linewidth=1.2)
+
+
 @styled
 def loss_curves(payload: dict[str, Any]) -> bytes | None:
     """Training loss per step: raw (faint, one line per seed) and smoothed (solid; band = ±1 std over seeds)."""
     raw = [v for m in _trained(payload) for c in _curves(payload, m) for v in c["loss"] if v is not None and v > 0]
     log_y = bool(raw) and max(raw) / min(raw) > 30  # a loss falling by orders of magnitude reads better on log y
-    return _curve_plot(payload, "loss", "smoothed", "training loss", "Training loss (faint: raw; solid: smoothed)",
-                       log_y)
+    return _curve_plot(payload, "loss", "smoothed", "loss", "Training loss (faint: raw; solid: smoothed) and "
+                       "validation loss (dashed)", log_y, dashed_key="validation_loss")
 
 
 @styled
@@ -183,13 +206,15 @@ def quality_vs_share(payload: dict[str, Any]) -> bytes | None:
             x, y = _number(methods[method].get("trainable_pct")), _number(methods[method].get(key))
             if x is None or y is None:
                 continue
-            error = _std(payload, method, key)
-            axis.errorbar([x], [y], yerr=[error] if error else None, fmt="o", color=colors[method], markersize=7,
-                          capsize=3, label=method)
+            axis.errorbar([x], [y], yerr=_error_bar(payload, method, key, y), fmt="o", color=colors[method],
+                          markersize=7, capsize=3, label=method)
             axis.annotate(method, (x, y), textcoords="offset points", xytext=offsets[i % len(offsets)], fontsize=8)
         base = _number(methods.get(BASE, {}).get(key))
         if base is not None:
             axis.axhline(base, color=BASE_COLOR, linestyle="--", linewidth=1, label="base (untrained)")
+        fewshot = _number(methods.get(FEWSHOT, {}).get(key))
+        if fewshot is not None:
+            axis.axhline(fewshot, color=BASE_COLOR, linestyle=":", linewidth=1.2, label="base, few-shot")
         axis.set_xscale("log")
         axis.set_xlabel("trainable % of the base model (log)")
         axis.set_ylabel(label)
@@ -263,7 +288,7 @@ def capacity_spectra(payload: dict[str, Any]) -> bytes | None:
             if not values or values[0] <= 0:
                 continue
             # Values past the numerical rank are rounding noise of the float32 update: not drawn.
-            values = values[: max(1, int(entry.get("rank") or len(values)))]
+            values = values[: max(1, int(entry.get("update_jacobian_rank") or len(values)))]
             normalised = [v / values[0] for v in values]
             spectra.append(normalised)
             axis.plot(range(1, len(normalised) + 1), normalised, color=colors[method], alpha=0.2, linewidth=0.8)
@@ -285,45 +310,49 @@ def capacity_spectra(payload: dict[str, Any]) -> bytes | None:
 
 @styled
 def capacity_ranks(payload: dict[str, Any]) -> bytes | None:
-    """The distribution over modules (and seeds) of each method's effective rank or Jacobian rank."""
+    """Per module (and seed): the update Jacobian rank of every per-token method, and apart from it
+    the effective rank of the linear updates, so that only like measures share an axis."""
     colors = method_colors(list(payload["methods"]))
-    rows: list[tuple[str, str, list[float]]] = []
-    for method in _trained(payload):
-        entries = [e for seed in payload.get("per_seed", {}).values()
-                   for e in seed.get("capacity", {}).get(method, {}).values()]
-        eranks = [e["effective_rank"] for e in entries if _number(e.get("effective_rank")) is not None]
-        jacobian = [r for e in entries for r in _jacobian(e).get("ranks", [])]
-        if eranks:
-            rows.append((method, "effective rank", eranks))
-        if jacobian:
-            rows.append((method, "Jacobian rank", [float(r) for r in jacobian]))
-    if not rows:
+    panels = [(title, marker, rows) for title, marker, rows in (
+        ("update Jacobian rank", "s", _capacity_rows(payload, "update_jacobian_rank")),
+        ("effective rank (linear updates)", "o", _capacity_rows(payload, "effective_rank")),
+    ) if rows]
+    if not panels:
         return None
-    figure, (axis,) = _figure(max(4.0, 1.3 * len(rows) + 2.5), 3.3)
-    positions = list(range(1, len(rows) + 1))
-    axis.boxplot([values for _, _, values in rows], positions=positions, widths=0.5, showfliers=False,
-                 medianprops={"color": "black"})
-    for position, (method, kind, values) in zip(positions, rows, strict=True):
-        spread = [position + 0.18 * ((i * 0.618) % 1 - 0.5) for i in range(len(values))]  # deterministic jitter
-        axis.scatter(spread, values, s=10, color=colors[method], alpha=0.6, zorder=3,
-                     marker="o" if kind == "effective rank" else "s")
-    axis.set_xticks(positions, [f"{method}\n({kind})" for method, kind, _ in rows])
-    values = [v for _, _, vs in rows for v in vs if v > 0]
-    if values and max(values) / min(values) > 20:
-        axis.set_yscale("log")
-    else:
-        axis.set_ylim(bottom=0)
-    axis.set_ylabel("rank")
-    axis.set_title("Capacity per adapted module")
-    axis.grid(axis="x", visible=False)
+    width = sum(max(2.5, 1.1 * len(rows) + 1.2) for _, _, rows in panels) + 0.6
+    figure, axes = _figure(min(width, 12), 3.3, len(panels))
+    for axis, (title, marker, rows) in zip(axes, panels, strict=True):
+        _rank_boxes(axis, rows, colors, marker)
+        axis.set_title(title)
+    axes[0].set_ylabel("rank")
     return _png(figure)
 
 
-def _jacobian(entry: dict[str, Any]) -> dict[str, Any]:
-    if entry.get("kind") == "jacobian":
-        return entry
-    nested = entry.get("jacobian")
-    return nested if isinstance(nested, dict) else {}
+def _capacity_rows(payload: dict[str, Any], key: str) -> list[tuple[str, list[float]]]:
+    """(method, values of ``key`` over its modules in every seed) for the methods that have any."""
+    rows = []
+    for method in _trained(payload):
+        values = [float(e[key]) for seed in payload.get("per_seed", {}).values()
+                  for e in seed.get("capacity", {}).get(method, {}).values() if _number(e.get(key)) is not None]
+        if values:
+            rows.append((method, values))
+    return rows
+
+
+def _rank_boxes(axis: Any, rows: list[tuple[str, list[float]]], colors: dict[str, str], marker: str) -> None:
+    positions = list(range(1, len(rows) + 1))
+    axis.boxplot([values for _, values in rows], positions=positions, widths=0.5, showfliers=False,
+                 medianprops={"color": "black"})
+    for position, (method, values) in zip(positions, rows, strict=True):
+        spread = [position + 0.18 * ((i * 0.618) % 1 - 0.5) for i in range(len(values))]  # deterministic jitter
+        axis.scatter(spread, values, s=10, color=colors[method], alpha=0.6, zorder=3, marker=marker)
+    axis.set_xticks(positions, [method for method, _ in rows])
+    values = [v for _, vs in rows for v in vs if v > 0]
+    if values and max(values) / min(values) > 20:  # full fine-tuning's rank beside a low-rank adapter's
+        axis.set_yscale("log")
+    else:
+        axis.set_ylim(bottom=0)
+    axis.grid(axis="x", visible=False)
 
 
 def robustness_sets(payload: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:

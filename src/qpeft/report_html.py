@@ -16,8 +16,18 @@ import math
 import re
 from typing import Any
 
-from qpeft.report import TABLE, format_cell, seeds_phrase
-from qpeft.runs import BASE
+from qpeft.report import (
+    baselines_sentence,
+    format_cell,
+    interval_text,
+    markdown_table,
+    p_value_text,
+    sample_sentence,
+    seeds_phrase,
+    significance_rows,
+    summary_rows,
+)
+from qpeft.runs import BASELINES
 
 # ---------------------------------------------------------------------------------------
 # Numbers
@@ -41,7 +51,9 @@ def multi_seed(payload: dict[str, Any]) -> bool:
 
 
 def trained(payload: dict[str, Any]) -> list[str]:
-    return [name for name in payload["methods"] if name != BASE]
+    """The methods that trained and finished (not the baselines, not failed ones)."""
+    return [name for name, figures in payload["methods"].items()
+            if name not in BASELINES and figures.get("status") != "failed"]
 
 
 def with_std(cell: str, column: str, fmt: str, spread: dict[str, Any]) -> str:
@@ -83,7 +95,7 @@ def _join(parts: list[str]) -> str:
 def findings(payload: dict[str, Any]) -> list[str]:
     """One Markdown sentence (or two) per trade-off that the payload has numbers for."""
     sentences = [
-        _quality_finding(payload),
+        *_quality_findings(payload),
         _efficiency_finding(payload),
         _cost_against_full(payload),
         _convergence_finding(payload),
@@ -101,33 +113,61 @@ def findings(payload: dict[str, Any]) -> list[str]:
     return sentences
 
 
-def _quality_finding(payload: dict[str, Any]) -> str:
-    ranked = _ranked(payload, "bleu")[::-1]
+QUALITY_FINDING_METRICS = (("bleu", "BLEU"), ("rougeL", "ROUGE-L"), ("bertscore_f1", "BERTScore F1"))
+
+
+def _quality_findings(payload: dict[str, Any]) -> list[str]:
+    """Failed methods, the highest score, and, per metric, which rows the paired test separates from the
+    reference. Nothing is called better or worse unless the paired bootstrap gives p < alpha."""
+    sentences = [f"**{name}** failed and has no scores: {figures.get('error', '')}"
+                 for name, figures in payload["methods"].items() if figures.get("status") == "failed"]
+    rows = [name for name in payload["methods"] if payload["methods"][name].get("status") != "failed"]
+    ranked = _ranked(payload, "bleu", rows)[::-1]
     if not ranked:
-        return ""
+        return sentences
     best, best_bleu = ranked[0]
-    extras = [f"{label} {value(payload, best, key):.2f}" for key, label in (("rougeL", "ROUGE-L"),
-              ("bertscore_f1", "BERTScore F1")) if value(payload, best, key) is not None]
-    text = f"Best test quality: **{best}** with BLEU {best_bleu:.2f}" + (f" ({', '.join(extras)})" if extras else "")
-    if len(ranked) > 1:
-        text += "; then " + ", ".join(f"{name} {bleu:.2f}" for name, bleu in ranked[1:])
-    text += "."
-    base = value(payload, BASE, "bleu")
-    if base is not None:
-        text += f" The untrained base model scored {base:.2f}."
-        if best_bleu <= base:
-            text += " No trained method beat it."
-    rouge = _ranked(payload, "rougeL")
-    if rouge and rouge[-1][0] != best:
-        text += f" By ROUGE-L the best is **{rouge[-1][0]}** ({rouge[-1][1]:.2f})."
-    if len(ranked) > 1 and multi_seed(payload):
-        runner, runner_bleu = ranked[1]
-        noise = (std(payload, best, "bleu") or 0.0) + (std(payload, runner, "bleu") or 0.0)
-        gap = best_bleu - runner_bleu
-        if gap <= noise:
-            text += (f" The gap to {runner} ({gap:.2f} BLEU) is within the two methods' standard deviations "
-                     "over seeds, so their order is not settled.")
-    return text
+    ci = payload["methods"][best].get("ci", {})
+    text = f"Highest BLEU: **{best}**, {best_bleu:.2f}{interval_text(ci.get('bleu'))}"
+    overlapping = [name for name, _ in ranked[1:] if _overlaps(payload, best, name, "bleu")]
+    if overlapping:
+        text += f"; its interval overlaps {_join(overlapping)}'s, so this ranking alone does not separate them"
+    sentences.append(text + ".")
+    reference = payload.get("analysis", {}).get("reference")
+    if reference:
+        sentences += [s for key, label in QUALITY_FINDING_METRICS if (s := _against_reference(payload, reference,
+                                                                                            key, label))]
+    return sentences
+
+
+def _overlaps(payload: dict[str, Any], first: str, second: str, key: str) -> bool:
+    a = payload["methods"][first].get("ci", {}).get(key)
+    b = payload["methods"][second].get("ci", {}).get(key)
+    return bool(a and b and None not in a and None not in b and a[0] <= b[1] and b[0] <= a[1])
+
+
+def _against_reference(payload: dict[str, Any], reference: str, key: str, label: str) -> str:
+    """One sentence: which rows are better, worse or not distinguishable from ``reference`` on ``key``."""
+    alpha = payload.get("analysis", {}).get("alpha", 0.05)
+    items = value(payload, reference, "test_items")
+    reference_value = value(payload, reference, key)
+    if reference_value is None:
+        return ""
+    better, worse, tied = [], [], []
+    for name, figures in payload["methods"].items():
+        p = (figures.get("p_vs_reference") or {}).get(key)
+        score = value(payload, name, key)
+        if name == reference or not isinstance(p, (int, float)) or score is None:
+            continue
+        if p >= alpha:
+            tied.append(name)
+        else:
+            (better if score > reference_value else worse).append(f"{name} (p {p_value_text(p)})")
+    if not (better or worse or tied):
+        return ""
+    parts = [f"better: {_join(better)}" if better else "", f"worse: {_join(worse)}" if worse else "",
+             f"not distinguishable on {items:.0f} items: {_join(tied)}" if tied and items else ""]
+    return (f"{label} against **{reference}** ({reference_value:.2f}), by the paired bootstrap at p < {alpha:g}: "
+            + "; ".join(part for part in parts if part) + ".")
 
 
 def _efficiency_finding(payload: dict[str, Any]) -> str:
@@ -142,14 +182,10 @@ def _efficiency_finding(payload: dict[str, Any]) -> str:
     full_count = value(payload, "full", "trainable_params")
     if cheapest != "full" and full_count and count:
         text += f", {full_count / count:,.0f}x fewer than full fine-tuning"
-    ranked = _ranked(payload, "bleu")
     cheap_bleu = value(payload, cheapest, "bleu")
-    if ranked and cheap_bleu is not None:
-        best, best_bleu = ranked[-1]
-        if best == cheapest:
-            text += "; it is also the best by BLEU"
-        else:
-            text += f"; its quality cost is {best_bleu - cheap_bleu:.2f} BLEU below the best ({best})"
+    if cheap_bleu is not None:
+        interval = interval_text(payload["methods"][cheapest].get("ci", {}).get("bleu"))
+        text += f"; its BLEU is {cheap_bleu:.2f}{interval} (the paired tests say how it stands against the others)"
     return text + "."
 
 
@@ -162,10 +198,12 @@ def _cost_against_full(payload: dict[str, Any]) -> str:
         bleu, share = value(payload, name, "bleu"), value(payload, name, "trainable_pct")
         if name == "full" or bleu is None or share is None:
             continue
-        parts.append(f"{name} {bleu - full_bleu:+.2f} BLEU with {share:.4g}% of the parameters")
+        interval = interval_text(payload["methods"][name].get("ci", {}).get("bleu"))
+        parts.append(f"{name} {bleu:.2f}{interval} with {share:.4g}% of the parameters")
     if not parts:
         return ""
-    return f"Against full fine-tuning (BLEU {full_bleu:.2f}): {_join(parts)}."
+    full_interval = interval_text(payload["methods"]["full"].get("ci", {}).get("bleu"))
+    return f"BLEU beside full fine-tuning's {full_bleu:.2f}{full_interval} (100% of the parameters): {_join(parts)}."
 
 
 def _convergence_finding(payload: dict[str, Any]) -> str:
@@ -289,34 +327,61 @@ def _latency_finding(payload: dict[str, Any]) -> str:
 
 
 def _capacity_finding(payload: dict[str, Any]) -> str:
-    parts, without = [], []
-    configs = payload.get("method_configs", {})
-    for name in trained(payload):
-        median = value(payload, name, "effective_rank_median")
-        jacobian = value(payload, name, "jacobian_rank_median")
-        if median is not None:
-            low, high = value(payload, name, "effective_rank_min"), value(payload, name, "effective_rank_max")
-            part = f"{name} {median:.1f}"
-            if low is not None and high is not None and high > low:
-                modules = value(payload, name, "capacity_modules") or 0
-                part += f" (from {low:.1f} to {high:.1f} over {modules:.0f} modules"
-                rank = configs.get(name, {}).get("r")
-                part += f"; rank r = {rank})" if isinstance(rank, int) else ")"
-            parts.append(part)
-        if jacobian is not None:
-            bound = value(payload, name, "jacobian_rank_bound")
-            parts.append(f"{name}'s Jacobian rank {jacobian:.0f}" + (f" of at most {bound:.0f}" if bound else ""))
-        if median is None and jacobian is None and not payload["methods"][name].get("capacity_error"):
-            without.append(name)
-    if not parts:
+    """Two comparisons, each of one measure: the update Jacobian rank across every per-token
+    method, then the effective rank among the linear updates only (QAA has no ΔW, and an
+    effective rank is not a Jacobian rank, so the two never share a sentence)."""
+    sentences = [_jacobian_rank_sentence(payload), _effective_rank_sentence(payload)]
+    text = " ".join(s for s in sentences if s)
+    if not text:
         return ""
-    text = ("Capacity, as the median effective rank (Roy and Vetterli) of each adapted module's update: "
-            + "; ".join(parts) + ".")
-    ranked = _ranked(payload, "effective_rank_median")
-    if len(ranked) > 1:
-        text += f" The most expressive linear update is **{ranked[-1][0]}**'s."
+    without = [name for name in trained(payload) if value(payload, name, "update_jacobian_rank_median") is None
+               and value(payload, name, "effective_rank_median") is None
+               and not payload["methods"][name].get("capacity_error")]
     if without:
         text += f" {_join(without)} {'has' if len(without) == 1 else 'have'} no weight update to measure."
+    return text
+
+
+def _rank_bound(payload: dict[str, Any], name: str) -> str:
+    """What caps a method's update Jacobian rank: its LoRA-style rank r, or a stated bound (QAA's qubits)."""
+    rank = payload.get("method_configs", {}).get(name, {}).get("r")
+    if isinstance(rank, int):
+        return f" (rank r = {rank})"
+    bound = value(payload, name, "update_jacobian_rank_bound")
+    return f" (of at most {_g(bound)})" if bound is not None else ""
+
+
+def _jacobian_rank_sentence(payload: dict[str, Any]) -> str:
+    names = [n for n in trained(payload) if value(payload, n, "update_jacobian_rank_median") is not None]
+    if not names:
+        return ""
+    parts = [f"{name} {_g(value(payload, name, 'update_jacobian_rank_median'))}{_rank_bound(payload, name)}"
+             for name in names]
+    text = ("Capacity, as the numerical rank of each update's Jacobian in the layer input (the rank of ΔW for a "
+            "linear update), median over modules: " + _join(parts) + ".")
+    ranked = _ranked(payload, "update_jacobian_rank_median", names)
+    if len(ranked) > 1 and ranked[-1][1] > ranked[-2][1]:
+        text += f" The highest-rank update is **{ranked[-1][0]}**'s."
+    return text
+
+
+def _effective_rank_sentence(payload: dict[str, Any]) -> str:
+    names = [n for n in trained(payload) if value(payload, n, "effective_rank_median") is not None]
+    if not names:
+        return ""
+    parts = []
+    for name in names:
+        part = f"{name} {value(payload, name, 'effective_rank_median'):.1f}"
+        low, high = value(payload, name, "effective_rank_min"), value(payload, name, "effective_rank_max")
+        if low is not None and high is not None and high > low:
+            modules = value(payload, name, "capacity_modules") or 0
+            part += f" (from {low:.1f} to {high:.1f} over {modules:.0f} modules)"
+        parts.append(part)
+    text = ("Among the linear updates only, the median effective rank (Roy and Vetterli) of each module's ΔW: "
+            + _join(parts) + ".")
+    ranked = _ranked(payload, "effective_rank_median", names)
+    if len(ranked) > 1 and ranked[-1][1] > ranked[-2][1]:
+        text += f" The most evenly spread linear update is **{ranked[-1][0]}**'s."
     return text
 
 
@@ -332,7 +397,8 @@ def _robustness_findings(payload: dict[str, Any]) -> list[str]:
         reference = clean[0] if clean else max(scored, key=lambda r: r["bleu"])
         worst = min(scored, key=lambda r: r["bleu"])
         text = (f"Under finite shots and depolarising noise, {name}'s BLEU went from {reference['bleu']:.2f} "
-                f"({_setting(reference)}) to {worst['bleu']:.2f} at worst ({_setting(worst)})")
+                f"({_setting(reference)}) to {worst['bleu']:.2f} at worst ({_setting(worst)}; one re-evaluation "
+                "of the same items, without an interval)")
         trained_bleu = value(payload, name, "bleu")
         if trained_bleu is not None and not clean:
             text += f"; noiselessly it scored {trained_bleu:.2f}"
@@ -385,14 +451,14 @@ EFFICIENCY_COLUMNS = [
 
 CAPACITY_COLUMNS = [
     ("capacity_modules", "modules", "{:,.0f}"),
-    ("effective_rank_min", "eff. rank min", "{:.2f}"),
-    ("effective_rank_median", "eff. rank median", "{:.2f}"),
-    ("effective_rank_max", "eff. rank max", "{:.2f}"),
+    ("update_jacobian_rank_min", "Jacobian rank min", "{:,.1f}"),
+    ("update_jacobian_rank_median", "Jacobian rank median", "{:,.1f}"),
+    ("update_jacobian_rank_max", "Jacobian rank max", "{:,.1f}"),
+    ("update_jacobian_rank_bound", "Jacobian rank bound", "{:,.0f}"),
+    ("effective_rank_min", "eff. rank min (linear)", "{:.2f}"),
+    ("effective_rank_median", "eff. rank median (linear)", "{:.2f}"),
+    ("effective_rank_max", "eff. rank max (linear)", "{:.2f}"),
     ("effective_rank_share_median", "median eff. rank / min(out, in)", "{:.3f}"),
-    ("jacobian_rank_min", "Jacobian rank min", "{:.0f}"),
-    ("jacobian_rank_median", "Jacobian rank median", "{:.1f}"),
-    ("jacobian_rank_max", "Jacobian rank max", "{:.0f}"),
-    ("jacobian_rank_bound", "Jacobian rank bound", "{:.0f}"),
 ]
 
 
@@ -439,12 +505,6 @@ def robustness_table(payload: dict[str, Any]) -> tuple[list[str], list[list[str]
     return headers, rows
 
 
-def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|---|" + "---:|" * (len(headers) - 1)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def capacity_errors(payload: dict[str, Any]) -> list[str]:
     return [f"{name}: capacity analysis failed ({figures['capacity_error']})"
             for name, figures in payload["methods"].items() if figures.get("capacity_error")]
@@ -480,9 +540,12 @@ EFFICIENCY_NOTE = (
     "method, and latency vs base is its ratio to the base model."
 )
 CAPACITY_NOTE = (
-    "Effective rank (Roy and Vetterli, 2007): exp of the Shannon entropy of the normalised singular values "
-    "of a module's update ΔW (0 for no update). Full fine-tuning is measured on the modules LoRA adapts by "
-    "default. Jacobian rank: numerical rank of a non-linear update's Jacobian at sample inputs."
+    "Jacobian rank: numerical rank of the Jacobian of a module's update with respect to the layer input, "
+    "the median over sample activations, then min / median / max over modules; for a linear update (full, "
+    "LoRA, SoRA with its gates) it is the rank of ΔW, the same at every input. The bound is QAA's cap (n "
+    "qubits for the z readout). Effective rank (Roy and Vetterli, 2007), for linear updates only: exp of the "
+    "Shannon entropy of the normalised singular values of ΔW (0 for no update). Full fine-tuning is "
+    "measured on the modules LoRA adapts by default; Prefix tuning has no per-token update."
 )
 
 
@@ -519,7 +582,8 @@ details pre { background: var(--band); padding: 12px; overflow-x: auto; font-siz
 
 CAPTIONS = {
     "plot-loss": "Training loss per optimizer step: faint lines are the raw loss (one per seed), solid lines the "
-                 "smoothed loss (mean over seeds; the band is ±1 standard deviation).",
+                 "smoothed loss (mean over seeds; the band is ±1 standard deviation); dashed lines with dots are "
+                 "the validation loss (mean target-token loss on a fixed sample of the validation split).",
     "plot-grad-norm": "Gradient norm per step before clipping (log scale): raw (faint) and smoothed (solid).",
     "plot-quality": "Test quality against the share of trainable parameters (log scale); error bars are ±1 standard "
                     "deviation over seeds; the dashed line is the untrained base model.",
@@ -559,17 +623,6 @@ def _figure_html(plot_id: str, png: bytes | None) -> str:
             f'src="data:image/png;base64,{data}"><figcaption>{html.escape(CAPTIONS[plot_id])}</figcaption></figure>')
 
 
-def summary_rows(payload: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    spread = payload.get("aggregate", {}) if multi_seed(payload) else {}
-    headers = ["method", *(header for _, header, _ in TABLE)]
-    rows = []
-    for name, figures in payload["methods"].items():
-        cells = [with_std(format_cell(c, figures.get(c), fmt) if isinstance(figures.get(c), (int, float)) else "–",
-                          c, fmt, spread.get(name, {})) for c, _, fmt in TABLE]
-        rows.append([name, *cells])
-    return headers, rows
-
-
 def _description(payload: dict[str, Any]) -> str:
     experiment = payload["experiment"]
     train, evaluation = experiment["train"], experiment["eval"]
@@ -580,7 +633,8 @@ def _description(payload: dict[str, Any]) -> str:
             f"{train['steps']:,} steps of batch {train['batch_size']} × {train['grad_accum']} "
             f"(max {train['max_length']} tokens); {test_items if test_items is not None else '?'} test items, "
             f"{decoding} decoding, at most {evaluation['max_new_tokens']} new tokens. Scores are on a 0–100 "
-            "scale against every reference of a test item; <code>base</code> is the untrained base model.")
+            f"scale against every reference of a test item. {_inline(baselines_sentence(payload))} "
+            f"{_inline(sample_sentence(payload))}")
 
 
 def html_report(payload: dict[str, Any]) -> str:
@@ -595,6 +649,9 @@ def html_report(payload: dict[str, Any]) -> str:
     if items:
         sections.append(("findings", "Findings", f'<ul class="findings">{items}</ul>'))
     sections.append(("summary", "Summary", html_table(*summary_rows(payload), "table-summary")))
+    headers, rows = significance_rows(payload)
+    if rows:
+        sections.append(("tests", "Paired tests", html_table(headers, rows, "table-tests")))
 
     body = _figure_html("plot-loss", images["plot-loss"]) + _figure_html("plot-grad-norm", images["plot-grad-norm"])
     headers, rows = figure_table(payload, convergence_columns(payload), names)

@@ -9,6 +9,7 @@ which only serve to resume, are then deleted (for full fine-tuning they weigh gi
 from __future__ import annotations
 
 import logging
+import random
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 
 import torch
 
-from qpeft.data import DataSplits, load_splits
+from qpeft.data import DataSplits, Example, TestItem, load_splits
 from qpeft.distributed import is_main_process, wait_for_everyone
 from qpeft.errors import UsageError
 from qpeft.evaluation import EvalSettings, evaluate
@@ -28,7 +29,9 @@ from qpeft.training import TrainSettings, check_compatible, train
 
 log = logging.getLogger(__name__)
 
-BASE = "base"  # the untrained base model, evaluated as a row of its own
+BASE = "base"  # the untrained base model, zero-shot, evaluated as a row of its own
+FEWSHOT = "base-fewshot"  # the untrained base model with k solved training examples in every prompt
+BASELINES = (BASE, FEWSHOT)
 
 
 @dataclass
@@ -109,16 +112,39 @@ def train_run(
     return _evaluate_and_record(run_dir, model, tokenizer, experiment, splits, figures)
 
 
-def base_run(run_dir: Path, experiment: Experiment, data_dir: str | None) -> dict[str, Any]:
-    """Evaluate the untrained base model, so that every method's gain is visible."""
+def base_run(run_dir: Path, experiment: Experiment, data_dir: str | None, fewshot: bool = False) -> dict[str, Any]:
+    """Evaluate the untrained base model, so that every method's gain is visible.
+
+    With ``fewshot`` every prompt starts with ``experiment.eval.fewshot_examples`` solved
+    examples drawn (seeded) from the training split: what the base model does when it is told
+    the task the fair way, without training.
+    """
     experiment.validate()
     splits = experiment.load_data(data_dir)
     tokenizer = load_tokenizer(experiment.model)
     model = load_model(experiment.model)
-    if claim_run_dir(run_dir, run_config(experiment, BASE, {})):
+    if claim_run_dir(run_dir, run_config(experiment, FEWSHOT if fewshot else BASE, {})):
         return read_json(run_dir / "metrics.json")
-    figures = {"trainable_params": 0, "base_params": sum(p.numel() for p in model.parameters()), "trainable_pct": 0.0}
-    return _evaluate_and_record(run_dir, model, tokenizer, experiment, splits, figures)
+    figures: dict[str, Any] = {"trainable_params": 0, "base_params": sum(p.numel() for p in model.parameters()),
+                               "trainable_pct": 0.0}
+    shots = fewshot_shots(splits, experiment) if fewshot else []
+    if fewshot:
+        figures["fewshot_inputs"] = [shot.input for shot in shots]
+    return _evaluate_and_record(run_dir, model, tokenizer, experiment, splits, figures, shots)
+
+
+def fewshot_shots(splits: DataSplits, experiment: Experiment) -> list[Example]:
+    """k training examples with distinct inputs, drawn with the experiment's seed (never from the test split)."""
+    distinct = list({example.input: example for example in splits.train}.values())
+    count = min(experiment.eval.fewshot_examples, len(distinct))
+    return random.Random(experiment.seed).sample(distinct, count)
+
+
+def test_sample(experiment: Experiment, splits: DataSplits) -> tuple[list[TestItem], list[int]]:
+    """The test items a run scores, and their indices in the test split (a seeded sample, or all)."""
+    seed = experiment.eval.sample_seed if experiment.eval.sample_seed is not None else experiment.seed
+    indices = experiment.eval.sample_indices(len(splits.test), seed)
+    return [splits.test[i] for i in indices], indices
 
 
 def _evaluate_and_record(
@@ -128,21 +154,26 @@ def _evaluate_and_record(
     experiment: Experiment,
     splits: DataSplits,
     figures: dict[str, Any],
+    shots: list[Example] | None = None,
 ) -> dict[str, Any]:
     """Evaluate on the main process (the others wait) and write ``metrics.json`` last."""
     if not is_main_process():
         wait_for_everyone()
         return {}
+    items, indices = test_sample(experiment, splits)
     scores = evaluate(
         model,
         tokenizer,
-        experiment.eval.select(splits.test),
+        items,
         experiment.train.template,
         experiment.train.max_length,
         experiment.eval,
         run_dir / "predictions.jsonl",
+        stop_at_newline=experiment.eval.stops_at_newline(splits.train),
+        shots=shots or (),
+        item_indices=indices,
     )
-    metrics = {**scores, **figures}
+    metrics = {**scores, "test_indices": indices, **figures}
     write_json(run_dir / "metrics.json", metrics)
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     wait_for_everyone()
@@ -158,7 +189,7 @@ def load_run(run_dir: Path) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
     experiment = Experiment.from_dict(config["experiment"])
     tokenizer = load_tokenizer(experiment.model)
     model = load_model(experiment.model)
-    if config["method"] != BASE:
+    if config["method"] not in BASELINES:
         adapter_dir = run_dir / "adapter"
         if not adapter_dir.exists():
             raise UsageError(f"{run_dir} has no trained adapter yet; run training to the end first")
@@ -190,10 +221,13 @@ def evaluate_run(
     splits = experiment.load_data(data_dir)
     suffix = f"_{tag}" if tag else ""
     previous = read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").exists() else {}
+    items, indices = test_sample(experiment, splits)
+    shots = fewshot_shots(splits, experiment) if config["method"] == FEWSHOT else ()
     scores = evaluate(
-        model, tokenizer, experiment.eval.select(splits.test), experiment.train.template,
-        experiment.train.max_length, experiment.eval, run_dir / f"predictions{suffix}.jsonl",
+        model, tokenizer, items, experiment.train.template, experiment.train.max_length, experiment.eval,
+        run_dir / f"predictions{suffix}.jsonl", stop_at_newline=experiment.eval.stops_at_newline(splits.train),
+        shots=shots, item_indices=indices,
     )
-    metrics = {**previous, **scores, "eval_settings": asdict(experiment.eval)}
+    metrics = {**previous, **scores, "test_indices": indices, "eval_settings": asdict(experiment.eval)}
     write_json(run_dir / f"metrics{suffix}.json", metrics)
     return metrics

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
+import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,11 +30,13 @@ from transformers import (
 )
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from qpeft.data import DataSplits
+from qpeft.data import DataSplits, Example
 from qpeft.data.prompts import encode_examples
 from qpeft.errors import UsageError
 from qpeft.memory import PeakMemory
 from qpeft.methods.base import Method, MethodConfig, trainable_parameter_count
+
+log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 LOG_COLUMNS = ["step", "loss", "learning_rate", "grad_norm", "elapsed_s", "tokens_seen"]
@@ -50,15 +54,25 @@ class TrainSettings:
     precision: str = "fp32"
     gradient_checkpointing: bool = False
     template: str = "plain"
+    eval_steps: int = 0  # validation loss every N steps and at the end; 0: four times per run
+    validation_items: int = 256  # (input, target) pairs of the validation split scored each time (seeded sample)
 
     def validate(self) -> None:
         for name in ("steps", "batch_size", "grad_accum", "max_length", "save_steps"):
             if getattr(self, name) <= 0:
                 raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        for name in ("eval_steps", "validation_items"):
+            if getattr(self, name) < 0:
+                raise UsageError(f"--{name.replace('_', '-')} must be 0 or positive, got {getattr(self, name)}")
         if self.precision not in PRECISIONS:
             raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}")
         if not 0 <= self.warmup_ratio < 1:
             raise UsageError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
+
+    def validation_steps(self) -> set[int]:
+        """The optimizer steps after which the validation loss is measured (the last one always)."""
+        every = self.eval_steps or max(1, math.ceil(self.steps / 4))
+        return {*range(every, self.steps + 1, every), self.steps}
 
 
 class TrainingDiverged(UsageError):
@@ -68,9 +82,10 @@ class TrainingDiverged(UsageError):
 class StepLogger(TrainerCallback):
     """Appends one CSV row per optimizer step; survives resume by trimming rows past the checkpoint."""
 
-    def __init__(self, path: Path, method: Method) -> None:
+    def __init__(self, path: Path, method: Method, validation: ValidationLoss | None = None) -> None:
         self.path = path
         self.method = method
+        self.validation = validation
         self.columns: list[str] | None = None
         self.elapsed_offset = 0.0
         self.non_finite_step: int | None = None
@@ -95,6 +110,8 @@ class StepLogger(TrainerCallback):
             "tokens_seen": state.num_input_tokens_seen,
         }
         row.update(self.method.step_log(model))
+        if self.validation is not None:
+            row["validation_loss"] = self.validation.at_step(state.global_step, model)
         if not (math.isfinite(row["loss"]) and math.isfinite(float(row["grad_norm"]))):
             self.non_finite_step = state.global_step
             control.should_training_stop = True
@@ -118,6 +135,31 @@ class StepLogger(TrainerCallback):
             if new_file:
                 writer.writeheader()
             writer.writerow(row)
+
+
+class ValidationLoss:
+    """The mean target-token loss on a fixed validation sample, at the steps of ``validation_steps``."""
+
+    def __init__(self, encoded: list[dict[str, list[int]]], tokenizer: PreTrainedTokenizerBase,
+                 steps: set[int], batch_size: int) -> None:
+        self.encoded, self.tokenizer, self.steps, self.batch_size = encoded, tokenizer, steps, batch_size
+        self.last: float | None = None
+
+    def at_step(self, step: int, model: torch.nn.Module) -> float | None:
+        """The loss at a validation step (None at any other); uses no random numbers, so training is unchanged."""
+        if step not in self.steps:
+            return None
+        from qpeft.evaluation import mean_target_loss
+
+        self.last = mean_target_loss(model, self.tokenizer, self.encoded, self.batch_size)
+        return self.last
+
+
+def validation_sample(examples: list[Example], count: int, seed: int) -> list[Example]:
+    """A fixed seeded sample of ``count`` validation pairs (all of them when there are fewer)."""
+    if len(examples) <= count:
+        return list(examples)
+    return random.Random(seed).sample(examples, count)
 
 
 def read_train_log(path: Path) -> list[dict[str, str]]:
@@ -245,9 +287,10 @@ def train(
     set_seed(seed)
     base_params = sum(p.numel() for p in model.parameters())
     model = method.prepare(model, config)
+    method.initialise(model, config, tokenizer, splits.train)
     trainable = trainable_parameter_count(model)
     checkpoint_dir = run_dir / "checkpoints"
-    logger = StepLogger(run_dir / "train_log.csv", method)
+    logger = StepLogger(run_dir / "train_log.csv", method, validation_loss(splits, tokenizer, settings, seed))
     trainer = MethodTrainer(
         model=model,
         args=training_arguments(checkpoint_dir, settings, config, seed),
@@ -287,12 +330,32 @@ def train(
         "train_tokens": int(rows[-1]["tokens_seen"]),
         "train_tokens_per_s": int(rows[-1]["tokens_seen"]) / max(float(rows[-1]["elapsed_s"]), 1e-9),
         "final_train_loss": final_loss(rows),
+        "validation_loss": final_validation_loss(rows),
         "adapter_bytes": directory_bytes(adapter_dir),
         "resumed_from": resume,
         "world_size": trainer.args.world_size,
     }
     figures.update(method.finalize(model, config, run_dir))
     return model, figures
+
+
+def validation_loss(
+    splits: DataSplits, tokenizer: PreTrainedTokenizerBase, settings: TrainSettings, seed: int
+) -> ValidationLoss | None:
+    """The validation measurement of a run, or None when there is no validation split or it is switched off."""
+    sample = validation_sample(splits.validation, settings.validation_items, seed)
+    if not sample:
+        log.warning("no validation examples: the run records no validation loss")
+        return None
+    encoded = encode_examples(sample, tokenizer, settings.template, settings.max_length)
+    return ValidationLoss(encoded, tokenizer, settings.validation_steps(), 2 * settings.batch_size)
+
+
+def final_validation_loss(rows: list[dict[str, str]]) -> float | None:
+    """The validation loss measured at the last step that has one."""
+    values = [row.get("validation_loss") for row in rows]
+    values = [float(v) for v in values if v not in (None, "")]
+    return values[-1] if values else None
 
 
 def final_loss(rows: list[dict[str, str]], share: float = 0.05) -> float:

@@ -196,7 +196,8 @@ def convergence_figures(
 
 
 def loss_curve(log: dict[str, list[float]], window: int | None = None) -> dict[str, Any]:
-    """The curves a report plots: steps, raw and smoothed loss, gradient norm, elapsed seconds."""
+    """The curves a report plots: steps, raw and smoothed loss, gradient norm, elapsed seconds, and the
+    validation loss (null at the steps where it was not measured)."""
     losses = log.get("loss", [])
     window = smoothing_window(len(losses)) if window is None else window
     return {
@@ -205,6 +206,7 @@ def loss_curve(log: dict[str, list[float]], window: int | None = None) -> dict[s
         "smoothed": [_json_number(v) for v in smooth(losses, window)],
         "grad_norm": [_json_number(v) for v in log.get("grad_norm", [])],
         "elapsed_s": [_json_number(v) for v in log.get("elapsed_s", [])],
+        "validation_loss": [_json_number(v) for v in log.get("validation_loss", [math.nan] * len(losses))],
         "smoothing_window": window,
     }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 from transformers import PreTrainedTokenizerBase
 
@@ -16,19 +17,27 @@ PLAIN_TEMPLATE = "Input: {input}\nOutput:"
 IGNORE_INDEX = -100
 
 
-def format_prompt(text: str, tokenizer: PreTrainedTokenizerBase, template: str = "plain") -> str:
+def format_prompt(
+    text: str, tokenizer: PreTrainedTokenizerBase, template: str = "plain", shots: Sequence[Example] = ()
+) -> str:
     """The text the model sees before the target.
 
     ``plain`` (default): ``"Input: <input>\\nOutput:"``; the target follows after a space.
     ``chat``: the tokenizer's own chat template with the input as the user turn and the
     assistant turn opened, for instruction-tuned models.
+    ``shots``: solved examples shown first, in the same format (the few-shot baseline): one
+    ``Input: ...\\nOutput: ...`` block each, separated by a blank line, or one user and
+    assistant turn each.
     """
     if template == "plain":
-        return PLAIN_TEMPLATE.format(input=text)
+        solved = "".join(PLAIN_TEMPLATE.format(input=s.input) + target_text(s.target, template) + "\n\n" for s in shots)
+        return solved + PLAIN_TEMPLATE.format(input=text)
     if template == "chat":
         if not tokenizer.chat_template:
             raise UsageError("--template chat: this tokenizer has no chat template")
-        messages = [{"role": "user", "content": text}]
+        messages = [turn for s in shots for turn in ({"role": "user", "content": s.input},
+                                                      {"role": "assistant", "content": s.target})]
+        messages.append({"role": "user", "content": text})
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     raise UsageError(f"unknown template {template!r} (choose from {', '.join(TEMPLATES)})")
 
@@ -37,22 +46,31 @@ def target_text(target: str, template: str) -> str:
     return " " + target if template == "plain" else target
 
 
-def encode_prompt(text: str, tokenizer: PreTrainedTokenizerBase, template: str) -> list[int]:
-    prompt = format_prompt(text, tokenizer, template)
+def encode_prompt(
+    text: str, tokenizer: PreTrainedTokenizerBase, template: str, shots: Sequence[Example] = ()
+) -> list[int]:
+    prompt = format_prompt(text, tokenizer, template, shots)
     # A chat template already writes the model's special tokens.
     return tokenizer(prompt, add_special_tokens=template == "plain")["input_ids"]
 
 
 def encode_examples(
-    examples: list[Example], tokenizer: PreTrainedTokenizerBase, template: str, max_length: int
+    examples: list[Example],
+    tokenizer: PreTrainedTokenizerBase,
+    template: str,
+    max_length: int,
+    shots: Sequence[Example] = (),
 ) -> list[dict[str, list[int]]]:
     """Token ids with EOS appended and prompt tokens masked out of the labels.
 
-    Examples longer than ``max_length`` are cut at the end, with one warning that counts them.
+    Examples longer than ``max_length`` tokens (not counting the ``shots`` shown before
+    them) are cut at the end, with one warning that counts them.
     """
     encoded, truncated = [], 0
+    shot_tokens = len(encode_prompt("", tokenizer, template, shots)) - len(encode_prompt("", tokenizer, template))
+    max_length += shot_tokens
     for example in examples:
-        prompt = encode_prompt(example.input, tokenizer, template)
+        prompt = encode_prompt(example.input, tokenizer, template, shots)
         target = tokenizer(target_text(example.target, template), add_special_tokens=False)["input_ids"]
         target = target + [tokenizer.eos_token_id]
         input_ids = prompt + target

@@ -10,10 +10,15 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from qpeft.data import Example
 
 
 @dataclass
@@ -75,6 +80,15 @@ class Method:
 
     # Optional hooks -------------------------------------------------------------
 
+    def initialise(
+        self, model: nn.Module, config: MethodConfig, tokenizer: PreTrainedTokenizerBase, examples: list[Example]
+    ) -> None:
+        """Data-dependent initialisation after ``prepare`` (e.g. Prefix tuning's real-token prefix); default no-op.
+
+        ``prepare`` sees no tokenizer or data; this runs right after it in training, before the first step
+        (and before a resumed checkpoint overwrites the weights). ``examples`` are the training examples.
+        """
+
     def create_optimizer(
         self, model: nn.Module, config: MethodConfig, weight_decay: float, max_steps: int
     ) -> torch.optim.Optimizer | None:
@@ -116,9 +130,12 @@ class Method:
     ) -> dict[str, dict[str, Any]]:
         """How expressive the learned update is, per adapted module.
 
-        Linear updates report their singular values and effective rank (from
-        ``delta_weights``); a method with a non-linear update (QAA) overrides this, e.g.
-        with the rank of its update's Jacobian on activations from ``sample_ids``.
+        Every entry of a per-token update carries ``update_jacobian_rank``, the rank of the
+        update's Jacobian in the layer input, the one figure compared across methods. A linear
+        update (from ``delta_weights``) has the Jacobian ΔW at every input, so its entry gives
+        rank(ΔW) beside ΔW's singular values and effective rank; a method with a non-linear
+        update (QAA) overrides this with the Jacobian's rank on activations from ``sample_ids``.
+        Empty for a method without a per-token update (Prefix tuning).
         """
         from qpeft.analysis.capacity import linear_capacity
 
