@@ -13,7 +13,7 @@ export QPEFT_DATA_DIR ?= $(if $(wildcard $(SHARED_DATA)/e2e),$(SHARED_DATA),)
 
 DEMO_OUTPUT ?= demo
 DEMO_METHODS ?= full,lora,prefix,sora,qaa
-DEMO_FLAGS ?= --steps 40 --batch-size 8 --max-test-items 48 --max-new-tokens 40
+DEMO_FLAGS ?= --steps 40 --batch-size 8 --max-test-items 48 --max-new-tokens 40 --validation-items 32
 
 .PHONY: demo test install chromium clean
 

@@ -20,6 +20,7 @@ from qpeft.errors import UsageError
 from qpeft.metrics import (
     DEFAULT_BERTSCORE_MODEL,
     bertscore_f1,
+    bertscore_per_item,
     bleu_statistics,
     corpus_scores,
     per_item_scores,
@@ -71,6 +72,13 @@ def test_bertscore_per_item_mean_is_bertscore_f1() -> None:
     per_item = per_item_scores(predictions, references, DEFAULT_BERTSCORE_MODEL)["bertscore_f1"]
     assert len(per_item) == 3 and per_item[0] == pytest.approx(100.0, abs=0.01) and per_item[1] > per_item[2]
     assert np.mean(per_item) == pytest.approx(bertscore_f1(predictions, references), abs=1e-4)
+
+
+def test_an_empty_prediction_scores_zero_bertscore_and_the_others_are_unchanged() -> None:
+    references = [["The Eagle is a pub."], ["Aromi serves Italian food."]]
+    alone = bertscore_per_item(["Aromi serves Italian food."], references[1:])
+    scores = bertscore_per_item(["", "Aromi serves Italian food."], references)
+    assert scores[0] == 0.0 and scores[1] == pytest.approx(alone[0], abs=1e-4) and scores[1] > 50
 
 
 def test_bleu_point_estimate_is_sacrebleu_corpus_bleu_with_unequal_reference_counts() -> None:

@@ -80,16 +80,21 @@ def resolve_bertscore_model(name: str) -> tuple[str, int | None]:
 def bertscore_per_item(
     predictions: list[str], references: list[list[str]], model: str = DEFAULT_BERTSCORE_MODEL, batch_size: int = 64
 ) -> list[float]:
-    """BERTScore F1 (0-100) of each item against its best-matching reference."""
+    """BERTScore F1 (0-100) of each item against its best-matching reference; 0 for an empty prediction."""
     import bert_score
 
     model_path, layers = resolve_bertscore_model(model)
     kwargs = {"num_layers": layers} if layers is not None else {"lang": "en"}
-    # bert-score scores an empty candidate as a warning and zero; keep that behaviour explicit.
-    _, _, f1 = bert_score.score(
-        predictions, references, model_type=model_path, batch_size=batch_size, verbose=False, **kwargs
-    )
-    return (100.0 * f1.double()).tolist()
+    # bert-score means to score an empty candidate as zero, but under transformers 5 it raises while
+    # encoding one (its tokenizer call no longer exists), so empty outputs get their zero here.
+    scored = [i for i, prediction in enumerate(predictions) if prediction.strip()]
+    f1 = [0.0] * len(predictions)
+    if scored:
+        _, _, values = bert_score.score([predictions[i] for i in scored], [references[i] for i in scored],
+                                        model_type=model_path, batch_size=batch_size, verbose=False, **kwargs)
+        for i, value in zip(scored, (100.0 * values.double()).tolist(), strict=True):
+            f1[i] = value
+    return f1
 
 
 def bertscore_f1(
