@@ -43,8 +43,9 @@ from qpeft.methods import get_method
 from qpeft.methods.lora import LoRAConfig
 from qpeft.methods.qaa import QAAConfig
 from qpeft.models import load_model
+from qpeft.settings import DEFAULT_MODEL
 
-MODEL = "smollm2-135m"
+MODEL = DEFAULT_MODEL
 TARGETS = "q_proj,v_proj"
 BATCH, TOKENS = 8, 64
 

@@ -262,9 +262,9 @@ def test_lora_delta_is_the_merged_update_out_by_in(kind: str, tokenizer) -> None
 
 
 def test_capacity_of_trained_lora_and_full(tiny_llama_dir: Path, toy_data_dir: Path, tmp_path: Path) -> None:
+    from qpeft.experiment.runs import load_run
     from qpeft.methods import get_method
     from qpeft.models import load_model
-    from qpeft.runs import load_run
 
     common = ["--model", str(tiny_llama_dir), "--dataset", str(toy_data_dir), "--steps", "4", "--batch-size", "4",
               "--save-steps", "4", "--max-new-tokens", "4", "--bertscore-model", "none", "--max-test-items", "2"]
@@ -366,7 +366,7 @@ def test_lora_update_jacobian_is_delta_w_at_every_input(tiny_model_dir: Path) ->
 
 
 def test_capacity_finding_keeps_unlike_measures_apart() -> None:
-    from qpeft.report_html import _capacity_finding
+    from qpeft.report.findings import _capacity_finding
 
     torch.manual_seed(0)
     w = torch.randn(4, 16)

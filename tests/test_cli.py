@@ -108,7 +108,7 @@ def test_interrupted_training_resumes_to_the_same_result(tiny_llama_dir: Path, t
     straight = tmp_path / "straight"
     assert main(["train", "--method", "lora", "--output", str(straight), *args]) == 0
 
-    from qpeft.training import StepLogger
+    from qpeft.training.train_log import StepLogger
 
     original = StepLogger.on_log
 
@@ -172,7 +172,7 @@ def test_bad_data_file_from_a_subprocess_has_no_traceback(tiny_llama_dir: Path, 
 
 def test_config_file_supplies_flags_and_the_command_line_wins(tmp_path: Path) -> None:
     from qpeft.cli import build_parser
-    from qpeft.config_file import expand_config_file
+    from qpeft.cli.config_file import expand_config_file
 
     config = tmp_path / "exp.yaml"
     config.write_text("steps: 7\nbatch_size: 3\ngradient_checkpointing: true\nlora:\n  r: 4\n  alpha: 32\n")
@@ -184,8 +184,17 @@ def test_config_file_supplies_flags_and_the_command_line_wins(tmp_path: Path) ->
 
 def test_shipped_paper_config_parses() -> None:
     from qpeft.cli import build_parser
-    from qpeft.config_file import expand_config_file
+    from qpeft.cli.config_file import expand_config_file
 
     paper = Path(__file__).parent.parent / "configs" / "paper.yaml"
     args = build_parser().parse_args(expand_config_file(["compare", "--output", "x", "--config", str(paper)]))
     assert args.model == "gpt2-medium" and args.steps == 26290 and args.num_beams == 10
+
+
+def test_python_m_qpeft_is_the_qpeft_command() -> None:
+    import subprocess
+    import sys
+
+    for module in ("qpeft", "qpeft.cli"):
+        done = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True)
+        assert done.returncode == 0 and done.stdout.startswith("usage: qpeft "), (module, done.stderr)

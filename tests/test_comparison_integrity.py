@@ -15,9 +15,9 @@ from qpeft.cli import main
 from qpeft.data import DataSplits, Example
 from qpeft.data import TestItem as Item
 from qpeft.data.prompts import format_prompt
-from qpeft.evaluation import EvalSettings, decode_completion, generate
-from qpeft.runs import Experiment, fewshot_shots
-from qpeft.training import TrainSettings
+from qpeft.evaluation.generate import decode_completion, generate
+from qpeft.experiment.runs import fewshot_shots
+from qpeft.settings import EvalSettings, Experiment, TrainSettings
 
 FAST = ["--steps", "8", "--batch-size", "4", "--save-steps", "4", "--max-new-tokens", "6",
         "--bertscore-model", "none", "--eval-batch-size", "4"]

@@ -8,7 +8,7 @@ import pytest
 from conftest import toy_rows, write_csv
 from qpeft.data import Example, load_splits, split_by_input
 from qpeft.data.prompts import IGNORE_INDEX, encode_examples, format_prompt
-from qpeft.errors import UsageError
+from qpeft.utils.errors import UsageError
 
 
 def test_e2e_groups_test_references_and_holds_out_whole_mrs(e2e_dir: Path) -> None:

@@ -1,6 +1,6 @@
 """The generation contract every method in the registry must keep.
 
-Batched, left-padded greedy ``generate`` (as ``qpeft.evaluation.generate`` runs it) must give, row
+Batched, left-padded greedy ``generate`` (as ``qpeft.evaluation.generate.generate`` runs it) must give, row
 by row, the tokens that greedy decoding of that row alone by repeated full ``forward`` calls gives:
 the forward that training and the test loss use. A method whose generation ignores its adapter
 (Prefix tuning under transformers 5.24 with PEFT's own ``generate``) or mis-masks padded rows fails.
@@ -60,7 +60,7 @@ def until_eos(row: list[int], eos_id: int) -> list[int]:
 
 @torch.no_grad()
 def batched_generate(model: torch.nn.Module, rows: list[list[int]], tokenizer: PreTrainedTokenizerBase) -> list:
-    """Left-padded greedy generation, built exactly as ``qpeft.evaluation.generate`` builds it."""
+    """Left-padded greedy generation, built exactly as ``qpeft.evaluation.generate.generate`` builds it."""
     pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
     width = max(len(p) for p in rows)
     ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in rows])

@@ -6,10 +6,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from qpeft.errors import UsageError
 from qpeft.methods import REGISTRY, get_method
 from qpeft.methods.base import trainable_parameter_count
 from qpeft.methods.targets import find_target_modules, linear_shape
+from qpeft.utils.errors import UsageError
 
 
 def logits(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import sacrebleu
 
-from qpeft.metrics import bertscore_f1, bleu, rouge
+from qpeft.evaluation.metrics import bertscore_f1, bleu, rouge
 
 PREDICTIONS = ["Aromi serves French food in the riverside.", "Cotto is a cheap place."]
 REFERENCES = [["Aromi serves French food in the riverside.", "Aromi is French."], ["Cotto is an Italian place."]]

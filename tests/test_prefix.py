@@ -13,12 +13,12 @@ from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq, PreTraine
 
 from conftest import toy_rows
 from qpeft.cli import build_parser
-from qpeft.compat import TESTED_RANGES, check_library_versions
 from qpeft.data import Example
 from qpeft.data.prompts import encode_examples
-from qpeft.errors import UsageError
 from qpeft.methods import REGISTRY
 from qpeft.methods.prefix import PrefixConfig, PrefixTuningModel
+from qpeft.utils.compat import TESTED_RANGES, check_library_versions
+from qpeft.utils.errors import UsageError
 
 
 def toy_examples(count: int = 16) -> list[Example]:

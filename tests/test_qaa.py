@@ -13,12 +13,12 @@ from transformers import AutoModelForCausalLM
 
 from conftest import build_tokenizer, tiny_llama, toy_rows, write_jsonl
 from qpeft.cli import main
-from qpeft.errors import UsageError
 from qpeft.methods import get_method
 from qpeft.methods.base import trainable_parameter_count
 from qpeft.methods.qaa import QAAConfig, QAAEvalOptions, QAALinear, qaa_layers, read_adapter
 from qpeft.methods.targets import find_target_modules, linear_shape
 from qpeft.quantum import CircuitSpec, simulate, to_qiskit
+from qpeft.utils.errors import UsageError
 
 FAST = ["--batch-size", "4", "--save-steps", "100", "--max-new-tokens", "4", "--bertscore-model", "none",
         "--eval-batch-size", "2", "--max-test-items", "2"]
@@ -333,7 +333,7 @@ def test_sampled_readout_converges_to_the_exact_update() -> None:
 
 
 def test_jacobian_rank_of_a_real_layer_is_at_most_n(trained_run: tuple[Path, Path]) -> None:
-    from qpeft.runs import load_run
+    from qpeft.experiment.runs import load_run
 
     run, _ = trained_run
     model, _, _ = load_run(run)
@@ -348,7 +348,7 @@ def test_jacobian_rank_of_a_real_layer_is_at_most_n(trained_run: tuple[Path, Pat
 
 
 def test_compare_re_evaluates_qaa_on_its_robustness_grid(trained_run: tuple[Path, Path]) -> None:
-    from qpeft.compare import robustness_figures
+    from qpeft.experiment.compare import robustness_figures
 
     run, data = trained_run
     assert robustness_figures(run, "lora", {}, str(data)) == []  # no grid, no re-evaluation

@@ -2,8 +2,8 @@
 
 import pytest
 
-from qpeft.errors import UsageError
 from qpeft.quantum import CircuitSpec, Gate, n_qubits_for_width
+from qpeft.utils.errors import UsageError
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,6 @@ import dataclasses
 import pytest
 import torch
 
-from qpeft.errors import UsageError
 from qpeft.quantum import (
     CircuitSpec,
     depolarized_probs,
@@ -14,6 +13,7 @@ from qpeft.quantum import (
     simulate,
     simulate_noisy,
 )
+from qpeft.utils.errors import UsageError
 
 
 def inputs(spec: CircuitSpec, tokens: int = 4, seed: int = 0):

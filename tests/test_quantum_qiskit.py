@@ -8,8 +8,8 @@ import torch
 from qiskit import qasm2, qasm3
 from qiskit.quantum_info import Statevector
 
-from qpeft.errors import UsageError
 from qpeft.quantum import CircuitSpec, resources, simulate, state_prep_cost, to_qasm, to_qiskit
+from qpeft.utils.errors import UsageError
 
 
 def draw(spec: CircuitSpec, seed: int = 0):

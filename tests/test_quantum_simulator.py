@@ -5,8 +5,8 @@ import itertools
 import pytest
 import torch
 
-from qpeft.errors import UsageError
 from qpeft.quantum import CircuitSpec, fused_cpu, pennylane_reference, simulate
+from qpeft.utils.errors import UsageError
 
 
 def inputs(spec: CircuitSpec, tokens: int = 3, seed: int = 0, dtype=torch.float64, width: int | None = None):

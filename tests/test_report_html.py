@@ -15,12 +15,11 @@ import torch
 
 from qpeft.analysis.capacity import jacobian_rank, linear_capacity, summarise_capacity
 from qpeft.analysis.convergence import convergence_figures, loss_curve
-from qpeft.compare import AnalysisSettings, build_payload
-from qpeft.evaluation import EvalSettings
-from qpeft.report import markdown_report
-from qpeft.report_html import findings, html_report
-from qpeft.runs import Experiment
-from qpeft.training import TrainSettings
+from qpeft.experiment.results import build_payload
+from qpeft.report.findings import findings
+from qpeft.report.html import html_report
+from qpeft.report.markdown import markdown_report
+from qpeft.settings import AnalysisSettings, EvalSettings, Experiment, TrainSettings
 
 ALL_PLOTS = {"plot-loss", "plot-grad-norm", "plot-quality", "plot-efficiency", "plot-capacity-spectra",
              "plot-capacity-rank", "plot-noise"}

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from qpeft.training import last_complete_checkpoint
+from qpeft.training.checkpoints import last_complete_checkpoint
 
 FIGURES = ("bleu", "rougeL", "test_loss", "final_train_loss", "trainable_params")
 
@@ -66,9 +66,9 @@ def test_half_written_checkpoint_is_not_resumed_from(tmp_path: Path) -> None:
 def test_run_killed_after_its_last_step_is_recorded_without_training_further(
     tiny_llama_dir: Path, toy_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import qpeft.runs
+    import qpeft.experiment.runs
     from qpeft.cli import main
-    from qpeft.training import read_train_log
+    from qpeft.training.train_log import read_train_log
 
     args = ["--method", "lora", "--model", str(tiny_llama_dir), "--dataset", str(toy_data_dir), "--steps", "4",
             "--batch-size", "4", "--save-steps", "2", "--max-new-tokens", "4", "--bertscore-model", "none"]
@@ -80,7 +80,7 @@ def test_run_killed_after_its_last_step_is_recorded_without_training_further(
 
     stopped = tmp_path / "stopped"
     with monkeypatch.context() as patch:
-        patch.setattr(qpeft.runs, "_evaluate_and_record", interrupted)
+        patch.setattr(qpeft.experiment.runs, "_evaluate_and_record", interrupted)
         assert main(["train", "--output", str(stopped), *args]) == 130
     assert last_complete_checkpoint(stopped / "checkpoints").endswith("checkpoint-4")
     assert main(["train", "--output", str(stopped), *args]) == 0

@@ -12,22 +12,22 @@ from qpeft.analysis.significance import (
     SystemScores,
     _resamples,
     bleu_from_statistics,
+    bleu_statistics,
     bootstrap_comparison,
     paired_p_value,
     significant,
 )
-from qpeft.errors import UsageError
-from qpeft.metrics import (
-    DEFAULT_BERTSCORE_MODEL,
+from qpeft.evaluation.metrics import (
     bertscore_f1,
     bertscore_per_item,
-    bleu_statistics,
     corpus_scores,
     per_item_scores,
     rouge,
     rouge_per_item,
     score_all,
 )
+from qpeft.settings import DEFAULT_BERTSCORE_MODEL
+from qpeft.utils.errors import UsageError
 
 WORDS = "the a restaurant serves cheap Italian food near river centre family friendly coffee shop rated high".split()
 SACREBLEU_DEFAULT_SEED = 12345  # sacrebleu's SACREBLEU_SEED when unset

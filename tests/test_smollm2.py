@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from qpeft.models import DEFAULT_MODEL, load_model, load_tokenizer, resolve_model_path
+from qpeft.models import load_model, load_tokenizer, resolve_model_path
+from qpeft.settings import DEFAULT_MODEL
 
 
 @pytest.mark.slow

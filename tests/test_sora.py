@@ -14,7 +14,6 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from qpeft.cli import main
-from qpeft.errors import UsageError
 from qpeft.methods import REGISTRY, get_method
 from qpeft.methods.base import trainable_parameter_count
 from qpeft.methods.sora import (
@@ -28,8 +27,9 @@ from qpeft.methods.sora import (
     sparsity_at,
 )
 from qpeft.methods.sora import optim as sora_optim
-from qpeft.methods.sora.export import adapter_from_model, read_adapter
+from qpeft.methods.sora.adapter import adapter_from_model, read_adapter
 from qpeft.methods.targets import find_target_modules, linear_shape
+from qpeft.utils.errors import UsageError
 
 FAST = ["--steps", "4", "--batch-size", "4", "--save-steps", "2", "--max-new-tokens", "4",
         "--bertscore-model", "none", "--eval-batch-size", "2", "--max-test-items", "2"]
@@ -263,7 +263,7 @@ def test_train_logs_sparsity_exports_lora_and_resume_reproduces_the_gates(
     assert "LoRA adapter:" in capsys.readouterr().out
     assert load_file(tmp_path / "exported" / "adapter_model.safetensors").keys() == exported.keys()
 
-    from qpeft.training import StepLogger
+    from qpeft.training.train_log import StepLogger
 
     original = StepLogger.on_log
 

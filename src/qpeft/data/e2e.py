@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from qpeft.data import DataSplits, group_by_input, split_by_input
 from qpeft.data.files import read_rows
-from qpeft.errors import UsageError
+from qpeft.data.types import DataSplits, group_by_input, split_by_input
+from qpeft.utils.errors import UsageError
 
 OFFICIAL_TRAIN_FILE = "trainset.csv"
 TRAIN_FILE = "devset.csv"
@@ -39,7 +39,7 @@ def load(data_dir: Path | None, validation_fraction: float, seed: int) -> DataSp
     dev = read_rows(folder / TRAIN_FILE, "mr", "ref")
     if (folder / OFFICIAL_TRAIN_FILE).exists():
         train = read_rows(folder / OFFICIAL_TRAIN_FILE, "mr", "ref")
-        return DataSplits("e2e", train, dev, test, notes=["official split: trainset / devset / testset"])
+        return DataSplits("e2e", train, dev, test)  # the official split: trainset / devset / testset
+    # trained on devset.csv less a validation slice held out by MR
     train, validation = split_by_input(dev, (1 - validation_fraction, validation_fraction), seed)
-    note = f"trained on devset.csv less a {validation_fraction:.0%} validation slice held out by MR"
-    return DataSplits("e2e", train, validation, test, notes=[note])
+    return DataSplits("e2e", train, validation, test)

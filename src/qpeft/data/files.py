@@ -6,8 +6,8 @@ import csv
 import json
 from pathlib import Path
 
-from qpeft.data import DataSplits, Example, group_by_input, split_by_input
-from qpeft.errors import UsageError
+from qpeft.data.types import DataSplits, Example, group_by_input, split_by_input
+from qpeft.utils.errors import UsageError
 
 SUFFIXES = (".jsonl", ".csv")
 
@@ -83,6 +83,6 @@ def load(path: Path, input_column: str, target_column: str, validation_fraction:
     rows = read_rows(path, input_column, target_column)
     if len({row.input for row in rows}) < 3:
         raise UsageError(f"{path}: a single file needs at least 3 distinct inputs to split into train/validation/test")
+    # a single file: split by input into 80% train, 10% validation, 10% test
     train, validation, test = split_by_input(rows, (0.8, 0.1, 0.1), seed)
-    note = "single file split by input into 80% train, 10% validation, 10% test"
-    return DataSplits(path.stem, train, validation, group_by_input(test), notes=[note])
+    return DataSplits(path.stem, train, validation, group_by_input(test))

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 
 from transformers import PreTrainedTokenizerBase
 
-from qpeft.data import Example
-from qpeft.errors import UsageError
+from qpeft.data.types import Example
+from qpeft.utils.errors import UsageError
 
 log = logging.getLogger(__name__)
 

@@ -15,10 +15,13 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import nn
 
+from qpeft.analysis.capacity import linear_capacity
+from qpeft.utils.errors import UsageError
+
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-    from qpeft.data import Example
+    from qpeft.data.types import Example
 
 
 @dataclass
@@ -28,9 +31,7 @@ class MethodConfig:
     learning_rate: float = 1e-4
 
     def validate(self) -> None:
-        """Raise ``qpeft.errors.UsageError`` for impossible values."""
-        from qpeft.errors import UsageError
-
+        """Raise ``qpeft.utils.errors.UsageError`` for impossible values."""
         if not self.learning_rate > 0:
             raise UsageError(f"learning_rate must be positive, got {self.learning_rate}")
 
@@ -104,8 +105,13 @@ class Method:
         """Extra columns for ``train_log.csv`` at every logged step."""
         return {}
 
-    def finalize(self, model: nn.Module, config: MethodConfig, run_dir: Path) -> dict[str, Any]:
-        """Runs once after training; returns extra figures for ``metrics.json``."""
+    def finalize(
+        self, model: nn.Module, config: MethodConfig, run_dir: Path, tokens_per_step: float | None = None
+    ) -> dict[str, Any]:
+        """Runs once after training; returns extra figures for ``metrics.json``.
+
+        ``tokens_per_step`` is what training measured (tokens seen per optimizer step; None when unknown).
+        """
         return {}
 
     def set_eval_options(self, model: nn.Module, options: EvalOptions) -> None:
@@ -137,8 +143,6 @@ class Method:
         update (QAA) overrides this with the Jacobian's rank on activations from ``sample_ids``.
         Empty for a method without a per-token update (Prefix tuning).
         """
-        from qpeft.analysis.capacity import linear_capacity
-
         return {name: linear_capacity(delta) for name, delta in self.delta_weights(model, base_model).items()}
 
 

@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM
 from transformers.pytorch_utils import Conv1D
 
 from qpeft.methods.base import Method, MethodConfig
+from qpeft.methods.targets import find_target_modules
 
 
 @dataclass
@@ -36,8 +37,6 @@ class FullFineTuning(Method):
 
     def delta_weights(self, model: nn.Module, base_model: nn.Module) -> dict[str, torch.Tensor]:
         """Trained minus base weight (out x in) on the modules LoRA adapts by default."""
-        from qpeft.methods.targets import find_target_modules
-
         base_modules = dict(base_model.named_modules())
         deltas = {}
         for name, module in find_target_modules(model, "auto").items():

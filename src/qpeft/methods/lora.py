@@ -10,9 +10,9 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer
 from torch import nn
 
-from qpeft.errors import UsageError
 from qpeft.methods.base import Method, MethodConfig
 from qpeft.methods.targets import find_target_modules, peft_target_modules
+from qpeft.utils.errors import UsageError
 
 
 @dataclass

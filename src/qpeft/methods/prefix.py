@@ -22,10 +22,10 @@ from peft import PeftModel, PeftModelForCausalLM, PrefixTuningConfig, get_peft_m
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from qpeft.compat import check_library_versions
 from qpeft.data import Example
-from qpeft.errors import UsageError
 from qpeft.methods.base import Method, MethodConfig
+from qpeft.utils.compat import check_library_versions
+from qpeft.utils.errors import UsageError
 
 PREFIX_INITS = ("real-tokens", "random")
 

@@ -7,13 +7,13 @@ otherwise a comma-separated list of module-name suffixes.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from qpeft.errors import UsageError
+from qpeft.utils.errors import UsageError
 
 LINEAR_TYPES = (nn.Linear, Conv1D)
 
@@ -86,3 +86,9 @@ def wrap_linear_modules(
         setattr(parent, child, wrapped[name])
     return wrapped
 
+
+def adapter_layers(model: nn.Module, layer_class: type[nn.Module]) -> Iterator[tuple[str, nn.Module]]:
+    """(name, layer) for every ``layer_class`` module of ``model``; the name is that of the wrapped module."""
+    for name, module in model.named_modules():
+        if isinstance(module, layer_class):
+            yield name, module

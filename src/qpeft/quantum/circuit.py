@@ -1,4 +1,4 @@
-"""What the QAA circuit is (METHODS.md §5), independent of how it is simulated.
+"""What the QAA circuit is, independent of how it is simulated, and the index tables every simulator shares.
 
 Conventions shared by every back-end:
 
@@ -12,10 +12,14 @@ Conventions shared by every back-end:
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
-from qpeft.errors import UsageError
+import torch
+from torch import Tensor
+
+from qpeft.utils.errors import UsageError
 
 ANSATZE = ("ry", "ry_rz")
 READOUTS = ("z", "probs")
@@ -93,3 +97,29 @@ class CircuitSpec:
     def gates(self) -> list[Gate]:
         """Every gate of the circuit, in order (after the amplitude embedding)."""
         return [g for layer in range(self.n_layers) for g in self.layer_gates(layer)]
+
+
+# Index tables (built once per size and device) ------------------------------------------------
+
+
+@functools.cache
+def ring_permutation(n: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """(forward, inverse) index maps of one CNOT ring: it sends |k> to |forward[k]>."""
+    forward = torch.arange(2**n)
+    for control, target in ring_pairs(n):
+        forward ^= ((forward >> (n - 1 - control)) & 1) << (n - 1 - target)
+    return forward.to(device), torch.argsort(forward).to(device)
+
+
+@functools.cache
+def z_signs(n: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """(2**n, n) table of (-1)**bit_q(k): the eigenvalue of Z on wire q for basis state k."""
+    k = torch.arange(2**n)[:, None]
+    bits = (k >> (n - 1 - torch.arange(n))) & 1
+    return (1 - 2 * bits).to(device=device, dtype=dtype)
+
+
+@functools.cache
+def folded_signs_t(n: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    # Z readout of ring(state) equals the readout of state with the ring folded into the table.
+    return z_signs(n, device, dtype)[ring_permutation(n, device)[0]].T.contiguous()

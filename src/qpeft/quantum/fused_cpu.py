@@ -1,6 +1,6 @@
 """A fused CPU kernel for the real (RY) QAA circuit, written in C (``fused_cpu.c``).
 
-Why by hand: the batched PyTorch simulator (``simulator.py``) applies the circuit as a few
+Why by hand: the batched PyTorch kernel (``statevector.py``) applies the circuit as a few
 dozen large tensor ops, each of which streams the whole (2**n, tokens) state through memory;
 on a CPU those passes, not the arithmetic, set its speed. Here each core takes a chunk of 32
 tokens and runs the whole circuit on it in buffers that stay in its L2 cache: the rotations two
@@ -42,9 +42,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from qpeft.models import cache_dir
-from qpeft.quantum.circuit import CircuitSpec
-from qpeft.quantum.simulator import ring_permutation
+from qpeft.quantum.circuit import CircuitSpec, ring_permutation
+from qpeft.utils.cache import cache_dir
 
 SOURCE = Path(__file__).with_suffix(".c")
 _REAL = {torch.float32: "float", torch.float64: "double"}

@@ -25,17 +25,10 @@ import functools
 import torch
 from torch import Tensor
 
-from qpeft.errors import UsageError
-from qpeft.quantum.circuit import CircuitSpec
-from qpeft.quantum.simulator import (
-    compute_dtype,
-    embed,
-    layer_factors,
-    ring_permutation,
-    rotate,
-    simulate,
-    z_signs,
-)
+from qpeft.quantum.circuit import CircuitSpec, ring_permutation, z_signs
+from qpeft.quantum.simulator import simulate
+from qpeft.quantum.statevector import compute_dtype, embed, layer_factors, rotate
+from qpeft.utils.errors import UsageError
 
 #: Density-matrix elements per block of tokens in the density method (128 MB in float64).
 _DENSITY_BUDGET = 2**24

@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from qpeft.errors import UsageError
 from qpeft.quantum.circuit import CircuitSpec
+from qpeft.utils.errors import UsageError
 
 
 def to_qiskit(spec: CircuitSpec, angles: Tensor | None = None, x: Tensor | None = None) -> Any:

@@ -1,4 +1,4 @@
-"""QAA — quantum-amplitude embedded adaptation (METHODS.md §5).
+"""QAA — quantum-amplitude embedded adaptation.
 
 Each target linear layer becomes y = W0 x + s (W_up z(x) + b): x is amplitude-embedded
 into n = ceil(log2 d_in) qubits, a parameterised circuit of L layers (RY rotations and a
@@ -10,11 +10,12 @@ under shots and depolarising noise (``qpeft evaluate --qaa-shots N --qaa-depolar
 and report the quantum resources they need.
 """
 
-from qpeft.methods.qaa.files import QAAAdapter, export_qasm, qaa_run_adapter, read_adapter
+from qpeft.methods.qaa.adapter import QAAAdapter, read_adapter
 from qpeft.methods.qaa.layer import ANGLE_INITS, QAALinear, inject, qaa_layers
 from qpeft.methods.qaa.method import QAA, ROBUSTNESS_GRID, QAAConfig, QAAEvalOptions
+from qpeft.methods.qaa.qasm import export_qasm
 
 __all__ = [
     "ANGLE_INITS", "QAA", "ROBUSTNESS_GRID", "QAAAdapter", "QAAConfig", "QAAEvalOptions", "QAALinear", "export_qasm",
-    "inject", "qaa_layers", "qaa_run_adapter", "read_adapter",
+    "inject", "qaa_layers", "read_adapter",
 ]

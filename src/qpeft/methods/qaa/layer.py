@@ -1,7 +1,7 @@
 """The QAA layer: a frozen linear layer plus a measured quantum circuit on its input, and its injection.
 
 y = W0 x + s (W_up z(x) + b), where z(x) is the readout of the circuit (``qpeft.quantum``)
-on the amplitude-embedded x (METHODS.md §5). Three forward paths:
+on the amplitude-embedded x. Three forward paths:
 
 - training (default): ``qpeft.quantum.simulate``, differentiable in x and the angles, with
   the memory-lean backward unless ``memory_lean=False``;
@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers.pytorch_utils import Conv1D
 
-from qpeft.errors import UsageError
-from qpeft.methods.targets import linear_shape, wrap_linear_modules
+from qpeft.methods.targets import adapter_layers, linear_shape, wrap_linear_modules
 from qpeft.quantum import CircuitSpec, n_qubits_for_width, simulate, simulate_noisy
+from qpeft.utils.errors import UsageError
 
 ANGLE_INITS = ("uniform", "normal", "zeros")
 #: Standard deviation of the "normal" angle initialisation (radians).
@@ -195,9 +195,7 @@ def init_angles(shape: tuple[int, ...], how: str, device: torch.device | None = 
 
 def qaa_layers(model: nn.Module) -> Iterator[tuple[str, QAALinear]]:
     """(name, layer) for every QAA layer of ``model``; the name is that of the wrapped module."""
-    for name, module in model.named_modules():
-        if isinstance(module, QAALinear):
-            yield name, module
+    return adapter_layers(model, QAALinear)
 
 
 def inject(

@@ -10,12 +10,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from qpeft.errors import UsageError
 from qpeft.methods.base import EvalOptions, Method, MethodConfig
-from qpeft.methods.qaa.analysis import jacobian_capacity, resource_figures, tokens_per_step
-from qpeft.methods.qaa.files import adapter_from_model, read_adapter, write_adapter
+from qpeft.methods.qaa.adapter import adapter_from_model, module_state, read_adapter, write_adapter
+from qpeft.methods.qaa.capacity import jacobian_capacity
 from qpeft.methods.qaa.layer import ANGLE_INITS, inject, qaa_layers
+from qpeft.methods.qaa.resources import resource_figures
+from qpeft.methods.serialization import load_adapter_tensors
 from qpeft.quantum.circuit import ANSATZE, READOUTS
+from qpeft.utils.errors import UsageError
 
 
 @dataclass
@@ -116,20 +118,9 @@ class QAA(Method):
         base_model.requires_grad_(False)
         layers = inject(base_model, config.layers, config.ansatz, config.readout, config.scale, config.bias,
                         "zeros", config.memory_lean, names=list(adapter.modules))
-        with torch.no_grad():
-            for name, layer in layers.items():
-                saved = adapter.modules[name]
-                pairs = [(layer.qaa_angles, saved.angles), (layer.qaa_up, saved.up)]
-                if (layer.qaa_bias is None) != (saved.bias is None):
-                    raise UsageError(f"QAA adapter module {name!r}: bias does not match the config")
-                if layer.qaa_bias is not None:
-                    pairs.append((layer.qaa_bias, saved.bias))
-                for param, value in pairs:
-                    if param.shape != value.shape:
-                        raise UsageError(f"QAA adapter module {name!r}: shape {tuple(value.shape)} does not fit "
-                                         f"{tuple(param.shape)}")
-                    param.copy_(value)
-                layer.merge()
+        load_adapter_tensors(layers, {name: module_state(m) for name, m in adapter.modules.items()}, "QAA")
+        for layer in layers.values():
+            layer.merge()
         return base_model.requires_grad_(False).eval()
 
     def create_optimizer(
@@ -155,8 +146,10 @@ class QAA(Method):
         squares = [layer.qaa_up.detach().float().pow(2).sum() for _, layer in qaa_layers(model)]
         return {"qaa_up_norm": float(torch.stack(squares).sum().sqrt())} if squares else {}
 
-    def finalize(self, model: nn.Module, config: QAAConfig, run_dir: Path) -> dict[str, Any]:
-        return resource_figures(dict(qaa_layers(model)), tokens_per_step(Path(run_dir) / "train_log.csv"))
+    def finalize(
+        self, model: nn.Module, config: QAAConfig, run_dir: Path, tokens_per_step: float | None = None
+    ) -> dict[str, Any]:
+        return resource_figures(dict(qaa_layers(model)), tokens_per_step)
 
     def set_eval_options(self, model: nn.Module, options: EvalOptions) -> None:
         if not isinstance(options, QAAEvalOptions):

@@ -17,12 +17,13 @@ proximal operator, scaled by the gate's scheduled learning rate, prunes dead ran
 exports a standard LoRA adapter.
 """
 
-from qpeft.methods.sora.export import AllRanksPruned, SoRAAdapter, export_lora, export_run, read_adapter
+from qpeft.methods.sora.adapter import SoRAAdapter, read_adapter
+from qpeft.methods.sora.export import AllRanksPruned, export_lora
 from qpeft.methods.sora.layer import SoRALinear, inject, sora_layers
 from qpeft.methods.sora.method import SoRA, SoRAConfig
 from qpeft.methods.sora.optim import SCHEDULES, SoRAAdamW, soft_threshold, soft_threshold_, sparsity_at
 
 __all__ = [
     "SCHEDULES", "AllRanksPruned", "SoRA", "SoRAAdamW", "SoRAAdapter", "SoRAConfig", "SoRALinear", "export_lora",
-    "export_run", "inject", "read_adapter", "soft_threshold", "soft_threshold_", "sora_layers", "sparsity_at",
+    "inject", "read_adapter", "soft_threshold", "soft_threshold_", "sora_layers", "sparsity_at",
 ]

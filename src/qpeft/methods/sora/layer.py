@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from qpeft.errors import UsageError
-from qpeft.methods.targets import linear_shape, wrap_linear_modules
+from qpeft.methods.targets import adapter_layers, linear_shape, wrap_linear_modules
+from qpeft.utils.errors import UsageError
 
 GATE_INITS = ("ones", "normal")
 
@@ -64,9 +64,7 @@ class SoRALinear(nn.Module):
 
 def sora_layers(model: nn.Module) -> Iterator[tuple[str, SoRALinear]]:
     """(name, layer) for every SoRA layer of ``model``; the name is that of the wrapped module."""
-    for name, module in model.named_modules():
-        if isinstance(module, SoRALinear):
-            yield name, module
+    return adapter_layers(model, SoRALinear)
 
 
 def inject(

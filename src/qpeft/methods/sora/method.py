@@ -10,17 +10,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from qpeft.errors import UsageError
 from qpeft.methods.base import Method, MethodConfig
-from qpeft.methods.sora.export import (
-    AllRanksPruned,
-    adapter_from_model,
-    export_lora,
-    read_adapter,
-    write_adapter,
-)
+from qpeft.methods.serialization import load_adapter_tensors
+from qpeft.methods.sora.adapter import adapter_from_model, module_state, read_adapter, write_adapter
+from qpeft.methods.sora.export import AllRanksPruned, export_lora
 from qpeft.methods.sora.layer import GATE_INITS, inject, sora_layers
 from qpeft.methods.sora.optim import SCHEDULES, SoRAAdamW, gate_group
+from qpeft.utils.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -100,15 +96,7 @@ class SoRA(Method):
         config = SoRAConfig.from_dict(adapter.config)
         base_model.requires_grad_(False)
         layers = inject(base_model, config.r, config.alpha, 0.0, config.gate_init, names=list(adapter.modules))
-        with torch.no_grad():
-            for name, layer in layers.items():
-                weights = adapter.modules[name]
-                for param, value in ((layer.sora_A, weights.A), (layer.sora_B, weights.B),
-                                     (layer.sora_gate, weights.gate)):
-                    if param.shape != value.shape:
-                        raise UsageError(f"SoRA adapter module {name!r}: shape {tuple(value.shape)} does not fit "
-                                         f"{tuple(param.shape)}")
-                    param.copy_(value)
+        load_adapter_tensors(layers, {name: module_state(w) for name, w in adapter.modules.items()}, "SoRA")
         return base_model.eval()
 
     def create_optimizer(
@@ -136,7 +124,9 @@ class SoRA(Method):
             return {}
         return {"gate_zero_fraction": zeros / total, "mean_rank": sum(ranks) / len(ranks)}
 
-    def finalize(self, model: nn.Module, config: SoRAConfig, run_dir: Path) -> dict[str, Any]:
+    def finalize(
+        self, model: nn.Module, config: SoRAConfig, run_dir: Path, tokens_per_step: float | None = None
+    ) -> dict[str, Any]:
         adapter = adapter_from_model(model, config.to_dict())
         ranks = adapter.ranks()
         total = sum(w.gate.numel() for w in adapter.modules.values())

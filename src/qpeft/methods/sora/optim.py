@@ -86,7 +86,6 @@ class SoRAAdamW(torch.optim.AdamW):
                 for param in group["params"]:
                     soft_threshold_(param, threshold)
             group["prox_steps"] += 1
-            group["last_sparsity"] = strength
         return loss
 
 
@@ -109,5 +108,4 @@ def gate_group(
         "schedule": schedule,
         "total_steps": total_steps,
         "prox_steps": 0,
-        "last_sparsity": sparsity,
     }

@@ -16,9 +16,14 @@ import io
 import math
 import statistics
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from qpeft.runs import BASE, BASELINES, FEWSHOT
+from qpeft.analysis.convergence import smooth
+from qpeft.experiment.results import BASE, BASELINES, FEWSHOT
+from qpeft.report.payload import number, robustness_sets, std
+from qpeft.report.payload import trained as trained_methods
+from qpeft.report.tables import QUALITY_METRICS
 
 STYLE = {
     "font.size": 9,
@@ -33,7 +38,6 @@ STYLE = {
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22"]
 BASE_COLOR = "#7f7f7f"
 FEWSHOT_COLOR = "#b5b5b5"
-QUALITY_METRICS = [("bleu", "BLEU"), ("rougeL", "ROUGE-L"), ("bertscore_f1", "BERTScore F1")]
 
 
 def method_colors(names: Sequence[str]) -> dict[str, str]:
@@ -76,28 +80,13 @@ def _png(figure: Any) -> bytes:
     return buffer.getvalue()
 
 
-def _number(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
-
-
-def _std(payload: dict[str, Any], method: str, figure: str) -> float:
-    stats = payload.get("aggregate", {}).get(method, {}).get(figure)
-    std = stats.get("std") if isinstance(stats, dict) else None
-    return float(std) if isinstance(std, (int, float)) and math.isfinite(std) else 0.0
-
-
 def _error_bar(payload: dict[str, Any], method: str, key: str, center: float) -> list[list[float]] | None:
     """The bootstrap interval as an asymmetric error bar, else ±1 std over seeds, else none."""
     interval = payload["methods"][method].get("ci", {}).get(key)
     if isinstance(interval, list) and len(interval) == 2 and None not in interval:
         return [[max(center - interval[0], 0.0)], [max(interval[1] - center, 0.0)]]
-    error = _std(payload, method, key)
+    error = std(payload, method, key) or 0.0
     return [[error], [error]] if error else None
-
-
-def _trained(payload: dict[str, Any]) -> list[str]:
-    return [name for name, figures in payload["methods"].items()
-            if name not in BASELINES and figures.get("status") != "failed"]
 
 
 def _curves(payload: dict[str, Any], method: str) -> list[dict[str, Any]]:
@@ -128,7 +117,7 @@ def _as_float(values: Sequence[float | None]) -> list[float]:
 def _curve_plot(payload: dict[str, Any], raw_key: str, smooth_key: str | None, ylabel: str, title: str,
                 log_y: bool, dashed_key: str | None = None) -> bytes | None:
     colors = method_colors(list(payload["methods"]))
-    methods = [m for m in _trained(payload) if _curves(payload, m)]
+    methods = [m for m in trained_methods(payload) if _curves(payload, m)]
     if not methods:
         return None
     figure, (axis,) = _figure(7.5, 3.6)
@@ -138,8 +127,6 @@ def _curve_plot(payload: dict[str, Any], raw_key: str, smooth_key: str | None, y
         for curve in curves:
             axis.plot(curve["step"], _as_float(curve[raw_key]), color=color, alpha=0.22, linewidth=0.8)
         if smooth_key is None:
-            from qpeft.analysis.convergence import smooth
-
             smoothed = [_as_float(smooth(_as_float(c[raw_key]))) for c in curves]
         else:
             smoothed = [_as_float(c[smooth_key]) for c in curves]
@@ -172,7 +159,8 @@ def _measured_points(axis: Any, curves: list[dict[str, Any]], key: str, color: s
 @styled
 def loss_curves(payload: dict[str, Any]) -> bytes | None:
     """Training loss per step: raw (faint, one line per seed) and smoothed (solid; band = ±1 std over seeds)."""
-    raw = [v for m in _trained(payload) for c in _curves(payload, m) for v in c["loss"] if v is not None and v > 0]
+    raw = [v for m in trained_methods(payload) for c in _curves(payload, m) for v in c["loss"]
+           if v is not None and v > 0]
     log_y = bool(raw) and max(raw) / min(raw) > 30  # a loss falling by orders of magnitude reads better on log y
     return _curve_plot(payload, "loss", "smoothed", "loss", "Training loss (faint: raw; solid: smoothed) and "
                        "validation loss (dashed)", log_y, dashed_key="validation_loss")
@@ -181,7 +169,7 @@ def loss_curves(payload: dict[str, Any]) -> bytes | None:
 @styled
 def grad_norm_curves(payload: dict[str, Any]) -> bytes | None:
     """Gradient norm per step: raw and smoothed, as the loss (log y when norms differ by orders of magnitude)."""
-    norms = [v for m in _trained(payload) for c in _curves(payload, m) for v in c.get("grad_norm", [])
+    norms = [v for m in trained_methods(payload) for c in _curves(payload, m) for v in c.get("grad_norm", [])
              if v is not None and v > 0]
     if not norms:
         return None
@@ -193,9 +181,9 @@ def grad_norm_curves(payload: dict[str, Any]) -> bytes | None:
 def quality_vs_share(payload: dict[str, Any]) -> bytes | None:
     """Each quality score against the trainable share of parameters (log x); the base model as a line."""
     methods = payload["methods"]
-    trained = [m for m in _trained(payload) if (_number(methods[m].get("trainable_pct")) or 0) > 0]
+    trained = [m for m in trained_methods(payload) if (number(methods[m].get("trainable_pct")) or 0) > 0]
     metrics = [(key, label) for key, label in QUALITY_METRICS
-               if any(_number(methods[m].get(key)) is not None for m in trained)]
+               if any(number(methods[m].get(key)) is not None for m in trained)]
     if not trained or not metrics:
         return None
     colors = method_colors(list(methods))
@@ -203,16 +191,16 @@ def quality_vs_share(payload: dict[str, Any]) -> bytes | None:
     offsets = [(7, 6), (7, -13), (7, 17), (7, -24)]  # alternate label positions so that close points stay legible
     for axis, (key, label) in zip(axes, metrics, strict=True):
         for i, method in enumerate(trained):
-            x, y = _number(methods[method].get("trainable_pct")), _number(methods[method].get(key))
+            x, y = number(methods[method].get("trainable_pct")), number(methods[method].get(key))
             if x is None or y is None:
                 continue
             axis.errorbar([x], [y], yerr=_error_bar(payload, method, key, y), fmt="o", color=colors[method],
                           markersize=7, capsize=3, label=method)
             axis.annotate(method, (x, y), textcoords="offset points", xytext=offsets[i % len(offsets)], fontsize=8)
-        base = _number(methods.get(BASE, {}).get(key))
+        base = number(methods.get(BASE, {}).get(key))
         if base is not None:
             axis.axhline(base, color=BASE_COLOR, linestyle="--", linewidth=1, label="base (untrained)")
-        fewshot = _number(methods.get(FEWSHOT, {}).get(key))
+        fewshot = number(methods.get(FEWSHOT, {}).get(key))
         if fewshot is not None:
             axis.axhline(fewshot, color=BASE_COLOR, linestyle=":", linewidth=1.2, label="base, few-shot")
         axis.set_xscale("log")
@@ -228,19 +216,19 @@ def quality_vs_share(payload: dict[str, Any]) -> bytes | None:
 def efficiency_bars(payload: dict[str, Any]) -> bytes | None:
     """Peak memory, training throughput and generation latency against the base model."""
     methods = payload["methods"]
-    trained = _trained(payload)
+    trained = trained_methods(payload)
     panels = [("peak_memory_mb", "peak memory (MB)", "Peak memory in training"),
               ("train_tokens_per_s", "tokens / s", "Training throughput"),
               ("latency_vs_base", "x base model", "Generation latency vs base")]
-    panels = [p for p in panels if any(_number(methods[m].get(p[0])) is not None for m in trained)]
+    panels = [p for p in panels if any(number(methods[m].get(p[0])) is not None for m in trained)]
     if not trained or not panels:
         return None
     colors = method_colors(list(methods))
     figure, axes = _figure(3.1 * len(panels) + 0.6, 3.2, len(panels))
     for axis, (key, ylabel, title) in zip(axes, panels, strict=True):
-        names = [m for m in trained if _number(methods[m].get(key)) is not None]
-        values = [_number(methods[m][key]) for m in names]
-        errors = [_std(payload, m, key) for m in names]
+        names = [m for m in trained if number(methods[m].get(key)) is not None]
+        values = [number(methods[m][key]) for m in names]
+        errors = [std(payload, m, key) or 0.0 for m in names]
         positions = list(range(len(names)))
         axis.bar(positions, values, yerr=errors if any(errors) else None, capsize=3,
                  color=[colors[m] for m in names], alpha=0.85, error_kw={"elinewidth": 1})
@@ -276,7 +264,7 @@ def capacity_spectra(payload: dict[str, Any]) -> bytes | None:
     """Normalised singular values σ_i / σ_1 of every module's update (faint) and their median (solid)."""
     from matplotlib.ticker import MaxNLocator
 
-    methods = [m for m in _trained(payload) if _linear_entries(payload, m, True)]
+    methods = [m for m in trained_methods(payload) if _linear_entries(payload, m, True)]
     if not methods:
         return None
     colors = method_colors(list(payload["methods"]))
@@ -296,7 +284,7 @@ def capacity_spectra(payload: dict[str, Any]) -> bytes | None:
             length = max(len(s) for s in spectra)
             middle = [statistics.median(s[i] for s in spectra if i < len(s)) for i in range(length)]
             axis.plot(range(1, length + 1), middle, color=colors[method], linewidth=2, label="median over modules")
-        erank = _number(payload["methods"][method].get("effective_rank_median"))
+        erank = number(payload["methods"][method].get("effective_rank_median"))
         if erank is not None:
             axis.axvline(erank, color="black", linestyle=":", linewidth=1, label=f"median effective rank {erank:.1f}")
         axis.set_yscale("log")
@@ -331,9 +319,9 @@ def capacity_ranks(payload: dict[str, Any]) -> bytes | None:
 def _capacity_rows(payload: dict[str, Any], key: str) -> list[tuple[str, list[float]]]:
     """(method, values of ``key`` over its modules in every seed) for the methods that have any."""
     rows = []
-    for method in _trained(payload):
+    for method in trained_methods(payload):
         values = [float(e[key]) for seed in payload.get("per_seed", {}).values()
-                  for e in seed.get("capacity", {}).get(method, {}).values() if _number(e.get(key)) is not None]
+                  for e in seed.get("capacity", {}).get(method, {}).values() if number(e.get(key)) is not None]
         if values:
             rows.append((method, values))
     return rows
@@ -355,18 +343,12 @@ def _rank_boxes(axis: Any, rows: list[tuple[str, list[float]]], colors: dict[str
     axis.grid(axis="x", visible=False)
 
 
-def robustness_sets(payload: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
-    """Methods whose figures hold a ``robustness`` list (QAA under shots and noise)."""
-    return {name: figures["robustness"] for name, figures in payload["methods"].items()
-            if isinstance(figures.get("robustness"), list) and figures["robustness"]}
-
-
 @styled
 def noise_curves(payload: dict[str, Any]) -> bytes | None:
     """Quality against depolarising noise, one line per shot count (exact expectations when shots is null or 0)."""
     sets = robustness_sets(payload)
     metrics = [(key, label) for key, label in QUALITY_METRICS
-               if any(_number(r.get(key)) is not None for rows in sets.values() for r in rows)]
+               if any(number(r.get(key)) is not None for rows in sets.values() for r in rows)]
     if not sets or not metrics:
         return None
     figure, axes = _figure(3.4 * len(metrics) + 0.6, 3.4, len(metrics))
@@ -378,7 +360,7 @@ def noise_curves(payload: dict[str, Any]) -> bytes | None:
             spread = payload.get("aggregate", {}).get(method, {}).get("robustness")
             groups: dict[Any, list[tuple[float, float, float]]] = {}
             for i, row in enumerate(rows):
-                p, value = _number(row.get("depolarizing")) or 0.0, _number(row.get(key))
+                p, value = number(row.get("depolarizing")) or 0.0, number(row.get(key))
                 if value is None:
                     continue
                 std = 0.0
@@ -397,7 +379,7 @@ def noise_curves(payload: dict[str, Any]) -> bytes | None:
         positive = [p for p in probabilities if p > 0]
         if positive and max(positive) / min(positive) > 50:
             axis.set_xscale("symlog", linthresh=min(positive))
-        base = _number(payload["methods"].get(BASE, {}).get(key))
+        base = number(payload["methods"].get(BASE, {}).get(key))
         if base is not None:
             axis.axhline(base, color=BASE_COLOR, linestyle="--", linewidth=1, label="base (untrained)")
         axis.set_xlabel("depolarising probability p")
@@ -407,13 +389,42 @@ def noise_curves(payload: dict[str, Any]) -> bytes | None:
     return _png(figure)
 
 
-# id -> (function, caption); the HTML report embeds each that returns an image, in this order.
+@dataclass(frozen=True)
+class Plot:
+    """One figure of the HTML report: how to draw it from a payload, and the caption under it."""
+
+    draw: Callable[[dict[str, Any]], bytes | None]
+    caption: str
+
+
+# id -> plot; the HTML report embeds each that returns an image, in this order.
 PLOTS = {
-    "plot-loss": loss_curves,
-    "plot-grad-norm": grad_norm_curves,
-    "plot-quality": quality_vs_share,
-    "plot-efficiency": efficiency_bars,
-    "plot-capacity-spectra": capacity_spectra,
-    "plot-capacity-rank": capacity_ranks,
-    "plot-noise": noise_curves,
+    "plot-loss": Plot(loss_curves, (
+        "Training loss per optimizer step: faint lines are the raw loss (one per seed), solid lines the "
+        "smoothed loss (mean over seeds; the band is ±1 standard deviation); dashed lines with dots are the "
+        "validation loss (mean target-token loss on a fixed sample of the validation split)."
+    )),
+    "plot-grad-norm": Plot(grad_norm_curves, (
+        "Gradient norm per step before clipping (log scale): raw (faint) and smoothed (solid)."
+    )),
+    "plot-quality": Plot(quality_vs_share, (
+        "Test quality against the share of trainable parameters (log scale); error bars are ±1 standard "
+        "deviation over seeds; the dashed line is the untrained base model."
+    )),
+    "plot-efficiency": Plot(efficiency_bars, (
+        "Peak memory in training, training throughput, and generation latency per token as a multiple of the "
+        "bare base model's (measured in the same process)."
+    )),
+    "plot-capacity-spectra": Plot(capacity_spectra, (
+        "Singular values of each adapted module's update ΔW, divided by the largest (log scale); faint: one "
+        "module each, solid: the median over modules (first seed)."
+    )),
+    "plot-capacity-rank": Plot(capacity_ranks, (
+        "Effective rank (circles) or Jacobian rank (squares) of every adapted module, over all seeds; boxes "
+        "show quartiles."
+    )),
+    "plot-noise": Plot(noise_curves, (
+        "Quality of the quantum adapter evaluated with finite measurement shots and depolarising noise; "
+        "'exact' is the noiseless expectation."
+    )),
 }

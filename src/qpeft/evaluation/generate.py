@@ -1,13 +1,11 @@
-"""Generation and scoring on the test set."""
+"""Generation and scoring on the test set: ``generate``, ``test_loss`` and ``evaluate``."""
 
 from __future__ import annotations
 
 import json
 import math
-import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,52 +14,10 @@ from tqdm.auto import tqdm
 from transformers import DataCollatorForSeq2Seq, PreTrainedTokenizerBase
 
 from qpeft.data import Example, TestItem, reference_pairs
-from qpeft.data.prompts import encode_examples, encode_prompt
-from qpeft.errors import UsageError
-from qpeft.io import write_text_atomic
-from qpeft.metrics import DEFAULT_BERTSCORE_MODEL, bleu, per_item_scores
-
-STOP_MODES = ("auto", "on", "off")
-
-
-@dataclass
-class EvalSettings:
-    max_new_tokens: int = 64
-    num_beams: int = 1
-    batch_size: int = 16
-    max_test_items: int = 0  # 0: the whole test set; N: a seeded random sample of N items
-    sample_seed: int | None = None  # seed of that sample; None: the experiment's seed
-    bertscore_model: str = DEFAULT_BERTSCORE_MODEL  # "none" to skip BERTScore
-    test_loss: bool = True  # False: skip the teacher-forced loss over every reference (reported as None)
-    # "auto": cut each output at its first newline when no training target holds one (the model has
-    # never been shown a target that goes on after a line break, so what follows one is rambling).
-    stop_at_newline: str = "auto"
-    fewshot_examples: int = 3  # k training examples in the prompt of the base-fewshot row (0: no such row)
-
-    def validate(self) -> None:
-        for name in ("max_new_tokens", "num_beams", "batch_size"):
-            if getattr(self, name) <= 0:
-                raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        if self.max_test_items < 0:
-            raise UsageError("--max-test-items must be 0 (all) or positive")
-        if self.stop_at_newline not in STOP_MODES:
-            raise UsageError(f"--stop-at-newline must be one of {', '.join(STOP_MODES)}, got {self.stop_at_newline!r}")
-        if self.fewshot_examples < 0:
-            raise UsageError(f"--fewshot-examples must be 0 (no few-shot row) or positive, got {self.fewshot_examples}")
-
-    def sample_indices(self, count: int, seed: int) -> list[int]:
-        """Indices of the test items to score: all, or a seeded random sample of ``max_test_items``.
-
-        Never the first N: a test file may be sorted (E2E's is, by the number of attributes).
-        """
-        if not self.max_test_items or self.max_test_items >= count:
-            return list(range(count))
-        return sorted(random.Random(seed).sample(range(count), self.max_test_items))
-
-    def stops_at_newline(self, train: list[Example]) -> bool:
-        if self.stop_at_newline == "auto":
-            return not any("\n" in example.target for example in train)
-        return self.stop_at_newline == "on"
+from qpeft.data.prompts import IGNORE_INDEX, encode_examples, encode_prompt
+from qpeft.evaluation.metrics import bleu, per_item_scores
+from qpeft.settings import EvalSettings
+from qpeft.utils.atomic import write_text_atomic
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
@@ -160,7 +116,7 @@ def mean_target_loss(
     was_training = model.training
     model.eval()
     device = model_device(model)
-    collate = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
+    collate = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX)
     total, count = 0.0, 0
     for start in range(0, len(encoded), batch_size):
         batch = {k: v.to(device) for k, v in collate(encoded[start : start + batch_size]).items()}
@@ -168,10 +124,10 @@ def mean_target_loss(
         logits = model(**batch).logits[:, :-1].float()
         targets = labels[:, 1:]
         loss = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="sum"
+            logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
         )
         total += loss.item()
-        count += int((targets != -100).sum())
+        count += int((targets != IGNORE_INDEX).sum())
     model.train(was_training)
     return total / count if count else math.nan
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from qpeft.errors import UsageError
+from qpeft.utils.errors import UsageError
 
 
 def _flag(name: str) -> str:

@@ -13,7 +13,7 @@ import importlib
 
 from packaging.version import Version
 
-from qpeft.errors import UsageError
+from qpeft.utils.errors import UsageError
 
 #: library -> (lowest verified version, first unverified version); keep in step with pyproject.toml.
 TESTED_RANGES: dict[str, tuple[str, str]] = {

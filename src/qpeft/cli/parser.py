@@ -1,4 +1,4 @@
-"""The ``qpeft`` command: train, evaluate, generate, compare.
+"""The ``qpeft`` argument parser, and the settings it fills in.
 
 Every method's config field becomes a flag ``--<method>-<field>`` (e.g. ``--lora-r``),
 and every field of its eval options one on ``qpeft evaluate``, so a new method needs
@@ -8,21 +8,23 @@ no change here.
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
-import warnings
-from collections.abc import Sequence
 from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
-from qpeft.config_file import expand_config_file
-from qpeft.errors import UsageError
-from qpeft.evaluation import STOP_MODES, EvalSettings
 from qpeft.methods import REGISTRY
-from qpeft.training import PRECISIONS, TrainSettings
+from qpeft.settings import (
+    DEFAULT_DATASET,
+    DEFAULT_MODEL,
+    PRECISIONS,
+    STOP_MODES,
+    EvalSettings,
+    Experiment,
+    TrainSettings,
+)
+from qpeft.utils.errors import UsageError
 
-log = logging.getLogger("qpeft")
+DESCRIPTION = "The ``qpeft`` command: train, evaluate, generate, compare."
 
 
 def field_flag(prefix: str, name: str) -> str:
@@ -50,9 +52,9 @@ def collect_dataclass_flags(args: argparse.Namespace, prefix: str) -> dict[str, 
 def add_experiment_flags(parser: argparse.ArgumentParser) -> None:
     train, evaluation = TrainSettings(), EvalSettings()
     data = parser.add_argument_group("model and data")
-    data.add_argument("--model", default="smollm2-135m",
+    data.add_argument("--model", default=DEFAULT_MODEL,
                       help="Hugging Face model id, local directory, or 'smollm2-135m' (default)")
-    data.add_argument("--dataset", default="e2e", help="'e2e' (default) or a .jsonl/.csv file or folder")
+    data.add_argument("--dataset", default=DEFAULT_DATASET, help="'e2e' (default) or a .jsonl/.csv file or folder")
     data.add_argument("--data-dir", default=None, help="folder holding e2e/ (default: $QPEFT_DATA_DIR)")
     data.add_argument("--input-column", default="input")
     data.add_argument("--target-column", default="target")
@@ -106,9 +108,7 @@ def eval_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {field: getattr(args, flag) for flag, field in names.items() if getattr(args, flag) is not None}
 
 
-def experiment_from_args(args: argparse.Namespace) -> Any:
-    from qpeft.runs import Experiment
-
+def experiment_from_args(args: argparse.Namespace) -> Experiment:
     train = TrainSettings(
         steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum, max_length=args.max_length,
         warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay, save_steps=args.save_steps,
@@ -123,7 +123,7 @@ def experiment_from_args(args: argparse.Namespace) -> Any:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="qpeft", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="qpeft", description=DESCRIPTION)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -174,25 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
     qasm.add_argument("--version", choices=["2", "3", "both"], default="both", help="OpenQASM version (default both)")
 
     for name, method in REGISTRY.items():
-        group_parsers = (train, compare)
-        for sub in group_parsers:
+        for sub in (train, compare):
             add_dataclass_flags(sub.add_argument_group(f"{name} options"), name, method.config_class)
         add_dataclass_flags(evaluate.add_argument_group(f"{name} evaluation options"), name,
                             method.eval_options_class)
     return parser
-
-
-def run_train(args: argparse.Namespace) -> None:
-    from qpeft.runs import train_run
-
-    method = REGISTRY.get(args.method)
-    if method is None:
-        raise UsageError(f"unknown method {args.method!r} (choose from {', '.join(REGISTRY)})")
-    config = collect_dataclass_flags(args, args.method)
-    if args.learning_rate is not None:
-        config["learning_rate"] = args.learning_rate
-    metrics = train_run(args.output, experiment_from_args(args), args.method, config, args.data_dir)
-    print(format_metrics(metrics))
 
 
 def parse_seeds(text: str | None) -> list[int] | None:
@@ -206,113 +192,3 @@ def parse_seeds(text: str | None) -> list[int] | None:
     if not seeds:
         raise UsageError("--seeds: name at least one seed")
     return seeds
-
-
-def run_compare(args: argparse.Namespace) -> int:
-    from qpeft.compare import AnalysisSettings, compare
-
-    methods = [name.strip() for name in args.methods.split(",") if name.strip()]
-    configs = {name: collect_dataclass_flags(args, name) for name in methods}
-    analysis = AnalysisSettings(convergence_margin=args.convergence_margin, reference=args.reference,
-                                bootstrap_resamples=args.bootstrap_resamples)
-    payload = compare(args.output, experiment_from_args(args), methods, configs, args.data_dir,
-                      seeds=parse_seeds(args.seeds), analysis=analysis, fresh_process=not args.same_process)
-    from qpeft.report import summary_table
-
-    print(summary_table(payload))
-    print(f"\nreport: {args.output / 'report.md'} and {args.output / 'report.html'}")
-    failed = [name for name, figures in payload["methods"].items() if figures.get("status") == "failed"]
-    if failed:
-        print(f"qpeft: {', '.join(failed)} failed (see the report); the other rows are complete", file=sys.stderr)
-        return 1
-    return 0
-
-
-def run_evaluate(args: argparse.Namespace) -> None:
-    from qpeft.io import read_json
-    from qpeft.runs import evaluate_run
-
-    config_path = args.run_dir / "config.json"
-    if not config_path.exists():
-        raise UsageError(f"{args.run_dir} is not a qpeft run folder (no config.json)")
-    method = REGISTRY.get(read_json(config_path)["method"])
-    options = None
-    if method is not None:
-        options = method.eval_options_class(**collect_dataclass_flags(args, method.name))
-    metrics = evaluate_run(args.run_dir, args.data_dir, eval_overrides(args), options, args.tag)
-    print(format_metrics(metrics))
-
-
-def run_generate(args: argparse.Namespace) -> None:
-    from qpeft.evaluation import generate
-    from qpeft.io import read_json
-    from qpeft.runs import Experiment, load_run
-
-    model, tokenizer, config = load_run(args.run_dir)
-    experiment = Experiment.from_dict(config["experiment"])
-    settings = experiment.eval
-    settings.max_new_tokens = args.max_new_tokens or settings.max_new_tokens
-    settings.num_beams = args.num_beams or settings.num_beams
-    settings.validate()
-    # Stop as the run's own evaluation did ("auto" was resolved against its training targets then).
-    metrics_path = args.run_dir / "metrics.json"
-    stop = read_json(metrics_path).get("stop_at_newline") if metrics_path.exists() else None
-    stop = settings.stop_at_newline == "on" if stop is None else bool(stop)
-    completions, _ = generate(model, tokenizer, args.input, experiment.train.template, settings, progress=False,
-                              stop_at_newline=stop)
-    for completion in completions:
-        print(completion)
-
-
-def run_sora_export(args: argparse.Namespace) -> None:
-    from qpeft.methods.sora import export_run
-
-    summary = export_run(args.run_dir, args.out_dir)
-    ranks = summary["ranks"]
-    print(f"LoRA adapter: {args.out_dir} ({summary['modules_kept']} of {len(ranks)} modules kept, "
-          f"{summary['params_before_pruning']:,} -> {summary['params_after_pruning']:,} parameters)")
-
-
-def run_qasm(args: argparse.Namespace) -> None:
-    from qpeft.methods.qaa import export_qasm
-
-    written = export_qasm(args.run_dir, args.output, args.version)
-    folder = args.output or args.run_dir / "qasm"
-    print(f"OpenQASM: {len(written)} files in {folder} (index.json lists the circuits)")
-
-
-def format_metrics(metrics: dict[str, Any]) -> str:
-    keys = ["bleu", "rouge1", "rouge2", "rougeL", "bertscore_f1", "test_loss", "trainable_params", "trainable_pct"]
-    return "  ".join(f"{k}={metrics[k]:.4g}" for k in keys if isinstance(metrics.get(k), (int, float)))
-
-
-COMMANDS = {"train": run_train, "compare": run_compare, "evaluate": run_evaluate, "generate": run_generate,
-            "sora-export": run_sora_export, "qasm": run_qasm}
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        argv = expand_config_file(sys.argv[1:] if argv is None else argv)
-    except UsageError as error:
-        print(f"qpeft: error: {error}", file=sys.stderr)
-        return 2
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="qpeft: %(message)s")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # weight-loading bars; training and generation keep theirs
-    # Deprecation notices raised inside transformers/PEFT are for their developers, not for our users.
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    try:
-        code = COMMANDS[args.command](args)
-    except UsageError as error:
-        print(f"qpeft: error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("qpeft: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
-    return code or 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

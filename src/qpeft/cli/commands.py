@@ -1,0 +1,98 @@
+"""The handlers of the ``qpeft`` subcommands: each takes the parsed arguments and prints its result."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from qpeft.cli.parser import collect_dataclass_flags, eval_overrides, experiment_from_args, parse_seeds
+from qpeft.evaluation.generate import generate
+from qpeft.experiment.compare import compare
+from qpeft.experiment.run_dir import RunDir
+from qpeft.experiment.runs import evaluate_run, load_run, train_run
+from qpeft.methods import REGISTRY, get_method
+from qpeft.methods.qaa.adapter import read_adapter as read_qaa_adapter
+from qpeft.methods.qaa.qasm import check_version, export_qasm
+from qpeft.methods.sora.adapter import read_adapter as read_sora_adapter
+from qpeft.methods.sora.export import export_lora
+from qpeft.report import write_report
+from qpeft.report.tables import summary_table
+from qpeft.settings import AnalysisSettings, Experiment
+
+
+def run_train(args: argparse.Namespace) -> None:
+    get_method(args.method)  # an unknown name is a one-line error
+    config = collect_dataclass_flags(args, args.method)
+    if args.learning_rate is not None:
+        config["learning_rate"] = args.learning_rate
+    metrics = train_run(args.output, experiment_from_args(args), args.method, config, args.data_dir)
+    print(format_metrics(metrics))
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    methods = [name.strip() for name in args.methods.split(",") if name.strip()]
+    configs = {name: collect_dataclass_flags(args, name) for name in methods}
+    analysis = AnalysisSettings(convergence_margin=args.convergence_margin, reference=args.reference,
+                                bootstrap_resamples=args.bootstrap_resamples)
+    payload = compare(args.output, experiment_from_args(args), methods, configs, args.data_dir,
+                      seeds=parse_seeds(args.seeds), analysis=analysis, fresh_process=not args.same_process)
+    if payload:  # under a multi-process launcher only the main process has the results
+        write_report(args.output, payload)
+        print(summary_table(payload))
+    print(f"\nreport: {args.output / 'report.md'} and {args.output / 'report.html'}")
+    failed = [name for name, figures in payload["methods"].items() if figures.get("status") == "failed"]
+    if failed:
+        print(f"qpeft: {', '.join(failed)} failed (see the report); the other rows are complete", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> None:
+    method = REGISTRY.get(RunDir(args.run_dir).config()["method"])
+    options = None
+    if method is not None:
+        options = method.eval_options_class(**collect_dataclass_flags(args, method.name))
+    metrics = evaluate_run(args.run_dir, args.data_dir, eval_overrides(args), options, args.tag)
+    print(format_metrics(metrics))
+
+
+def run_generate(args: argparse.Namespace) -> None:
+    model, tokenizer, config = load_run(args.run_dir)
+    experiment = Experiment.from_dict(config["experiment"])
+    settings = experiment.eval
+    settings.max_new_tokens = args.max_new_tokens or settings.max_new_tokens
+    settings.num_beams = args.num_beams or settings.num_beams
+    settings.validate()
+    # Stop as the run's own evaluation did ("auto" was resolved against its training targets then).
+    stop = RunDir(args.run_dir).metrics().get("stop_at_newline")
+    stop = settings.stop_at_newline == "on" if stop is None else bool(stop)
+    completions, _ = generate(model, tokenizer, args.input, experiment.train.template, settings, progress=False,
+                              stop_at_newline=stop)
+    for completion in completions:
+        print(completion)
+
+
+def run_sora_export(args: argparse.Namespace) -> None:
+    adapter_dir = RunDir(args.run_dir).require("sora", "SoRA")
+    summary = export_lora(read_sora_adapter(adapter_dir), args.out_dir)
+    ranks = summary["ranks"]
+    print(f"LoRA adapter: {args.out_dir} ({summary['modules_kept']} of {len(ranks)} modules kept, "
+          f"{summary['params_before_pruning']:,} -> {summary['params_after_pruning']:,} parameters)")
+
+
+def run_qasm(args: argparse.Namespace) -> None:
+    check_version(args.version)
+    adapter_dir = RunDir(args.run_dir).require("qaa", "QAA", "only QAA adapters are quantum circuits")
+    folder = args.output if args.output is not None else args.run_dir / "qasm"
+    written = export_qasm(read_qaa_adapter(adapter_dir), folder, args.version, run=str(args.run_dir))
+    print(f"OpenQASM: {len(written)} files in {folder} (index.json lists the circuits)")
+
+
+def format_metrics(metrics: dict[str, Any]) -> str:
+    keys = ["bleu", "rouge1", "rouge2", "rougeL", "bertscore_f1", "test_loss", "trainable_params", "trainable_pct"]
+    return "  ".join(f"{k}={metrics[k]:.4g}" for k in keys if isinstance(metrics.get(k), (int, float)))
+
+
+COMMANDS = {"train": run_train, "compare": run_compare, "evaluate": run_evaluate, "generate": run_generate,
+            "sora-export": run_sora_export, "qasm": run_qasm}

@@ -1,0 +1,96 @@
+"""A run folder: one method trained and evaluated under one experiment's settings.
+
+Layout: ``config.json`` (everything needed to reproduce the run), ``train_log.csv``,
+``checkpoints/`` (while training), ``adapter/``, ``predictions.jsonl``, ``metrics.json``.
+``metrics.json`` is written last, so its presence means the run finished; the checkpoints,
+which only serve to resume, are then deleted (for full fine-tuning they weigh gigabytes).
+``RunDir`` is the one place that knows this layout and checks a folder against it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from qpeft.utils.atomic import read_json, write_json
+from qpeft.utils.distributed import is_main_process, wait_for_everyone
+from qpeft.utils.errors import UsageError
+
+
+@dataclass(frozen=True)
+class RunDir:
+    path: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.json"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.json"
+
+    @property
+    def adapter_dir(self) -> Path:
+        return self.path / "adapter"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def train_log(self) -> Path:
+        return self.path / "train_log.csv"
+
+    def predictions(self, tag: str = "") -> Path:
+        return self.path / f"predictions{'_' + tag if tag else ''}.jsonl"
+
+    def tagged_metrics(self, tag: str = "") -> Path:
+        return self.path / f"metrics{'_' + tag if tag else ''}.json"
+
+    def is_finished(self) -> bool:
+        return self.metrics_path.exists()
+
+    def metrics(self) -> dict[str, Any]:
+        """The run's ``metrics.json``, or nothing when it has not finished."""
+        return read_json(self.metrics_path) if self.is_finished() else {}
+
+    def config(self) -> dict[str, Any]:
+        """The run's ``config.json``; a folder without one is a one-line error."""
+        if not self.config_path.exists():
+            raise UsageError(f"{self.path} is not a qpeft run folder (no config.json)")
+        return read_json(self.config_path)
+
+    def trained_adapter(self) -> Path:
+        """The adapter folder, once training has written it."""
+        if not self.adapter_dir.exists():
+            raise UsageError(f"{self.path} has no trained adapter yet; run training to the end first")
+        return self.adapter_dir
+
+    def require(self, method: str, label: str, reason: str = "") -> Path:
+        """The trained adapter of a run of ``method``; another method's run is a one-line error saying ``reason``."""
+        found = self.config().get("method")
+        if found != method:
+            raise UsageError(f"{self.path} is a {found!r} run, not a {label} run" + (f": {reason}" if reason else ""))
+        return self.trained_adapter()
+
+    def claim(self, config: dict[str, Any]) -> bool:
+        """Create or reuse the folder for ``config``; True when the run already finished.
+
+        A folder that holds a different experiment is never touched.
+        """
+        if self.config_path.exists():
+            if read_json(self.config_path) != config:
+                raise UsageError(f"{self.path} holds a different experiment; choose another output folder")
+            return self.is_finished()
+        if self.path.exists() and any(self.path.iterdir()):
+            raise UsageError(f"{self.path} is not empty and holds no qpeft run; choose another output folder")
+        wait_for_everyone()  # every process has checked before the main one writes
+        if is_main_process():
+            self.path.mkdir(parents=True, exist_ok=True)
+            write_json(self.config_path, config)
+        wait_for_everyone()
+        return False

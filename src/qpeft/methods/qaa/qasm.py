@@ -1,0 +1,51 @@
+"""The trained circuits of a QAA adapter as OpenQASM 2 and 3 files (``qpeft qasm``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from qpeft.methods.qaa.adapter import QAAAdapter
+from qpeft.quantum import to_qasm
+from qpeft.utils.atomic import write_json
+from qpeft.utils.errors import UsageError
+
+QASM_VERSIONS = {"2": (2,), "3": (3,), "both": (2, 3)}
+QASM_SUFFIX = {2: ".qasm", 3: ".qasm3"}
+
+
+def check_version(version: str) -> None:
+    if version not in QASM_VERSIONS:
+        raise UsageError(f"--version must be one of {', '.join(QASM_VERSIONS)}, got {version!r}")
+
+
+def export_qasm(adapter: QAAAdapter, out_dir: Path, version: str = "both", run: str = "") -> list[Path]:
+    """Write every trained circuit of a QAA adapter as OpenQASM 2 (``.qasm``) and/or 3 (``.qasm3``).
+
+    Files are ``<out_dir>/<module name>.qasm[3]`` (``qpeft qasm`` defaults to ``run_dir/qasm``) plus
+    ``index.json``. Each circuit is the parameterised part only, with the trained angles; on
+    hardware it follows the amplitude embedding of the token's input (normalised, zero-padded to
+    2**n) and ends with a Z measurement of every qubit. Qiskit numbers qubits little-endian: qpeft's
+    wire q is ``q[n-1-q]`` in the files. ``run`` (the run folder) is recorded in ``index.json``.
+    """
+    check_version(version)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written, index = [], {}
+    for name, module in adapter.modules.items():
+        files = []
+        for number in QASM_VERSIONS[version]:
+            path = out_dir / f"{name}{QASM_SUFFIX[number]}"
+            path.write_text(to_qasm(module.spec, module.angles.double(), number))
+            written.append(path)
+            files.append(path.name)
+        index[name] = {"files": files, "n_qubits": module.spec.n_qubits, "layers": module.spec.n_layers,
+                       "ansatz": module.spec.ansatz, "readout": module.spec.readout,
+                       "in_features": module.in_features, "out_features": module.out_features}
+    write_json(out_dir / "index.json", {
+        "run": run,
+        "note": "parameterised circuit only: prepare the amplitude-embedded input first (normalised, zero-padded "
+                "to 2**n); qpeft wire q is Qiskit qubit n-1-q; readout: Z expectation of every qubit ('z') or "
+                "the basis probabilities ('probs')",
+        "modules": index,
+    })
+    return written
