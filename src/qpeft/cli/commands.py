@@ -9,6 +9,7 @@ from typing import Any
 from qpeft.cli.parser import collect_dataclass_flags, eval_overrides, experiment_from_args, parse_seeds
 from qpeft.evaluation.generate import generate
 from qpeft.experiment.compare import compare
+from qpeft.experiment.results import FAILED
 from qpeft.experiment.run_dir import RunDir
 from qpeft.experiment.runs import evaluate_run, load_run, train_run
 from qpeft.methods import REGISTRY, get_method
@@ -37,11 +38,12 @@ def run_compare(args: argparse.Namespace) -> int:
                                 bootstrap_resamples=args.bootstrap_resamples)
     payload = compare(args.output, experiment_from_args(args), methods, configs, args.data_dir,
                       seeds=parse_seeds(args.seeds), analysis=analysis, fresh_process=not args.same_process)
-    if payload:  # under a multi-process launcher only the main process has the results
-        write_report(args.output, payload)
-        print(summary_table(payload))
+    if not payload:  # another process than the main one under a multi-process launcher: the main one reports
+        return 0
+    write_report(args.output, payload)
+    print(summary_table(payload))
     print(f"\nreport: {args.output / 'report.md'} and {args.output / 'report.html'}")
-    failed = [name for name, figures in payload["methods"].items() if figures.get("status") == "failed"]
+    failed = [name for name, figures in payload["methods"].items() if figures.get("status") == FAILED]
     if failed:
         print(f"qpeft: {', '.join(failed)} failed (see the report); the other rows are complete", file=sys.stderr)
         return 1
