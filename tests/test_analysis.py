@@ -398,7 +398,8 @@ def test_compare_over_two_seeds_reports_per_seed_figures_and_their_spread(
     out = tmp_path / "cmp"
     args = ["compare", "--methods", "lora,prefix", "--seeds", "0,1", "--output", str(out),
             "--model", str(tiny_llama_dir), "--dataset", str(toy_data_dir), "--steps", "4", "--batch-size", "4",
-            "--save-steps", "4", "--max-new-tokens", "4", "--bertscore-model", "none", "--eval-batch-size", "4"]
+            "--save-steps", "4", "--max-new-tokens", "4", "--bertscore-model", "none", "--eval-batch-size", "4",
+            "--same-process"]
     assert main(args) == 0
     for seed in (0, 1):
         for name in ("base", "lora", "prefix"):

@@ -72,7 +72,8 @@ def test_training_lowers_the_loss(tiny_llama_dir: Path, toy_data_dir: Path, tmp_
 def test_compare_writes_results_and_skips_finished_methods(tiny_llama_dir: Path, toy_data_dir: Path,
                                                            tmp_path: Path) -> None:
     out = tmp_path / "cmp"
-    args = ["compare", "--methods", "lora,prefix", "--output", str(out), *common(tiny_llama_dir, toy_data_dir)]
+    args = ["compare", "--methods", "lora,prefix", "--output", str(out), *common(tiny_llama_dir, toy_data_dir),
+            "--same-process"]  # fresh processes per run are tested in test_comparison_integrity.py
     assert main(args) == 0
     results = json.loads((out / "results.json").read_text())
     assert set(results["methods"]) == {"base", "base-fewshot", "lora", "prefix"}
@@ -92,7 +93,8 @@ def test_compare_writes_results_and_skips_finished_methods(tiny_llama_dir: Path,
 def test_output_holding_another_experiment_is_refused(tiny_llama_dir: Path, toy_data_dir: Path, tmp_path: Path,
                                                       capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "cmp"
-    assert main(["compare", "--methods", "lora", "--output", str(out), *common(tiny_llama_dir, toy_data_dir)]) == 0
+    assert main(["compare", "--methods", "lora", "--output", str(out), *common(tiny_llama_dir, toy_data_dir),
+                 "--same-process"]) == 0
     before = snapshot(out)
     capsys.readouterr()
     code = main(["compare", "--methods", "lora", "--output", str(out), *common(tiny_llama_dir, toy_data_dir),

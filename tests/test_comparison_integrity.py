@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import psutil
@@ -207,3 +211,23 @@ def test_peak_memory_does_not_depend_on_what_ran_before(tiny_llama_dir: Path, to
         first, second = peaks["full,lora"][name], peaks["lora,full"][name]
         assert abs(first - second) < 0.1 * min(first, second), (name, peaks)
         assert max(first, second) < held_mb - 300, (name, peaks, held_mb)  # the hog is in no method's peak
+
+
+def test_a_run_process_ends_with_the_comparison_that_started_it(tiny_llama_dir: Path, toy_data_dir: Path,
+                                                                 tmp_path: Path) -> None:
+    """Killing ``qpeft compare`` alone (not its process group) must not leave its run process training on."""
+    out = tmp_path / "cmp"
+    command = [sys.executable, "-m", "qpeft.cli", *compare_args("lora", out, tiny_llama_dir, toy_data_dir,
+                                                                 "--steps", "400", "--fewshot-examples", "0")]
+    parent = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (out / "lora" / "train_log.csv").exists():
+        assert parent.poll() is None, "compare ended before training"
+        time.sleep(0.2)
+    children = psutil.Process(parent.pid).children(recursive=True)
+    assert children, "the run did not get a process of its own"
+    parent.kill()
+    parent.wait()
+    gone, alive = psutil.wait_procs(children, timeout=30)
+    assert not alive, f"run processes outlived their comparison: {alive}"

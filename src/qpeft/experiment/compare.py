@@ -5,9 +5,12 @@ The CLI renders the report from the payload ``compare`` returns (``qpeft.report`
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import logging
 import multiprocessing
+import signal
+import sys
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -155,18 +158,32 @@ def isolated(function: Callable[..., dict[str, Any]], fresh_process: bool, *args
     if not fresh_process or PartialState().num_processes > 1:
         return function(*args)
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=configure_child_logging, initargs=(logging.getLogger("qpeft").level,)) as pool:
+                             initializer=start_child, initargs=(logging.getLogger("qpeft").level,)) as pool:
         try:
             return pool.submit(function, *args).result()
         except BrokenProcessPool:
             raise RuntimeError("the run's process died (killed, or a crash in compiled code)") from None
 
 
-def configure_child_logging(level: int) -> None:
-    """The parent's log format and quiet library warnings, in a spawned process that starts with none."""
+def start_child(level: int) -> None:
+    """A spawned run process: it ends with its parent, and logs like it (it starts with no logging set up)."""
+    end_with_parent()
     logging.basicConfig(level=level or logging.INFO, format="qpeft: %(message)s")
     hf_logging.disable_progress_bar()
     warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def end_with_parent() -> None:
+    """Ask Linux to terminate this process when its parent dies (prctl PR_SET_PDEATHSIG).
+
+    Without it, a comparison killed from outside (SIGTERM, SIGKILL of its process alone) leaves its
+    run process training on, orphaned, still writing into the run folder. Elsewhere a no-op: the
+    run process then ends when the pool's pipe to the dead parent breaks.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
 def method_configs_of(seed_dir: Path, methods: list[str], given: dict[str, dict[str, Any]]) -> dict[str, dict]:
