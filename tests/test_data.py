@@ -114,3 +114,18 @@ def test_chat_template_needs_one(tokenizer) -> None:
     with pytest.raises(UsageError, match="no chat template"):
         format_prompt("x", tokenizer, "chat")
 
+
+
+def test_training_examples_encoded_on_draw_equal_the_eager_encoding(tokenizer, caplog) -> None:  # noqa: ANN001
+    from qpeft.training.trainer import EncodedExamples
+
+    examples = [Example(row["input"], row["target"]) for row in toy_rows(12, seed=5)]
+    examples.append(Example("name[" + "Aromi " * 40 + "]", "Long."))  # longer than max_length below
+    lazy = EncodedExamples(examples, tokenizer, "plain", 40)
+    with caplog.at_level(logging.WARNING):
+        eager = encode_examples(examples, tokenizer, "plain", 40)
+    assert "1 of 13 examples were longer" in caplog.text
+    assert len(lazy) == 13 and lazy.truncated == 0  # nothing is tokenised before it is drawn
+    assert [lazy[i] for i in range(13)] == eager
+    lazy[12]
+    assert lazy.truncated == 1 and lazy.drawn == set(range(13))  # a second draw is not counted again

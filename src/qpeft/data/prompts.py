@@ -54,6 +54,21 @@ def encode_prompt(
     return tokenizer(prompt, add_special_tokens=template == "plain")["input_ids"]
 
 
+def encode_example(
+    example: Example, tokenizer: PreTrainedTokenizerBase, template: str, max_length: int, shots: Sequence[Example] = ()
+) -> tuple[dict[str, list[int]], bool]:
+    """Token ids of one example with EOS appended and prompt tokens masked out of the labels, cut
+    to ``max_length`` tokens; and whether it was cut."""
+    prompt = encode_prompt(example.input, tokenizer, template, shots)
+    target = tokenizer(target_text(example.target, template), add_special_tokens=False)["input_ids"]
+    target = target + [tokenizer.eos_token_id]
+    input_ids = prompt + target
+    labels = [IGNORE_INDEX] * len(prompt) + target
+    cut = len(input_ids) > max_length
+    input_ids, labels = input_ids[:max_length], labels[:max_length]
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": [1] * len(input_ids)}, cut
+
+
 def encode_examples(
     examples: list[Example],
     tokenizer: PreTrainedTokenizerBase,
@@ -61,25 +76,17 @@ def encode_examples(
     max_length: int,
     shots: Sequence[Example] = (),
 ) -> list[dict[str, list[int]]]:
-    """Token ids with EOS appended and prompt tokens masked out of the labels.
+    """``encode_example`` for each example, with one warning that counts the cut ones.
 
-    Examples longer than ``max_length`` tokens (not counting the ``shots`` shown before
-    them) are cut at the end, with one warning that counts them.
+    ``max_length`` does not count the ``shots`` shown before each example.
     """
-    encoded, truncated = [], 0
     shot_tokens = len(encode_prompt("", tokenizer, template, shots)) - len(encode_prompt("", tokenizer, template))
-    max_length += shot_tokens
-    for example in examples:
-        prompt = encode_prompt(example.input, tokenizer, template, shots)
-        target = tokenizer(target_text(example.target, template), add_special_tokens=False)["input_ids"]
-        target = target + [tokenizer.eos_token_id]
-        input_ids = prompt + target
-        labels = [IGNORE_INDEX] * len(prompt) + target
-        if len(input_ids) > max_length:
-            truncated += 1
-            input_ids, labels = input_ids[:max_length], labels[:max_length]
-        encoded.append({"input_ids": input_ids, "labels": labels, "attention_mask": [1] * len(input_ids)})
+    pairs = [encode_example(example, tokenizer, template, max_length + shot_tokens, shots) for example in examples]
+    warn_truncated(sum(cut for _, cut in pairs), len(pairs), max_length)
+    return [encoded for encoded, _ in pairs]
+
+
+def warn_truncated(truncated: int, count: int, max_length: int) -> None:
     if truncated:
         log.warning("%d of %d examples were longer than --max-length %d tokens and were truncated",
-                    truncated, len(examples), max_length)
-    return encoded
+                    truncated, count, max_length)
