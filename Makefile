@@ -15,7 +15,7 @@ DEMO_OUTPUT ?= demo
 DEMO_METHODS ?= full,lora,prefix,sora,qaa
 DEMO_FLAGS ?= --steps 40 --batch-size 8 --max-test-items 48 --max-new-tokens 40 --validation-items 32
 
-.PHONY: demo test install chromium clean
+.PHONY: demo test test-core install chromium clean
 
 install: $(VENV)/.installed
 
@@ -41,5 +41,18 @@ test: install chromium
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q
 
+# The same package without the `quantum` extra (no PennyLane, no Qiskit), as `pip install qpeft` gives it:
+# proves that QAA trains and `qpeft qasm` fails in one line there. A second venv, so .venv keeps the extras.
+CORE_VENV := .venv-core
+CORE_BIN := $(CORE_VENV)/bin
+
+test-core:
+	test -x $(CORE_BIN)/python || $(PYTHON) -m venv $(CORE_VENV)
+	$(if $(TORCH),$(CORE_BIN)/pip install --quiet $(TORCH))
+	$(CORE_BIN)/pip install --quiet -e . pytest
+	$(CORE_BIN)/python -c "import importlib.util as u, sys; found = [m for m in ('qiskit', 'pennylane') if u.find_spec(m)]; \
+	  sys.exit(f'qpeft: $(CORE_VENV) holds {found}, not core only; remove it and run again' if found else 0)"
+	$(CORE_BIN)/python -m pytest -q tests/test_optional_extras.py
+
 clean:
-	rm -rf $(VENV) $(DEMO_OUTPUT)
+	rm -rf $(VENV) $(CORE_VENV) $(DEMO_OUTPUT)

@@ -5,6 +5,7 @@
 - ``cache``: the qpeft cache folder (converted models, compiled kernels);
 - ``compat``: the library versions the tests prove;
 - ``distributed``: process roles under a multi-process launcher;
+- ``extras``: whether an optional library (Qiskit, PennyLane) is installed;
 - ``memory``: peak memory of a block of work;
 - ``version``: qpeft's version number.
 """

@@ -8,6 +8,7 @@ from qpeft.methods.qaa.adapter import QAAAdapter
 from qpeft.quantum import to_qasm
 from qpeft.utils.atomic import write_json
 from qpeft.utils.errors import UsageError
+from qpeft.utils.extras import require
 
 QASM_VERSIONS = {"2": (2,), "3": (3,), "both": (2, 3)}
 QASM_SUFFIX = {2: ".qasm", 3: ".qasm3"}
@@ -28,6 +29,7 @@ def export_qasm(adapter: QAAAdapter, out_dir: Path, version: str = "both", run: 
     wire q is ``q[n-1-q]`` in the files. ``run`` (the run folder) is recorded in ``index.json``.
     """
     check_version(version)
+    require("qiskit", "OpenQASM export")  # before anything is written: no half-filled folder
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written, index = [], {}

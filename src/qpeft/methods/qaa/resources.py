@@ -9,6 +9,12 @@ from typing import Any
 
 from qpeft.methods.qaa.layer import QAALinear
 from qpeft.quantum import resources
+from qpeft.utils.extras import QUANTUM_INSTALL, is_available
+
+log = logging.getLogger(__name__)
+
+#: What ``metrics.json`` says in place of the figures when Qiskit, which counts them, is not installed.
+UNAVAILABLE_NOTE = f"not computed: the state-preparation and gate counts need Qiskit ({QUANTUM_INSTALL})"
 
 
 def resource_figures(layers: dict[str, QAALinear], step_tokens: float | None) -> dict[str, Any]:
@@ -18,9 +24,12 @@ def resource_figures(layers: dict[str, QAALinear], step_tokens: float | None) ->
     amplitude-embedded state; a training step does that for every token of the batch (forward
     pass only: gradients on hardware would need further runs, e.g. two per angle by parameter
     shift). Counts are per circuit run; multiply by shots for executions on hardware.
+    Without Qiskit (an optional extra) the figures are marked unavailable, see ``unavailable_figures``.
     """
     if not layers:
         return {}
+    if not is_available("qiskit"):
+        return unavailable_figures()
     per_adapter = {}
     for name, layer in layers.items():
         with quiet_qiskit():
@@ -58,6 +67,12 @@ def resource_figures(layers: dict[str, QAALinear], step_tokens: float | None) ->
         "qaa_state_prep_cnots_per_step": total.get("state_prep_cnots_per_step"),
         "qaa_resources": {"total": total, "per_adapter": per_adapter},
     }
+
+
+def unavailable_figures() -> dict[str, Any]:
+    """The honest stand-in: no numbers, a note saying why, and one log line, so training still succeeds."""
+    log.info("QAA gate and state-preparation counts not computed: %s adds them to metrics.json", QUANTUM_INSTALL)
+    return {"qaa_resources": None, "qaa_resources_note": UNAVAILABLE_NOTE}
 
 
 @contextlib.contextmanager
