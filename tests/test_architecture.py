@@ -21,16 +21,20 @@ SOURCE = Path(__file__).resolve().parents[1] / "src" / "qpeft"
 #: The longest prefix of a module's name that is listed here gives its stage; a new top-level module needs a row.
 STAGES: dict[str, int] = {
     "qpeft.utils": 0,  # errors, atomic files, cache folder, versions, processes, memory
+    "qpeft.utils.extras": 0,  # which optional libraries (Qiskit, PennyLane) are installed
     "qpeft.data": 1,  # data types and loaders, prompts
     "qpeft.quantum": 1,  # the circuit, its simulators, noise, hardware export
     "qpeft.analysis": 1,  # pure functions of numbers: convergence, capacity, seeds, significance
     "qpeft.methods": 2,  # the method contract and the five methods
+    "qpeft.methods.sora.config": 2,  # SoRA's options: defaults, help, validation
+    "qpeft.methods.qaa.config": 2,  # QAA's options, eval options and robustness grid
     "qpeft.settings": 2,  # Experiment, TrainSettings, EvalSettings, AnalysisSettings
     "qpeft.models": 3,  # loading base models and tokenizers
     "qpeft.training": 3,  # the Trainer loop, its log, validation loss, checkpoints
     "qpeft.evaluation": 3,  # generation, scores, latency
     "qpeft.experiment": 4,  # run folders, runs, the comparison, the results schema
     "qpeft.report": 5,  # Markdown and HTML reports and their plots, from a results payload
+    "qpeft.api": 6,  # the Python API: prepare/save/load an adapter in your own loop, the commands as calls
     "qpeft.cli": 6,  # the qpeft command
     "qpeft.__main__": 6,
     "qpeft": 7,  # the package's own __init__ (only it): whatever it re-exports sits below it

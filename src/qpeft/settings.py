@@ -28,18 +28,26 @@ STOP_MODES = ("auto", "on", "off")
 
 @dataclass
 class TrainSettings:
-    steps: int = 200
-    batch_size: int = 8
-    grad_accum: int = 1
-    max_length: int = 128
-    warmup_ratio: float = 0.05
-    weight_decay: float = 0.0
-    save_steps: int = 50
-    precision: str = "fp32"
-    gradient_checkpointing: bool = False
-    template: str = "plain"
-    eval_steps: int = 0  # validation loss every N steps and at the end; 0: four times per run
-    validation_items: int = 256  # (input, target) pairs of the validation split scored each time (seeded sample)
+    steps: int = field(default=200, metadata={"help": "optimizer steps"})
+    batch_size: int = field(default=8, metadata={"help": "examples per batch and process (before --grad-accum)"})
+    grad_accum: int = field(default=1, metadata={"help": "gradient accumulation: batches per optimizer step"})
+    max_length: int = field(default=128, metadata={"help": "tokens per example; longer ones are cut, with a warning"})
+    warmup_ratio: float = field(default=0.05, metadata={"help": "share of the steps the linear schedule warms up over"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    save_steps: int = field(default=50, metadata={"help": "checkpoint interval in optimizer steps (resume point)"})
+    precision: str = field(default="fp32", metadata={"help": "fp32, or bf16 / fp16 mixed precision"})
+    gradient_checkpointing: bool = field(
+        default=False, metadata={"help": "recompute activations in the backward (not for prefix)"}
+    )
+    template: str = field(
+        default="plain", metadata={"help": "prompt format: plain 'Input: ...\\nOutput:' or the model's chat template"}
+    )
+    eval_steps: int = field(
+        default=0, metadata={"help": "validation loss every N optimizer steps and at the end (0: four times a run)"}
+    )
+    validation_items: int = field(
+        default=256, metadata={"help": "validation (input, target) pairs scored each time, a fixed seeded sample"}
+    )
 
     def validate(self) -> None:
         for name in ("steps", "batch_size", "grad_accum", "max_length", "save_steps"):
@@ -61,17 +69,29 @@ class TrainSettings:
 
 @dataclass
 class EvalSettings:
-    max_new_tokens: int = 64
-    num_beams: int = 1
-    batch_size: int = 16
-    max_test_items: int = 0  # 0: the whole test set; N: a seeded random sample of N items
-    sample_seed: int | None = None  # seed of that sample; None: the experiment's seed
-    bertscore_model: str = DEFAULT_BERTSCORE_MODEL  # "none" to skip BERTScore
-    test_loss: bool = True  # False: skip the teacher-forced loss over every reference (reported as None)
-    # "auto": cut each output at its first newline when no training target holds one (the model has
-    # never been shown a target that goes on after a line break, so what follows one is rambling).
-    stop_at_newline: str = "auto"
-    fewshot_examples: int = 3  # k training examples in the prompt of the base-fewshot row (0: no such row)
+    max_new_tokens: int = field(default=64, metadata={"help": "tokens generated per test item at most"})
+    num_beams: int = field(default=1, metadata={"help": "beam width (1: greedy decoding)"})
+    batch_size: int = field(default=16, metadata={"help": "test prompts generated at once"})
+    max_test_items: int = field(
+        default=0, metadata={"help": "score a random sample of N test items, drawn with the seed (0: all)"}
+    )
+    sample_seed: int | None = field(
+        default=None, metadata={"help": "seed of that sample (None: the experiment's seed)"}
+    )
+    bertscore_model: str = field(
+        default=DEFAULT_BERTSCORE_MODEL, metadata={"help": "model id or path for BERTScore, or 'none' to skip it"}
+    )
+    test_loss: bool = field(
+        default=True, metadata={"help": "the teacher-forced loss over every reference (False: skipped, None)"}
+    )
+    # "auto" because a model never shown a target that goes on after a line break rambles after one.
+    stop_at_newline: str = field(
+        default="auto",
+        metadata={"help": "cut each output at its first line break: on, off or auto (when no training target has one)"},
+    )
+    fewshot_examples: int = field(
+        default=3, metadata={"help": "solved training examples in the prompt of the base-fewshot row (0: no such row)"}
+    )
 
     def validate(self) -> None:
         for name in ("max_new_tokens", "num_beams", "batch_size"):
@@ -103,12 +123,20 @@ class EvalSettings:
 class Experiment:
     """What every method of a comparison shares."""
 
-    model: str = DEFAULT_MODEL
-    dataset: str = DEFAULT_DATASET
-    input_column: str = "input"
-    target_column: str = "target"
-    validation_fraction: float = 0.05
-    seed: int = 0
+    model: str = field(
+        default=DEFAULT_MODEL, metadata={"help": "Hugging Face model id, local directory, or the alias smollm2-135m"}
+    )
+    dataset: str = field(
+        default=DEFAULT_DATASET, metadata={"help": "e2e, or a .jsonl/.csv file, or a folder with train.* and test.*"}
+    )
+    input_column: str = field(default="input", metadata={"help": "input column of a user data set"})
+    target_column: str = field(default="target", metadata={"help": "target column of a user data set"})
+    validation_fraction: float = field(
+        default=0.05, metadata={"help": "share of the training inputs held out for the validation loss"}
+    )
+    seed: int = field(
+        default=0, metadata={"help": "adapter init, data order, validation split, test sample, few-shot examples"}
+    )
     train: TrainSettings = field(default_factory=TrainSettings)
     eval: EvalSettings = field(default_factory=EvalSettings)
 
@@ -136,16 +164,32 @@ class Experiment:
 class AnalysisSettings:
     """How ``compare`` analyses finished runs (not part of the experiment: changing it re-analyses)."""
 
-    convergence_margin: float = DEFAULT_MARGIN
-    loss_fractions: tuple[float, ...] = DEFAULT_FRACTIONS
-    tail_fraction: float = DEFAULT_TAIL
-    sample_prompts: int = 8  # test prompts given to the capacity hooks and the latency measurement
-    latency_new_tokens: int = 16
-    latency_repeats: int = 3
-    reference: str = "lora"  # the method every p-value is against (the base model when it is not in the comparison)
-    bootstrap_resamples: int = 1000  # paired bootstrap over test items (and seeds), the same draws for every row
-    confidence: float = 0.95
-    alpha: float = 0.05  # a finding calls one row better than another only when p < alpha
+    convergence_margin: float = field(
+        default=DEFAULT_MARGIN,
+        metadata={"help": "a method has converged when its smoothed loss is within this fraction of its best"},
+    )
+    loss_fractions: tuple[float, ...] = field(
+        default=DEFAULT_FRACTIONS, metadata={"help": "shares of the budget after which the smoothed loss is reported"}
+    )
+    tail_fraction: float = field(
+        default=DEFAULT_TAIL, metadata={"help": "last share of the steps whose raw loss spread is reported"}
+    )
+    sample_prompts: int = field(
+        default=8, metadata={"help": "test prompts given to the capacity hooks and the latency measurement"}
+    )
+    latency_new_tokens: int = field(default=16, metadata={"help": "tokens generated per prompt when timing latency"})
+    latency_repeats: int = field(default=3, metadata={"help": "timed repetitions per model"})
+    reference: str = field(
+        default="lora", metadata={"help": "the row every p-value is against (the base model when it is absent)"}
+    )
+    bootstrap_resamples: int = field(
+        default=1000,
+        metadata={"help": "paired bootstrap resamples of the test items (and seeds), the same draws for every row"},
+    )
+    confidence: float = field(default=0.95, metadata={"help": "confidence level of the bootstrap intervals"})
+    alpha: float = field(
+        default=0.05, metadata={"help": "a finding calls one row better than another only when p < alpha"}
+    )
 
     def validate(self) -> None:
         if not 0 < self.convergence_margin < 1:

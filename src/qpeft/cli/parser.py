@@ -2,7 +2,8 @@
 
 Every method's config field becomes a flag ``--<method>-<field>`` (e.g. ``--lora-r``),
 and every field of its eval options one on ``qpeft evaluate``, so a new method needs
-no change here.
+no change here. A flag's help is its field's ``metadata["help"]`` followed by its default,
+for the settings flags too, so the text lives once, on the field.
 """
 
 from __future__ import annotations
@@ -13,15 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from qpeft.methods import REGISTRY
-from qpeft.settings import (
-    DEFAULT_DATASET,
-    DEFAULT_MODEL,
-    PRECISIONS,
-    STOP_MODES,
-    EvalSettings,
-    Experiment,
-    TrainSettings,
-)
+from qpeft.settings import PRECISIONS, STOP_MODES, AnalysisSettings, EvalSettings, Experiment, TrainSettings
 from qpeft.utils.errors import UsageError
 
 DESCRIPTION = "The ``qpeft`` command: train, evaluate, generate, compare."
@@ -31,17 +24,28 @@ def field_flag(prefix: str, name: str) -> str:
     return f"--{prefix}-{name.replace('_', '-')}"
 
 
+def field_help(cls: type, name: str) -> str:
+    """The help text a dataclass field carries (``field(metadata={"help": ...})``)."""
+    return next(f for f in fields(cls) if f.name == name).metadata["help"]
+
+
+def flag_help(cls: type, name: str, default: Any) -> str:
+    """A field's help text followed by its flag's default."""
+    return f"{field_help(cls, name)} (default {default})"
+
+
 def add_dataclass_flags(parser: argparse.ArgumentParser, prefix: str, cls: type) -> None:
     for f in fields(cls):
         default = f.default if f.default is not MISSING else None
         kind = type(default)
         dest = f"{prefix}__{f.name}"
+        help_text = flag_help(cls, f.name, default)
         if kind is bool:
             parser.add_argument(field_flag(prefix, f.name), dest=dest, action=argparse.BooleanOptionalAction,
-                                default=None, help=f"(default {default})")
+                                default=None, help=help_text)
         else:
             parser.add_argument(field_flag(prefix, f.name), dest=dest, type=kind, default=None,
-                                metavar=kind.__name__.upper(), help=f"(default {default})")
+                                metavar=kind.__name__.upper(), help=help_text)
 
 
 def collect_dataclass_flags(args: argparse.Namespace, prefix: str) -> dict[str, Any]:
@@ -49,56 +53,53 @@ def collect_dataclass_flags(args: argparse.Namespace, prefix: str) -> dict[str, 
     return {k[len(marker):]: v for k, v in vars(args).items() if k.startswith(marker) and v is not None}
 
 
+def add_setting_flag(group: argparse._ActionsContainer, settings: Any, name: str, **options: Any) -> None:
+    """``--<name>`` for the field ``name`` of a settings object: its value is the default, its help the help."""
+    default = getattr(settings, name)
+    group.add_argument(f"--{name.replace('_', '-')}", default=default, help=flag_help(type(settings), name, default),
+                       **options)
+
+
 def add_experiment_flags(parser: argparse.ArgumentParser) -> None:
-    train, evaluation = TrainSettings(), EvalSettings()
+    experiment, train = Experiment(), TrainSettings()
     data = parser.add_argument_group("model and data")
-    data.add_argument("--model", default=DEFAULT_MODEL,
-                      help="Hugging Face model id, local directory, or 'smollm2-135m' (default)")
-    data.add_argument("--dataset", default=DEFAULT_DATASET, help="'e2e' (default) or a .jsonl/.csv file or folder")
+    add_setting_flag(data, experiment, "model")
+    add_setting_flag(data, experiment, "dataset")
     data.add_argument("--data-dir", default=None, help="folder holding e2e/ (default: $QPEFT_DATA_DIR)")
-    data.add_argument("--input-column", default="input")
-    data.add_argument("--target-column", default="target")
-    data.add_argument("--validation-fraction", type=float, default=0.05)
-    data.add_argument("--template", choices=["plain", "chat"], default=train.template,
-                      help="prompt format: plain 'Input: ...\\nOutput:' or the model's chat template")
-    data.add_argument("--seed", type=int, default=0)
+    add_setting_flag(data, experiment, "input_column")
+    add_setting_flag(data, experiment, "target_column")
+    add_setting_flag(data, experiment, "validation_fraction", type=float)
+    add_setting_flag(data, train, "template", choices=["plain", "chat"])
+    add_setting_flag(data, experiment, "seed", type=int)
     budget = parser.add_argument_group("training budget")
-    budget.add_argument("--steps", type=int, default=train.steps, help="optimizer steps")
-    budget.add_argument("--batch-size", type=int, default=train.batch_size)
-    budget.add_argument("--grad-accum", type=int, default=train.grad_accum)
-    budget.add_argument("--max-length", type=int, default=train.max_length, help="tokens per example")
-    budget.add_argument("--warmup-ratio", type=float, default=train.warmup_ratio)
-    budget.add_argument("--weight-decay", type=float, default=train.weight_decay)
-    budget.add_argument("--save-steps", type=int, default=train.save_steps, help="checkpoint interval")
-    budget.add_argument("--precision", choices=PRECISIONS, default=train.precision)
-    budget.add_argument("--gradient-checkpointing", action="store_true")
-    budget.add_argument("--eval-steps", type=int, default=train.eval_steps,
-                        help="validation loss every N optimizer steps and at the end (default 0: four times a run)")
-    budget.add_argument("--validation-items", type=int, default=train.validation_items,
-                        help=f"validation (input, target) pairs scored each time, a fixed seeded sample "
-                             f"(default {train.validation_items})")
-    add_eval_flags(parser, evaluation)
+    for name in ("steps", "batch_size", "grad_accum", "max_length"):
+        add_setting_flag(budget, train, name, type=int)
+    for name in ("warmup_ratio", "weight_decay"):
+        add_setting_flag(budget, train, name, type=float)
+    add_setting_flag(budget, train, "save_steps", type=int)
+    add_setting_flag(budget, train, "precision", choices=PRECISIONS)
+    add_setting_flag(budget, train, "gradient_checkpointing", action="store_true")
+    for name in ("eval_steps", "validation_items"):
+        add_setting_flag(budget, train, name, type=int)
+    add_eval_flags(parser, EvalSettings())
 
 
 def add_eval_flags(parser: argparse.ArgumentParser, defaults: EvalSettings | None) -> None:
     """Generation flags; with ``defaults`` None every flag defaults to 'keep the run's value'."""
     group = parser.add_argument_group("evaluation")
 
-    def value(name: str) -> Any:
-        return getattr(defaults, name) if defaults else None
+    def add(flag: str, name: str, **options: Any) -> None:
+        default = getattr(defaults, name) if defaults else None
+        shown = "the run's value" if defaults is None else default
+        group.add_argument(flag, default=default, help=flag_help(EvalSettings, name, shown), **options)
 
-    group.add_argument("--max-new-tokens", type=int, default=value("max_new_tokens"))
-    group.add_argument("--num-beams", type=int, default=value("num_beams"), help="1: greedy decoding")
-    group.add_argument("--eval-batch-size", type=int, default=value("batch_size"))
-    group.add_argument("--max-test-items", type=int, default=value("max_test_items"),
-                       help="score a random sample of N test items, drawn with the seed (0: all)")
-    group.add_argument("--bertscore-model", default=value("bertscore_model"),
-                       help="model id or path for BERTScore, or 'none' to skip it")
-    group.add_argument("--stop-at-newline", choices=STOP_MODES, default=value("stop_at_newline"),
-                       help="cut each output at its first line break; auto (default): when no training target "
-                            "holds one")
-    group.add_argument("--fewshot-examples", type=int, default=value("fewshot_examples"),
-                       help="solved training examples in the prompt of the base-fewshot row (default 3; 0: no row)")
+    add("--max-new-tokens", "max_new_tokens", type=int)
+    add("--num-beams", "num_beams", type=int)
+    add("--eval-batch-size", "batch_size", type=int)
+    add("--max-test-items", "max_test_items", type=int)
+    add("--bertscore-model", "bertscore_model")
+    add("--stop-at-newline", "stop_at_newline", choices=STOP_MODES)
+    add("--fewshot-examples", "fewshot_examples", type=int)
 
 
 def eval_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -140,16 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--seeds", default=None, metavar="S1,S2,...",
                          help="run everything once per seed (into OUTPUT/seed-<s>/) and report mean and standard "
                               "deviation; overrides --seed")
-    compare.add_argument("--convergence-margin", type=float, default=0.05, metavar="FRACTION",
-                         help="a method has converged when its smoothed loss is within this fraction of its best "
-                              "(default 0.05)")
-    compare.add_argument("--reference", default="lora",
-                         help="the row every p-value is against (default lora; the base model when absent)")
+    analysis = AnalysisSettings()
+    add_setting_flag(compare, analysis, "convergence_margin", type=float, metavar="FRACTION")
+    add_setting_flag(compare, analysis, "reference")
     compare.add_argument("--same-process", action="store_true",
                          help="train every method in this process (starts faster; each method's peak memory then "
                               "includes what the methods before it left behind)")
-    compare.add_argument("--bootstrap-resamples", type=int, default=1000,
-                         help="paired bootstrap resamples of the test items (and seeds) (default 1000)")
+    add_setting_flag(compare, analysis, "bootstrap_resamples", type=int)
     add_experiment_flags(compare)
 
     evaluate = commands.add_parser("evaluate", help="(re)evaluate a trained run")
@@ -161,8 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
     generate = commands.add_parser("generate", help="print completions from a trained run")
     generate.add_argument("run_dir", type=Path)
     generate.add_argument("--input", action="append", required=True, help="an input text (repeatable)")
-    generate.add_argument("--max-new-tokens", type=int, default=None)
-    generate.add_argument("--num-beams", type=int, default=None)
+    generate.add_argument("--max-new-tokens", type=int, default=None,
+                          help=flag_help(EvalSettings, "max_new_tokens", "the run's value"))
+    generate.add_argument("--num-beams", type=int, default=None,
+                          help=flag_help(EvalSettings, "num_beams", "the run's value"))
 
     sora_export = commands.add_parser("sora-export", help="prune a trained SoRA run into a plain PEFT LoRA adapter")
     sora_export.add_argument("run_dir", type=Path, help="a finished SoRA run folder")

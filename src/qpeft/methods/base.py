@@ -1,14 +1,15 @@
 """The contract every fine-tuning method implements.
 
 A method is one name in the registry (see ``qpeft.methods``), a config dataclass
-whose fields become CLI flags (``--<method>-<field>``), and the hooks below. The
-training loop, evaluation and reports only ever talk to this interface, so a new
-method plugs in by adding one module.
+whose fields become CLI flags (``--<method>-<field>``, with the field's
+``metadata["help"]`` as their help), and the hooks below. The training loop,
+evaluation and reports only ever talk to this interface, so a new method plugs in
+by adding one module.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 class MethodConfig:
     """Fields shared by every method; subclasses add their own with defaults."""
 
-    learning_rate: float = 1e-4
+    learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate"})
 
     def validate(self) -> None:
         """Raise ``qpeft.utils.errors.UsageError`` for impossible values."""

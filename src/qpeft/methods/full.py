@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -17,7 +17,7 @@ from qpeft.methods.targets import find_target_modules
 @dataclass
 class FullConfig(MethodConfig):
     # Full fine-tuning needs a far smaller step than adapters (Li and Liang 2021 use 5e-5 on E2E).
-    learning_rate: float = 5e-5
+    learning_rate: float = field(default=5e-5, metadata={"help": "AdamW learning rate of every weight"})
 
 
 class FullFineTuning(Method):

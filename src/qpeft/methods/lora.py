@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -17,11 +17,13 @@ from qpeft.utils.errors import UsageError
 
 @dataclass
 class LoRAConfig(MethodConfig):
-    learning_rate: float = 2e-4  # Hu et al., E2E with GPT-2
-    r: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.0
-    target_modules: str = "auto"
+    learning_rate: float = field(default=2e-4, metadata={"help": "AdamW learning rate (Hu et al., E2E with GPT-2)"})
+    r: int = field(default=8, metadata={"help": "rank of the update B A"})
+    alpha: float = field(default=16.0, metadata={"help": "scaling numerator: the update is (alpha / r) B A"})
+    dropout: float = field(default=0.0, metadata={"help": "dropout on the adapter's input, in [0, 1)"})
+    target_modules: str = field(
+        default="auto", metadata={"help": "'auto' (PEFT's per-architecture targets), 'all-linear' or module names"}
+    )
 
     def validate(self) -> None:
         super().validate()

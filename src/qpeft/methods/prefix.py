@@ -12,7 +12,7 @@ the input. Two things are qpeft's own:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import cycle, islice
 from pathlib import Path
 from typing import Any
@@ -33,15 +33,23 @@ PREFIX_INITS = ("real-tokens", "random")
 @dataclass
 class PrefixConfig(MethodConfig):
     # Prefixes need a large step on short budgets; PEFT's own prefix-tuning examples use 1e-2.
-    learning_rate: float = 1e-2
-    num_virtual_tokens: int = 10  # Li and Liang's E2E prefix length
-    projection: bool = False  # Li and Liang's reparameterisation MLP
-    projection_hidden_size: int = 512
-    init: str = "real-tokens"  # "real-tokens": the base model's keys/values of init_text; "random": PEFT's N(0, 1)
+    learning_rate: float = field(default=1e-2, metadata={"help": "AdamW learning rate of the prefix"})
+    num_virtual_tokens: int = field(
+        default=10, metadata={"help": "prefix length P, in key/value pairs per layer (Li and Liang's E2E length)"}
+    )
+    projection: bool = field(default=False, metadata={"help": "train the prefix through Li and Liang's MLP"})
+    projection_hidden_size: int = field(default=512, metadata={"help": "hidden width of that MLP"})
+    init: str = field(
+        default="real-tokens",
+        metadata={"help": "real-tokens: the base model's keys/values of init_text; random: PEFT's N(0, 1)"},
+    )
     # Li and Liang found real-word initialisation far better than random, and task words slightly better than
     # unrelated ones. A short data-to-text instruction suits every dataset qpeft trains on (structured input to
     # text) without naming one of them; it is 10 SmolLM2 tokens, the default prefix length (cycled or cut to fit).
-    init_text: str = "Turn the structured data below into one fluent sentence."
+    init_text: str = field(
+        default="Turn the structured data below into one fluent sentence.",
+        metadata={"help": "the text whose keys/values start the prefix (cycled or cut to P tokens)"},
+    )
 
     def validate(self) -> None:
         super().validate()

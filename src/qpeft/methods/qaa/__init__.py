@@ -11,8 +11,9 @@ and report the quantum resources they need.
 """
 
 from qpeft.methods.qaa.adapter import QAAAdapter, read_adapter
+from qpeft.methods.qaa.config import ROBUSTNESS_GRID, QAAConfig, QAAEvalOptions
 from qpeft.methods.qaa.layer import ANGLE_INITS, QAALinear, inject, qaa_layers
-from qpeft.methods.qaa.method import QAA, ROBUSTNESS_GRID, QAAConfig, QAAEvalOptions
+from qpeft.methods.qaa.method import QAA
 from qpeft.methods.qaa.qasm import export_qasm
 
 __all__ = [

@@ -1,96 +1,21 @@
-"""The QAA method: config, eval options, and the hooks of the method contract."""
+"""The QAA method: the hooks of the method contract (its config, eval options and robustness grid are in ``config``)."""
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from qpeft.methods.base import EvalOptions, Method, MethodConfig
+from qpeft.methods.base import EvalOptions, Method
 from qpeft.methods.qaa.adapter import adapter_from_model, module_state, read_adapter, write_adapter
 from qpeft.methods.qaa.capacity import jacobian_capacity
-from qpeft.methods.qaa.layer import ANGLE_INITS, inject, qaa_layers
+from qpeft.methods.qaa.config import ROBUSTNESS_GRID, QAAConfig, QAAEvalOptions
+from qpeft.methods.qaa.layer import inject, qaa_layers
 from qpeft.methods.qaa.resources import resource_figures
 from qpeft.methods.serialization import load_adapter_tensors
-from qpeft.quantum.circuit import ANSATZE, READOUTS
 from qpeft.utils.errors import UsageError
-
-
-@dataclass
-class QAAConfig(MethodConfig):
-    # W_up and b. Measured on SmolLM2-135M / E2E at the demo budget (see README, "QAA"):
-    # LoRA's 2e-4 barely moves a zero-initialised W_up whose inputs are bounded readouts.
-    learning_rate: float = 2e-3
-    # The angles' own rate (0: the same as learning_rate); they are periodic, so no weight decay.
-    angle_learning_rate: float = 2e-2
-    layers: int = 2
-    ansatz: str = "ry"  # ry | ry_rz
-    readout: str = "z"  # z (n Pauli-Z expectations) | probs (2**n basis probabilities)
-    # z lies in [-1, 1]^n, like a unit-scale hidden state: no rescaling is needed, and the
-    # learning rate alone sets how fast the update grows (as LoRA's alpha / r = 2 with its lr).
-    scale: float = 1.0
-    bias: bool = True
-    angle_init: str = "uniform"  # uniform in [0, 2π) | normal (N(0, 0.1²)) | zeros
-    target_modules: str = "auto"
-    memory_lean: bool = True
-
-    def angle_lr(self) -> float:
-        return self.angle_learning_rate or self.learning_rate
-
-    def validate(self) -> None:
-        super().validate()
-        if not isinstance(self.layers, int) or self.layers < 1:
-            raise UsageError(f"QAA needs at least one circuit layer, got layers={self.layers}")
-        if self.ansatz not in ANSATZE:
-            raise UsageError(f"unknown QAA ansatz {self.ansatz!r} (choose from {', '.join(ANSATZE)})")
-        if self.readout not in READOUTS:
-            raise UsageError(f"unknown QAA readout {self.readout!r} (choose from {', '.join(READOUTS)})")
-        if self.angle_init not in ANGLE_INITS:
-            raise UsageError(f"unknown QAA angle_init {self.angle_init!r} (choose from {', '.join(ANGLE_INITS)})")
-        if not (math.isfinite(self.scale) and self.scale > 0):
-            raise UsageError(f"QAA scale must be a positive number, got {self.scale}")
-        if not self.angle_learning_rate >= 0:
-            raise UsageError(f"angle_learning_rate must be positive (or 0: same as learning_rate), "
-                             f"got {self.angle_learning_rate}")
-        if not self.target_modules.strip():
-            raise UsageError("QAA target_modules: give 'auto', 'all-linear' or comma-separated module names")
-
-
-@dataclass
-class QAAEvalOptions(EvalOptions):
-    """How the circuits are read at evaluation: ``qpeft evaluate --qaa-shots N --qaa-depolarizing p``."""
-
-    shots: int = 0  # 0: exact expectation values; N: estimated from N measurements per token
-    depolarizing: float = 0.0  # strength p of rho -> (1 - p) rho + p I/2 on every qubit after every layer
-    noise_seed: int = 0  # seeds the shot draws (each adapted module gets noise_seed + its index)
-
-    def validate(self) -> None:
-        if not isinstance(self.shots, int) or isinstance(self.shots, bool) or self.shots < 0:
-            raise UsageError(f"--qaa-shots must be a non-negative integer (0: exact), got {self.shots!r}")
-        if not 0.0 <= self.depolarizing <= 1.0:
-            raise UsageError(f"--qaa-depolarizing must lie in [0, 1], got {self.depolarizing}")
-
-    def describe(self) -> dict[str, Any]:
-        return {"shots": self.shots or None, "depolarizing": float(self.depolarizing), "noise_seed": self.noise_seed}
-
-    def tag(self) -> str:
-        parts = [f"shots{self.shots}"] if self.shots else []
-        parts += [f"dep{self.depolarizing:g}"] if self.depolarizing else []
-        parts += [f"seed{self.noise_seed}"] if self.noise_seed else []
-        return "_".join(parts) or "exact"
-
-
-#: What ``qpeft compare`` re-evaluates a QAA run under (each is a full test-set evaluation).
-ROBUSTNESS_GRID = (
-    QAAEvalOptions(shots=100),
-    QAAEvalOptions(shots=1000),
-    QAAEvalOptions(depolarizing=0.01),
-    QAAEvalOptions(depolarizing=0.05),
-)
 
 
 class QAA(Method):

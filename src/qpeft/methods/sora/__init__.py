@@ -18,9 +18,10 @@ exports a standard LoRA adapter.
 """
 
 from qpeft.methods.sora.adapter import SoRAAdapter, read_adapter
+from qpeft.methods.sora.config import SoRAConfig
 from qpeft.methods.sora.export import AllRanksPruned, export_lora
 from qpeft.methods.sora.layer import SoRALinear, inject, sora_layers
-from qpeft.methods.sora.method import SoRA, SoRAConfig
+from qpeft.methods.sora.method import SoRA
 from qpeft.methods.sora.optim import SCHEDULES, SoRAAdamW, soft_threshold, soft_threshold_, sparsity_at
 
 __all__ = [
