@@ -13,7 +13,7 @@ export QPEFT_DATA_DIR ?= $(if $(wildcard $(SHARED_DATA)/e2e),$(SHARED_DATA),)
 
 DEMO_OUTPUT ?= demo
 DEMO_METHODS ?= full,lora,prefix,sora,qaa
-DEMO_FLAGS ?= --steps 40 --batch-size 8 --max-test-items 48 --max-new-tokens 40 --validation-items 32
+DEMO_FLAGS ?= --steps 40 --batch-size 8 --max-test-items 40 --max-new-tokens 40 --validation-items 16
 
 .PHONY: demo test test-core install chromium clean
 
@@ -52,7 +52,7 @@ test-core:
 	$(CORE_BIN)/pip install --quiet -e . pytest
 	$(CORE_BIN)/python -c "import importlib.util as u, sys; found = [m for m in ('qiskit', 'pennylane') if u.find_spec(m)]; \
 	  sys.exit(f'qpeft: $(CORE_VENV) holds {found}, not core only; remove it and run again' if found else 0)"
-	$(CORE_BIN)/python -m pytest -q tests/test_optional_extras.py
+	$(CORE_BIN)/python -m pytest -q tests/integration/test_optional_extras.py
 
 clean:
 	rm -rf $(VENV) $(CORE_VENV) $(DEMO_OUTPUT)

@@ -87,7 +87,8 @@ class EvalSettings:
     # "auto" because a model never shown a target that goes on after a line break rambles after one.
     stop_at_newline: str = field(
         default="auto",
-        metadata={"help": "cut each output at its first line break: on, off or auto (when no training target has one)"},
+        metadata={"help": "cut each output at its first line break after text begins (blank lines first are "
+                          "skipped): on, off or auto (when no training target has one)"},
     )
     fewshot_examples: int = field(
         default=3, metadata={"help": "solved training examples in the prompt of the base-fewshot row (0: no such row)"}

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 from tqdm.auto import tqdm
-from transformers import DataCollatorForSeq2Seq, PreTrainedTokenizerBase
+from transformers import DataCollatorForSeq2Seq, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
 
 from qpeft.data import Example, TestItem, reference_pairs
 from qpeft.data.prompts import IGNORE_INDEX, encode_examples, encode_prompt
@@ -37,15 +37,15 @@ def generate(
 ) -> tuple[list[str], dict[str, float]]:
     """Batched generation (greedy, or beam search with ``num_beams`` > 1).
 
-    With ``stop_at_newline`` a row stops at its first generated line break and the text is cut
-    there. ``shots`` are solved examples put before every prompt (the few-shot baseline).
+    With ``stop_at_newline`` a row stops at the first line break after its text has begun (line
+    breaks before any text are skipped) and the text is cut there. ``shots`` are solved examples
+    put before every prompt (the few-shot baseline).
     Returns the completions and timing: seconds, generated tokens, and how many outputs
     used every one of ``max_new_tokens`` without stopping (they were cut, not finished).
     """
     model.eval()
     device = model_device(model)
     pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
-    stop = {"stop_strings": ["\n"], "tokenizer": tokenizer} if stop_at_newline else {}
     outputs, new_tokens, unfinished, started = [], 0, 0, time.perf_counter()
     batches = range(0, len(inputs), settings.batch_size)
     for start in tqdm(batches, desc="generating", unit="batch", disable=not progress):
@@ -55,6 +55,7 @@ def generate(
         # Left padding keeps every prompt's last token at the end, where generation continues.
         ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=device)
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+        stop = {"stopping_criteria": StoppingCriteriaList([LineEnded(tokenizer, width)])} if stop_at_newline else {}
         generated = model.generate(
             input_ids=ids,
             attention_mask=mask,
@@ -88,9 +89,24 @@ def decode_completion(
     while length and row[length - 1] == pad_id and pad_id != eos_id:
         length -= 1
     text = tokenizer.decode(row[:length], skip_special_tokens=True)
-    if stop_at_newline and "\n" in text:
-        text, finished = text.split("\n", 1)[0], True
+    if stop_at_newline and "\n" in text.lstrip():
+        text, finished = text.lstrip().split("\n", 1)[0], True
     return text.strip(), length, finished
+
+
+class LineEnded(StoppingCriteria):
+    """Stops a row at the first line break after its text has begun.
+
+    transformers' ``stop_strings=["\\n"]`` would also stop at a line break before any text, and an
+    instruction-tuned model often answers "Output:" on the next line: its answer would be lost.
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, prompt_width: int) -> None:
+        self.tokenizer, self.prompt_width = tokenizer, prompt_width
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_width :], skip_special_tokens=True)
+        return torch.tensor(["\n" in text.lstrip() for text in texts], device=input_ids.device)
 
 
 @torch.no_grad()
@@ -118,8 +134,10 @@ def mean_target_loss(
     device = model_device(model)
     collate = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX)
     total, count = 0.0, 0
-    for start in range(0, len(encoded), batch_size):
-        batch = {k: v.to(device) for k, v in collate(encoded[start : start + batch_size]).items()}
+    # Batches of similar length waste little on padding; the sum over tokens does not depend on the order.
+    by_length = sorted(encoded, key=lambda example: len(example["input_ids"]))
+    for start in range(0, len(by_length), batch_size):
+        batch = {k: v.to(device) for k, v in collate(by_length[start : start + batch_size]).items()}
         labels = batch.pop("labels")
         logits = model(**batch).logits[:, :-1].float()
         targets = labels[:, 1:]

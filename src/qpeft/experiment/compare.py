@@ -94,7 +94,7 @@ def compare(
     per_seed = {}
     for seed, seed_dir in seed_dirs.items():
         seed_experiment = replace(experiment, seed=seed)
-        results = baseline_rows(seed_dir, seed_experiment, data_dir, fresh_process)
+        results = baseline_rows(seed_dir, seed_experiment, data_dir)
         for name in methods:
             log.info("=== %s%s ===", name, f" (seed {seed})" if len(seeds) > 1 else "")
             results[name] = method_row(seed_dir / name, seed_experiment, name, method_configs.get(name, {}), data_dir,
@@ -122,12 +122,15 @@ def compare(
 
 
 
-def baseline_rows(seed_dir: Path, experiment: Experiment, data_dir: str | None,
-                  fresh_process: bool) -> dict[str, dict[str, Any]]:
-    """The untrained base model, zero-shot and (unless ``fewshot_examples`` is 0) few-shot."""
-    rows = {BASE: isolated(base_run, fresh_process, seed_dir / BASE, experiment, data_dir)}
+def baseline_rows(seed_dir: Path, experiment: Experiment, data_dir: str | None) -> dict[str, dict[str, Any]]:
+    """The untrained base model, zero-shot and (unless ``fewshot_examples`` is 0) few-shot.
+
+    They run in this process: they do not train, so they have no peak memory to keep apart.
+    """
+    rows = {BASE: base_run(seed_dir / BASE, experiment, data_dir)}
     if experiment.eval.fewshot_examples:
-        rows[FEWSHOT] = isolated(base_run, fresh_process, seed_dir / FEWSHOT, experiment, data_dir, True)
+        rows[FEWSHOT] = base_run(seed_dir / FEWSHOT, experiment, data_dir, True)
+    gc.collect()
     return rows
 
 
