@@ -28,6 +28,8 @@ STAGES: dict[str, int] = {
     "qpeft.methods": 2,  # the method contract and the five methods
     "qpeft.methods.sora.config": 2,  # SoRA's options: defaults, help, validation
     "qpeft.methods.qaa.config": 2,  # QAA's options, eval options and robustness grid
+    "qpeft.methods.sora.model": 2,  # SoRA on a model: inject, find layers, save and load the adapter folder
+    "qpeft.methods.qaa.model": 2,  # QAA on a model: inject, find layers, save and load the adapter folder
     "qpeft.settings": 2,  # Experiment, TrainSettings, EvalSettings, AnalysisSettings
     "qpeft.models": 3,  # loading base models and tokenizers
     "qpeft.training": 3,  # the Trainer loop, its log, validation loss, checkpoints
@@ -169,6 +171,7 @@ def test_the_reader_sees_lazy_and_from_imports_and_finds_cycles(tmp_path: Path) 
     assert cycles(graph) == [["qpeft.data", "qpeft.data.e2e"]]
 
 
+@pytest.mark.multiprocess  # a fresh interpreter
 def test_the_package_and_the_report_import_no_model_library() -> None:
     # `import qpeft` stays cheap, and presentation code reads a payload without torch or transformers.
     code = ("import sys, qpeft, qpeft.report, qpeft.experiment.results; "

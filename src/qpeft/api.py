@@ -124,7 +124,7 @@ def sora_optimizer(model: nn.Module, *, weight_decay: float = 0.0, max_steps: in
     prepared otherwise), with ``options`` (``sparsity``, ``gate_learning_rate``, ``schedule``, ...)
     on top. The Trainer's learning-rate schedule scales the gates' threshold too, as in qpeft's runs.
     """
-    from qpeft.methods.sora.layer import sora_layers
+    from qpeft.methods.sora.model import sora_layers
 
     if not list(sora_layers(model)):
         raise UsageError("this model carries no SoRA layers; prepare it with qpeft.prepare(model, 'sora') first")

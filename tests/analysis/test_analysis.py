@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import cli_args, snapshot
 from qpeft.analysis.capacity import (
     effective_rank,
     jacobian_rank,
@@ -235,7 +236,7 @@ def _randomise_lora_b(model: torch.nn.Module) -> None:
 def test_lora_delta_is_the_merged_update_out_by_in(kind: str, tokenizer) -> None:  # noqa: ANN001
     from transformers.pytorch_utils import Conv1D
 
-    from conftest import tiny_gpt2, tiny_llama
+    from helpers import tiny_gpt2, tiny_llama
     from qpeft.methods import get_method
     from qpeft.methods.lora import LoRAConfig
     from qpeft.methods.targets import find_target_modules
@@ -266,8 +267,8 @@ def test_capacity_of_trained_lora_and_full(tiny_llama_dir: Path, toy_data_dir: P
     from qpeft.methods import get_method
     from qpeft.models import load_model
 
-    common = ["--model", str(tiny_llama_dir), "--dataset", str(toy_data_dir), "--steps", "4", "--batch-size", "4",
-              "--save-steps", "4", "--max-new-tokens", "4", "--bertscore-model", "none", "--max-test-items", "2"]
+    common = cli_args(tiny_llama_dir, toy_data_dir, steps=4, save_steps=4, max_new_tokens=4, eval_batch_size=None,
+                      max_test_items=2)
     assert main(["train", "--method", "lora", "--lora-r", "4", "--output", str(tmp_path / "lora"), *common]) == 0
     assert main(["train", "--method", "full", "--full-learning-rate", "1e-3", "--output", str(tmp_path / "full"),
                  *common]) == 0
@@ -397,8 +398,7 @@ def test_compare_over_two_seeds_reports_per_seed_figures_and_their_spread(
 ) -> None:
     out = tmp_path / "cmp"
     args = ["compare", "--methods", "lora,prefix", "--seeds", "0,1", "--output", str(out),
-            "--model", str(tiny_llama_dir), "--dataset", str(toy_data_dir), "--steps", "4", "--batch-size", "4",
-            "--save-steps", "4", "--max-new-tokens", "4", "--bertscore-model", "none", "--eval-batch-size", "4",
+            *cli_args(tiny_llama_dir, toy_data_dir, steps=4, save_steps=4, max_new_tokens=4, eval_batch_size=4),
             "--same-process"]
     assert main(args) == 0
     for seed in (0, 1):
@@ -441,9 +441,9 @@ def test_compare_over_two_seeds_reports_per_seed_figures_and_their_spread(
     assert 'id="plot-loss"' in html and 'id="plot-capacity-spectra"' in html and 'id="plot-noise"' not in html
 
     # A second run trains nothing again and re-derives the analysis from the files.
-    before = {p: p.read_bytes() for p in (out / "seed-1" / "lora").rglob("*") if p.is_file()}
+    before = snapshot(out / "seed-1" / "lora")
     assert main(args) == 0
-    assert {p: p.read_bytes() for p in (out / "seed-1" / "lora").rglob("*") if p.is_file()} == before
+    assert snapshot(out / "seed-1" / "lora") == before
     assert json.loads((out / "results.json").read_text())["methods"]["lora"]["test_loss"] == pytest.approx(
         sum(loss) / 2)
 

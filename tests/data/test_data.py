@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import toy_rows, write_csv
+from helpers import toy_rows, write_csv
 from qpeft.data import Example, load_splits, split_by_input
 from qpeft.data.prompts import IGNORE_INDEX, encode_examples, format_prompt
 from qpeft.utils.errors import UsageError

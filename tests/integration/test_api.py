@@ -13,9 +13,9 @@ from transformers import AutoModelForCausalLM, DataCollatorForLanguageModeling, 
 from trl import SFTConfig, SFTTrainer
 
 import qpeft
-from conftest import toy_rows
+from helpers import toy_rows
 from qpeft.methods import REGISTRY
-from qpeft.methods.sora.layer import sora_layers
+from qpeft.methods.sora.model import sora_layers
 from qpeft.utils.errors import UsageError
 
 STEPS = 4

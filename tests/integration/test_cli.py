@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import subprocess
 import sys
@@ -10,18 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from helpers import ROOT, cli_args, interrupt_at_step, losses, read_rows, snapshot
 from qpeft.cli import main
-
-FAST = ["--steps", "4", "--batch-size", "4", "--save-steps", "2", "--max-new-tokens", "8",
-        "--bertscore-model", "none", "--eval-batch-size", "4"]
+from qpeft.training.train_log import StepLogger
 
 
 def common(model: Path, data: Path) -> list[str]:
-    return ["--model", str(model), "--dataset", str(data), *FAST]
-
-
-def snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return cli_args(model, data, steps=4, save_steps=2, max_new_tokens=8, eval_batch_size=4)
 
 
 def test_train_writes_a_complete_run_folder(tiny_llama_dir: Path, toy_data_dir: Path, tmp_path: Path,
@@ -31,8 +25,7 @@ def test_train_writes_a_complete_run_folder(tiny_llama_dir: Path, toy_data_dir: 
     for name in ("config.json", "train_log.csv", "metrics.json", "predictions.jsonl", "adapter"):
         assert (run / name).exists(), name
     assert (run / "adapter" / "adapter_model.safetensors").exists()
-    with (run / "train_log.csv").open() as handle:
-        rows = list(csv.DictReader(handle))
+    rows = read_rows(run / "train_log.csv")
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
     assert {"step", "loss", "learning_rate", "grad_norm", "elapsed_s", "tokens_seen"} <= set(rows[0])
     assert int(rows[-1]["tokens_seen"]) > int(rows[0]["tokens_seen"]) > 0
@@ -64,16 +57,15 @@ def test_training_lowers_the_loss(tiny_llama_dir: Path, toy_data_dir: Path, tmp_
     args = ["train", "--method", "full", "--output", str(run), *common(tiny_llama_dir, toy_data_dir),
             "--steps", "30", "--full-learning-rate", "3e-3", "--save-steps", "100"]
     assert main(args) == 0
-    with (run / "train_log.csv").open() as handle:
-        losses = [float(r["loss"]) for r in csv.DictReader(handle)]
-    assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5
+    loss = losses(run)
+    assert sum(loss[-5:]) / 5 < 0.8 * sum(loss[:5]) / 5
 
 
 def test_compare_writes_results_and_skips_finished_methods(tiny_llama_dir: Path, toy_data_dir: Path,
                                                            tmp_path: Path) -> None:
     out = tmp_path / "cmp"
     args = ["compare", "--methods", "lora,prefix", "--output", str(out), *common(tiny_llama_dir, toy_data_dir),
-            "--same-process"]  # fresh processes per run are tested in test_comparison_integrity.py
+            "--same-process"]  # fresh processes per run are tested in test_compare.py
     assert main(args) == 0
     results = json.loads((out / "results.json").read_text())
     assert set(results["methods"]) == {"base", "base-fewshot", "lora", "prefix"}
@@ -110,28 +102,15 @@ def test_interrupted_training_resumes_to_the_same_result(tiny_llama_dir: Path, t
     straight = tmp_path / "straight"
     assert main(["train", "--method", "lora", "--output", str(straight), *args]) == 0
 
-    from qpeft.training.train_log import StepLogger
-
-    original = StepLogger.on_log
-
-    def interrupt_after_step_3(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
-        original(self, args, state, control, logs=logs, **kwargs)
-        if state.global_step == 3 and logs and "loss" in logs:
-            raise KeyboardInterrupt
-
     resumed = tmp_path / "resumed"
-    monkeypatch.setattr(StepLogger, "on_log", interrupt_after_step_3)
-    assert main(["train", "--method", "lora", "--output", str(resumed), *args]) == 130
+    with monkeypatch.context() as patch:
+        patch.setattr(StepLogger, "on_log", interrupt_at_step(3))
+        assert main(["train", "--method", "lora", "--output", str(resumed), *args]) == 130
     assert not (resumed / "metrics.json").exists()
-    monkeypatch.setattr(StepLogger, "on_log", original)
     assert main(["train", "--method", "lora", "--output", str(resumed), *args]) == 0
 
-    def log(run: Path) -> list[dict[str, str]]:
-        with (run / "train_log.csv").open() as handle:
-            return list(csv.DictReader(handle))
-
-    assert [r["step"] for r in log(resumed)] == ["1", "2", "3", "4"]
-    assert [float(r["loss"]) for r in log(resumed)] == pytest.approx([float(r["loss"]) for r in log(straight)])
+    assert [r["step"] for r in read_rows(resumed / "train_log.csv")] == ["1", "2", "3", "4"]
+    assert losses(resumed) == pytest.approx(losses(straight))
     metrics = json.loads((resumed / "metrics.json").read_text())
     assert metrics["resumed_from"].endswith("checkpoint-2")
     assert metrics["test_loss"] == pytest.approx(json.loads((straight / "metrics.json").read_text())["test_loss"])
@@ -159,6 +138,7 @@ def test_bad_input_is_one_line_and_exit_2(extra: list[str], message: str, tiny_l
     assert len(errors) == 1 and message in errors[0], err
 
 
+@pytest.mark.multiprocess
 def test_bad_data_file_from_a_subprocess_has_no_traceback(tiny_llama_dir: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"input": "a"}\n')
@@ -188,15 +168,13 @@ def test_shipped_paper_config_parses() -> None:
     from qpeft.cli import build_parser
     from qpeft.cli.config_file import expand_config_file
 
-    paper = Path(__file__).parent.parent / "configs" / "paper.yaml"
+    paper = ROOT / "configs" / "paper.yaml"
     args = build_parser().parse_args(expand_config_file(["compare", "--output", "x", "--config", str(paper)]))
     assert args.model == "gpt2-medium" and args.steps == 26290 and args.num_beams == 10
 
 
+@pytest.mark.multiprocess
 def test_python_m_qpeft_is_the_qpeft_command() -> None:
-    import subprocess
-    import sys
-
     for module in ("qpeft", "qpeft.cli"):
         done = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True)
         assert done.returncode == 0 and done.stdout.startswith("usage: qpeft "), (module, done.stderr)

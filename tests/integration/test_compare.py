@@ -3,7 +3,6 @@ loss, failed methods and peak memory."""
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import subprocess
@@ -15,6 +14,7 @@ import psutil
 import pytest
 import torch
 
+from helpers import cli_args, read_rows, tiny_llama
 from qpeft.cli import main
 from qpeft.data import DataSplits, Example
 from qpeft.data import TestItem as Item
@@ -23,22 +23,14 @@ from qpeft.evaluation.generate import decode_completion, generate
 from qpeft.experiment.runs import fewshot_shots
 from qpeft.settings import EvalSettings, Experiment, TrainSettings
 
-FAST = ["--steps", "8", "--batch-size", "4", "--save-steps", "4", "--max-new-tokens", "6",
-        "--bertscore-model", "none", "--eval-batch-size", "4"]
-
 
 def common(model: Path, data: Path) -> list[str]:
-    return ["--model", str(model), "--dataset", str(data), *FAST]
+    return cli_args(model, data, steps=8, save_steps=4, max_new_tokens=6, eval_batch_size=4)
 
 
 def compare_args(methods: str, out: Path, model: Path, data: Path, *extra: str) -> list[str]:
     return ["compare", "--methods", methods, "--output", str(out), *common(model, data), "--bootstrap-resamples",
             "100", *extra]
-
-
-def read_rows(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="") as handle:
-        return list(csv.DictReader(handle))
 
 
 # --- the test sample -------------------------------------------------------------------------------
@@ -75,11 +67,13 @@ def test_the_sample_is_recorded_in_metrics_predictions_and_results(tiny_llama_di
 # --- stopping -------------------------------------------------------------------------------------------
 
 
-def test_a_completion_is_cut_at_its_first_newline(tokenizer) -> None:  # noqa: ANN001
+def test_a_completion_is_cut_at_its_first_newline_after_text(tokenizer) -> None:  # noqa: ANN001
     row = tokenizer("Aromi serves food.\nInput: more", add_special_tokens=False)["input_ids"]
     assert decode_completion(row, tokenizer, stop_at_newline=True) == ("Aromi serves food.", len(row), True)
     text, _, finished = decode_completion(row, tokenizer, stop_at_newline=False)
     assert text == "Aromi serves food.\nInput: more" and not finished  # no EOS: it ran out of tokens
+    leading = tokenizer("\n\nAromi.\nMore", add_special_tokens=False)["input_ids"]
+    assert decode_completion(leading, tokenizer, stop_at_newline=True)[0] == "Aromi."  # blank lines first are skipped
     eos = tokenizer.eos_token_id
     assert decode_completion([*row[:3], eos, eos], tokenizer, stop_at_newline=False)[1:] == (4, True)
 
@@ -92,25 +86,35 @@ def test_newline_stopping_is_on_by_default_only_when_no_target_holds_a_newline()
     assert EvalSettings(stop_at_newline="on").stops_at_newline([Example("b", "two\nlines")])
 
 
-def test_generation_stops_at_a_newline_and_counts_outputs_cut_by_the_token_limit(tokenizer) -> None:  # noqa: ANN001
-    from conftest import tiny_llama
+def scripted_model(tokenizer, script: dict[int, int], default: int) -> torch.nn.Module:  # noqa: ANN001
+    """A tiny Llama whose next token depends only on the last one: ``script[last]``, else ``default``."""
+    from transformers import LlamaForCausalLM
+
+    class Scripted(LlamaForCausalLM):
+        def forward(self, input_ids=None, **kwargs):  # noqa: ANN001, ANN202
+            out = super().forward(input_ids=input_ids, **kwargs)
+            last = input_ids[:, -1].tolist()
+            chosen = torch.tensor([script.get(token, default) for token in last])
+            logits = torch.full_like(out.logits, -1e9)
+            logits[torch.arange(len(last)), -1, chosen] = 0.0
+            out.logits = logits
+            return out
 
     torch.manual_seed(0)
-    model = tiny_llama(len(tokenizer))
+    return Scripted(tiny_llama(len(tokenizer)).config)
+
+
+def test_generation_stops_at_the_first_line_break_after_text_and_counts_cut_outputs(tokenizer) -> None:  # noqa: ANN001
     newline = tokenizer("\n", add_special_tokens=False)["input_ids"][-1]
-    head = torch.nn.Linear(model.config.hidden_size, len(tokenizer), bias=True)
-    with torch.no_grad():  # the line break is the most likely next token everywhere
-        head.weight.zero_()
-        head.bias.zero_()
-        head.bias[newline] = 1.0
-    model.lm_head = head
+    letter = tokenizer.convert_tokens_to_ids("A")
+    model = scripted_model(tokenizer, {newline: letter}, newline)  # writes "\nA\nA\n..."
     settings = EvalSettings(max_new_tokens=5, batch_size=2)
     inputs = ["name[Aromi]", "name[Cotto], food[French]"]
     stopped, timing = generate(model, tokenizer, inputs, "plain", settings, progress=False, stop_at_newline=True)
-    assert all("\n" not in text for text in stopped) and timing["unfinished"] == 0
-    assert timing["generated_tokens"] < 2 * settings.max_new_tokens  # it stopped early, not just cut afterwards
-    _, timing = generate(model, tokenizer, inputs, "plain", settings, progress=False, stop_at_newline=False)
-    assert timing["unfinished"] == 2 and timing["generated_tokens"] == 10
+    assert stopped == ["A", "A"] and timing["unfinished"] == 0
+    assert timing["generated_tokens"] == 6  # it stopped after "\nA\n", not just cut afterwards
+    text, timing = generate(model, tokenizer, inputs, "plain", settings, progress=False, stop_at_newline=False)
+    assert timing["unfinished"] == 2 and timing["generated_tokens"] == 10 and "\n" in text[0]
 
 
 # --- the few-shot baseline ----------------------------------------------------------------------------
@@ -158,6 +162,7 @@ def test_validation_loss_is_logged_at_its_steps_and_recorded(tiny_llama_dir: Pat
 # --- failed methods and peak memory ---------------------------------------------------------------------
 
 
+@pytest.mark.multiprocess  # each run trains in a fresh process
 def test_a_diverging_method_is_a_failed_row_and_the_comparison_completes(
     tiny_llama_dir: Path, toy_data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -193,6 +198,7 @@ def test_a_method_that_raises_is_a_failed_row(tiny_llama_dir: Path, toy_data_dir
     assert methods["lora"]["status"] == "ok"
 
 
+@pytest.mark.multiprocess  # each run trains in a fresh process
 def test_peak_memory_does_not_depend_on_what_ran_before(tiny_llama_dir: Path, toy_data_dir: Path,
                                                          tmp_path: Path) -> None:
     """Each run trains in a fresh process, so memory the comparing process holds (what earlier methods
@@ -213,6 +219,7 @@ def test_peak_memory_does_not_depend_on_what_ran_before(tiny_llama_dir: Path, to
         assert max(first, second) < held_mb - 300, (name, peaks, held_mb)  # the hog is in no method's peak
 
 
+@pytest.mark.multiprocess  # each run trains in a fresh process
 def test_a_run_process_ends_with_the_comparison_that_started_it(tiny_llama_dir: Path, toy_data_dir: Path,
                                                                  tmp_path: Path) -> None:
     """Killing ``qpeft compare`` alone (not its process group) must not leave its run process training on."""

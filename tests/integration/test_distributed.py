@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import subprocess
@@ -11,14 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from helpers import losses
 from qpeft.cli import main
 
 
-def losses(run: Path) -> list[float]:
-    with (run / "train_log.csv").open() as handle:
-        return [float(row["loss"]) for row in csv.DictReader(handle)]
-
-
+@pytest.mark.multiprocess
 def test_two_processes_match_one_with_the_same_global_batch(tiny_llama_dir: Path, toy_data_dir: Path,
                                                             tmp_path: Path) -> None:
     common = ["--model", str(tiny_llama_dir), "--dataset", str(toy_data_dir), "--steps", "6",

@@ -9,16 +9,16 @@ from __future__ import annotations
 import argparse
 import re
 from dataclasses import MISSING, Field, fields, is_dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from helpers import ROOT
 from qpeft.cli.parser import build_parser, field_flag
 from qpeft.methods import REGISTRY
 from qpeft.settings import AnalysisSettings, EvalSettings, Experiment, TrainSettings
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = ROOT / "README.md"
 #: The argument groups of ``qpeft train`` whose flags the README's "Shared flags" table lists.
 SHARED_GROUPS = ("model and data", "training budget", "evaluation")
 #: README default words and what they stand for.

@@ -16,14 +16,13 @@ from pathlib import Path
 import pytest
 from transformers import AutoModelForCausalLM
 
+from helpers import cli_args
 from qpeft.cli import main
 from qpeft.experiment.run_dir import RunDir
 from qpeft.methods import get_method
 from qpeft.methods.qaa import QAAConfig
 from qpeft.utils.extras import QUANTUM_INSTALL, is_available
 
-FAST = ["--steps", "4", "--batch-size", "4", "--save-steps", "100", "--max-new-tokens", "4",
-        "--bertscore-model", "none", "--eval-batch-size", "4", "--max-test-items", "2"]
 EXTRAS = ("qiskit", "pennylane")
 
 
@@ -36,7 +35,8 @@ def block(monkeypatch: pytest.MonkeyPatch, *names: str) -> None:
 
 
 def train_qaa(model: Path, data: Path, run: Path) -> dict:
-    args = ["train", "--method", "qaa", "--output", str(run), "--model", str(model), "--dataset", str(data), *FAST]
+    args = ["train", "--method", "qaa", "--output", str(run),
+            *cli_args(model, data, steps=4, save_steps=100, max_new_tokens=4, eval_batch_size=4, max_test_items=2)]
     assert main(args) == 0
     return json.loads((run / "metrics.json").read_text())
 
@@ -81,6 +81,7 @@ def test_qasm_without_qiskit_is_one_line_exit_2_and_writes_nothing(
     assert not (run / "qasm").exists()
 
 
+@pytest.mark.multiprocess  # a fresh interpreter
 def test_the_training_path_imports_neither_extra() -> None:
     # The whole training and evaluation path, imported in a fresh interpreter: the extras stay unloaded.
     code = ("import sys, qpeft.cli, qpeft.experiment.runs, qpeft.methods.qaa, qpeft.quantum, qpeft.training.trainer; "

@@ -12,17 +12,20 @@ from pathlib import Path
 
 import pytest
 
+from helpers import cli_args
+from qpeft.cli import main
 from qpeft.training.checkpoints import last_complete_checkpoint
+from qpeft.training.train_log import read_train_log
 
 FIGURES = ("bleu", "rougeL", "test_loss", "final_train_loss", "trainable_params")
 
 
 def compare_command(model: Path, data: Path, output: Path) -> list[str]:
     return [sys.executable, "-m", "qpeft.cli", "compare", "--methods", "lora,full", "--output", str(output),
-            "--model", str(model), "--dataset", str(data), "--steps", "12", "--batch-size", "4",
-            "--save-steps", "3", "--max-new-tokens", "6", "--bertscore-model", "none"]
+            *cli_args(model, data, steps=12, save_steps=3, max_new_tokens=6, eval_batch_size=None)]
 
 
+@pytest.mark.multiprocess
 def test_compare_killed_mid_run_resumes_to_the_same_results(tiny_llama_dir: Path, toy_data_dir: Path,
                                                              tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -67,11 +70,9 @@ def test_run_killed_after_its_last_step_is_recorded_without_training_further(
     tiny_llama_dir: Path, toy_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import qpeft.experiment.runs
-    from qpeft.cli import main
-    from qpeft.training.train_log import read_train_log
 
-    args = ["--method", "lora", "--model", str(tiny_llama_dir), "--dataset", str(toy_data_dir), "--steps", "4",
-            "--batch-size", "4", "--save-steps", "2", "--max-new-tokens", "4", "--bertscore-model", "none"]
+    args = ["--method", "lora",
+            *cli_args(tiny_llama_dir, toy_data_dir, steps=4, save_steps=2, max_new_tokens=4, eval_batch_size=None)]
     straight = tmp_path / "straight"
     assert main(["train", "--output", str(straight), *args]) == 0
 

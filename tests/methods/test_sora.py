@@ -13,6 +13,7 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
+from helpers import interrupt_at_step, logits
 from qpeft.cli import main
 from qpeft.methods import REGISTRY, get_method
 from qpeft.methods.base import trainable_parameter_count
@@ -27,7 +28,7 @@ from qpeft.methods.sora import (
     sparsity_at,
 )
 from qpeft.methods.sora import optim as sora_optim
-from qpeft.methods.sora.adapter import adapter_from_model, read_adapter
+from qpeft.methods.sora.model import adapter_from_model, read_adapter
 from qpeft.methods.targets import find_target_modules, linear_shape
 from qpeft.utils.errors import UsageError
 
@@ -40,12 +41,6 @@ SPARSE = ["--sora-gate-learning-rate", "0.2", "--sora-sparsity", "1", "--sora-sp
 
 def common(model: Path, data: Path) -> list[str]:
     return ["--model", str(model), "--dataset", str(data), *FAST]
-
-
-def logits(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
-    model.eval()
-    with torch.no_grad():
-        return model(input_ids=ids).logits
 
 
 def gates_of(run: Path) -> dict[str, torch.Tensor]:
@@ -97,11 +92,9 @@ def test_sparsity_schedules_follow_their_definitions() -> None:
 # The layer, the method contract ---------------------------------------------------------------
 
 
-def test_sora_starts_at_the_base_model_and_counts_its_parameters(tiny_model_dir: Path) -> None:
-    ids = torch.randint(2, 100, (2, 7))
-    base = logits(AutoModelForCausalLM.from_pretrained(tiny_model_dir), ids)
+def test_sora_adapts_the_targets_and_counts_its_parameters(tiny_model_dir: Path) -> None:
+    # that it starts exactly at the base model is part of the method contract (test_contract.py)
     model, config = prepared(tiny_model_dir, r=4)
-    torch.testing.assert_close(logits(model, ids), base, rtol=0, atol=0)
     targets = find_target_modules(AutoModelForCausalLM.from_pretrained(tiny_model_dir), "auto")
     assert {name for name, _ in sora_layers(model)} == set(targets)
     assert trainable_parameter_count(model) == sum(4 * (sum(linear_shape(m)) + 1) for m in targets.values())
@@ -265,15 +258,9 @@ def test_train_logs_sparsity_exports_lora_and_resume_reproduces_the_gates(
 
     from qpeft.training.train_log import StepLogger
 
-    original = StepLogger.on_log
-
-    def interrupt_after_step_3(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
-        original(self, args, state, control, logs=logs, **kwargs)
-        if state.global_step == 3 and logs and "loss" in logs:
-            raise KeyboardInterrupt
-
     resumed = tmp_path / "resumed"
-    monkeypatch.setattr(StepLogger, "on_log", interrupt_after_step_3)
+    original = StepLogger.on_log
+    monkeypatch.setattr(StepLogger, "on_log", interrupt_at_step(3))
     assert main(["train", "--method", "sora", "--output", str(resumed), *args]) == 130
     # the prox's own state (steps taken, last sparsity) is checkpointed with the optimizer
     state = torch.load(resumed / "checkpoints" / "checkpoint-2" / "optimizer.pt", weights_only=False)

@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 
 from qpeft.analysis.capacity import jacobian_rank, linear_capacity, summarise_capacity
@@ -219,6 +220,7 @@ def with_probe(html: str, folder: Path) -> Path:
     return path
 
 
+@pytest.mark.browser
 def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     html = html_report(synthetic_payload())
     (tmp_path / "report.html").write_text(html)
@@ -234,6 +236,7 @@ def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     assert set(decoded.group(1).split()) == ALL_PLOTS  # every plot is a valid image
 
 
+@pytest.mark.browser
 def test_the_browser_check_does_see_errors(tmp_path: Path) -> None:
     """A control: the same check on a page with a script error and a broken image fails."""
     html = html_report(synthetic_payload(seeds=(0,), robustness=False))

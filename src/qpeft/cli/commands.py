@@ -13,10 +13,10 @@ from qpeft.experiment.results import FAILED
 from qpeft.experiment.run_dir import RunDir
 from qpeft.experiment.runs import evaluate_run, load_run, train_run
 from qpeft.methods import REGISTRY, get_method
-from qpeft.methods.qaa.adapter import read_adapter as read_qaa_adapter
+from qpeft.methods.qaa.model import read_adapter as read_qaa_adapter
 from qpeft.methods.qaa.qasm import check_version, export_qasm
-from qpeft.methods.sora.adapter import read_adapter as read_sora_adapter
 from qpeft.methods.sora.export import export_lora
+from qpeft.methods.sora.model import read_adapter as read_sora_adapter
 from qpeft.report import write_report
 from qpeft.report.tables import summary_table
 from qpeft.settings import AnalysisSettings, Experiment

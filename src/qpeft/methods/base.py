@@ -5,18 +5,26 @@ whose fields become CLI flags (``--<method>-<field>``, with the field's
 ``metadata["help"]`` as their help), and the hooks below. The training loop,
 evaluation and reports only ever talk to this interface, so a new method plugs in
 by adding one module.
+
+The hand-written adapters (SoRA, QAA) also share ``AdapterLayer``, the layer contract
+after PEFT's ``BaseTunerLayer``: declared parameter names, a layer built from its config,
+``get_delta_weight`` where the update is linear, and ``inject`` / ``load_saved`` to put
+layers onto a model.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import torch
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 from qpeft.analysis.capacity import linear_capacity
+from qpeft.methods.targets import adapter_layers, linear_shape, wrap_linear_modules
 from qpeft.utils.errors import UsageError
 
 if TYPE_CHECKING:
@@ -149,3 +157,96 @@ class Method:
 
 def trainable_parameter_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+# The layer contract of the hand-written adapters (SoRA, QAA) -----------------------------------------------------
+
+
+class AdapterLayer:
+    """Mixin of a hand-written adapter layer around a frozen ``nn.Linear`` or GPT-2 ``Conv1D``.
+
+    After PEFT's ``BaseTunerLayer``: ``adapter_param_names`` are the layer's own tensors (PEFT's
+    ``adapter_layer_names``), under which they appear in state dicts and adapter files;
+    ``from_config`` builds the layer from the method's config object; ``get_delta_weight`` is
+    ΔW (out x in) where the update is linear. ``merge``/``unmerge`` exist only where merging
+    means folding ΔW into the base weight (SoRA), never for a non-linear update (QAA).
+    """
+
+    #: The layer's adapter tensors (an absent one, such as a switched-off bias, is None).
+    adapter_param_names: ClassVar[tuple[str, ...]] = ()
+    #: The method's name in messages ("SoRA", "QAA").
+    label: ClassVar[str] = "adapter"
+
+    base_layer: nn.Module
+    in_features: int
+    out_features: int
+    is_conv1d: bool
+
+    def _wrap_base_layer(self, base_layer: nn.Module) -> None:
+        """Hold the frozen base layer and read its shape (call after ``nn.Module.__init__``)."""
+        self.base_layer = base_layer
+        self.in_features, self.out_features = linear_shape(base_layer)
+        self.is_conv1d = isinstance(base_layer, Conv1D)
+
+    @classmethod
+    def from_config(cls: type[Layer], base_layer: nn.Module, config: Any) -> Layer:
+        """The layer around ``base_layer`` with the options of the method's config."""
+        raise NotImplementedError
+
+    @classmethod
+    def inject(cls: type[Layer], model: nn.Module, config: Any, names: list[str] | None = None) -> dict[str, Layer]:
+        """Wrap the target linear layers of ``model`` in ``from_config(layer, config)``, in place; name -> layer.
+
+        Targets follow ``config.target_modules``, or are exactly ``names`` when a saved adapter is
+        put back onto a base model.
+        """
+        return wrap_linear_modules(model, config.target_modules, names,
+                                   lambda module: cls.from_config(module, config), cls.label)
+
+    @classmethod
+    def layers_in(cls: type[Layer], model: nn.Module) -> Iterator[tuple[str, Layer]]:
+        """(name, layer) for every layer of this class in ``model``; the name is that of the wrapped module."""
+        return adapter_layers(model, cls)
+
+    @classmethod
+    def load_saved(
+        cls: type[Layer], base_model: nn.Module, config: Any, saved: dict[str, dict[str, torch.Tensor | None]]
+    ) -> dict[str, Layer]:
+        """Freeze ``base_model``, inject a layer at every saved module and copy the saved tensors in."""
+        base_model.requires_grad_(False)
+        layers = cls.inject(base_model, config, list(saved))
+        for name, layer in layers.items():
+            layer.load_adapter_state(saved[name], name)
+        return layers
+
+    def get_delta_weight(self) -> torch.Tensor:
+        """ΔW (out x in) of a linear update; a non-linear one has none."""
+        raise NotImplementedError(f"{type(self).__name__}'s update is not linear: it has no ΔW")
+
+    def adapter_state(self) -> dict[str, torch.Tensor | None]:
+        """CPU copies of the adapter tensors, by parameter name (None for an absent one)."""
+        values = {}
+        for name in self.adapter_param_names:
+            tensor = getattr(self, name)
+            values[name] = None if tensor is None else tensor.detach().cpu().clone()
+        return values
+
+    def load_adapter_state(self, saved: dict[str, torch.Tensor | None], module: str) -> None:
+        """Copy saved tensors into the parameters of the same name, each shape checked first.
+
+        A tensor absent (None, or left out) in ``saved`` must be absent in the layer.
+        """
+        with torch.no_grad():
+            for key in self.adapter_param_names:
+                param, value = getattr(self, key), saved.get(key)
+                if (param is None) != (value is None):
+                    raise UsageError(f"{self.label} adapter module {module!r}: {key} does not match the config")
+                if value is None:
+                    continue
+                if param.shape != value.shape:
+                    raise UsageError(f"{self.label} adapter module {module!r}: shape {tuple(value.shape)} does not "
+                                     f"fit {tuple(param.shape)}")
+                param.copy_(value)
+
+
+Layer = TypeVar("Layer", bound=AdapterLayer)

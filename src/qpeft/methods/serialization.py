@@ -1,59 +1,105 @@
-"""The files of qpeft's own adapters (SoRA, QAA): named tensors in safetensors, facts in JSON.
+"""The one reader and writer of qpeft's own adapter folders (SoRA, QAA), in PEFT's on-disk layout.
 
-An adapter folder holds ``<weights_file>`` (``<module>.<tensor>`` keys) and ``<config_file>``:
-a format tag, the method config, the base model's name and, per adapted module, what it
-takes to rebuild that module's layer. Only safetensors are read: nothing is unpickled.
+A folder holds ``adapter_config.json`` and ``adapter_model.safetensors``, as a PEFT adapter does:
+
+- ``adapter_config.json``: ``qpeft_type`` (``"sora"``, ``"qaa"``; PEFT's own files say
+  ``peft_type``), a ``format`` tag, the method config, the base model's name and, per adapted
+  module, what it takes to rebuild that module's layer;
+- ``adapter_model.safetensors``: the tensors under PEFT's keys,
+  ``base_model.model.<module>.<parameter name>`` (e.g. ``base_model.model.transformer.h.0.attn.c_attn.sora_A``).
+
+Folders written before this layout (``<type>_config.json`` + ``<type>_adapter.safetensors``
+with ``<module>.<parameter name>`` keys) are read as well. Only safetensors and JSON are
+read: nothing is unpickled.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Protocol, TypeVar
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from qpeft.methods.base import AdapterLayer
 from qpeft.utils.atomic import read_json, write_json
 from qpeft.utils.errors import UsageError
 
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+#: PEFT's prefix of every tensor key: the module names are those of the base model.
+KEY_PREFIX = "base_model.model."
 
-def write_adapter_files(
-    out_dir: Path,
-    weights_file: str,
-    config_file: str,
-    format_tag: str,
-    config: dict[str, Any],
-    base_model_name_or_path: str | None,
-    modules: dict[str, dict[str, Any]],
-    tensors: dict[str, torch.Tensor],
-) -> None:
-    """Write ``tensors`` and the JSON header (format, method config, base model, per-module facts) into ``out_dir``."""
+
+@dataclass(frozen=True)
+class AdapterFormat:
+    """Which adapter a folder holds: ``qpeft_type``, the ``format`` tag, and the name in messages."""
+
+    qpeft_type: str
+    version: str
+    label: str
+
+    @property
+    def legacy_files(self) -> tuple[str, str]:
+        """(config, weights) file names of the layout before PEFT's (keys without ``KEY_PREFIX``)."""
+        return f"{self.qpeft_type}_config.json", f"{self.qpeft_type}_adapter.safetensors"
+
+
+@dataclass
+class AdapterFiles:
+    """What an adapter folder holds, whatever the method."""
+
+    config: dict[str, Any]
+    #: Per adapted module: what it takes to rebuild its layer (widths, qubits, ...).
+    modules: dict[str, dict[str, Any]]
+    #: Per adapted module: parameter name -> tensor (None, or left out: absent, such as a switched-off bias).
+    tensors: dict[str, dict[str, torch.Tensor | None]]
+    base_model_name_or_path: str | None = None
+
+
+def write_adapter_files(out_dir: Path, adapter_format: AdapterFormat, files: AdapterFiles) -> None:
+    """Write ``adapter_config.json`` and ``adapter_model.safetensors`` into ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_file({key: value.contiguous() for key, value in tensors.items()}, str(out_dir / weights_file),
-              metadata={"format": "pt"})
-    header = {"format": format_tag, "config": config, "base_model_name_or_path": base_model_name_or_path,
-              "modules": modules}
-    write_json(out_dir / config_file, header)
+    flat = {f"{KEY_PREFIX}{module}.{key}": value.contiguous()
+            for module, values in files.tensors.items() for key, value in values.items() if value is not None}
+    save_file(flat, str(out_dir / WEIGHTS_FILE), metadata={"format": "pt"})
+    write_json(out_dir / CONFIG_FILE, {
+        "qpeft_type": adapter_format.qpeft_type, "format": adapter_format.version, "config": files.config,
+        "base_model_name_or_path": files.base_model_name_or_path, "modules": files.modules,
+    })
 
 
 def read_adapter_files(
-    adapter_dir: Path, weights_file: str, config_file: str, format_tag: str, what: str
-) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """The JSON header and the tensors of an adapter folder, with one-line errors for anything else."""
+    adapter_dir: Path, adapter_format: AdapterFormat, tensor_names: Callable[[dict[str, Any]], tuple[str, ...]]
+) -> AdapterFiles:
+    """An adapter folder in PEFT's layout or the earlier one, with one-line errors for anything else.
+
+    ``tensor_names(module facts)`` names the tensors each module must have in the weights file.
+    """
     adapter_dir = Path(adapter_dir)
+    config_file, weights_file, prefix = CONFIG_FILE, WEIGHTS_FILE, KEY_PREFIX
+    if not (adapter_dir / config_file).exists() and (adapter_dir / adapter_format.legacy_files[0]).exists():
+        (config_file, weights_file), prefix = adapter_format.legacy_files, ""
     if not (adapter_dir / config_file).exists() or not (adapter_dir / weights_file).exists():
-        raise UsageError(f"{adapter_dir} holds no {what} adapter ({config_file} + {weights_file})")
+        raise UsageError(f"{adapter_dir} holds no {adapter_format.label} adapter ({CONFIG_FILE} + {WEIGHTS_FILE})")
     header = read_json(adapter_dir / config_file)
-    if header.get("format") != format_tag:
+    if prefix and header.get("qpeft_type") != adapter_format.qpeft_type:
+        found = header.get("qpeft_type") or header.get("peft_type")
+        raise UsageError(f"{adapter_dir} holds no {adapter_format.label} adapter ({config_file} is of type {found!r})")
+    if header.get("format") != adapter_format.version:
         raise UsageError(f"{adapter_dir / config_file}: unknown format {header.get('format')!r}")
-    return header, load_file(str(adapter_dir / weights_file))
-
-
-def missing_tensor(adapter_dir: Path, weights_file: str, error: KeyError) -> UsageError:
-    return UsageError(f"{Path(adapter_dir) / weights_file} lacks tensor {error}")
+    flat = load_file(str(adapter_dir / weights_file))
+    tensors = {}
+    for module, facts in header["modules"].items():
+        try:
+            tensors[module] = {name: flat[f"{prefix}{module}.{name}"] for name in tensor_names(facts)}
+        except KeyError as error:
+            raise UsageError(f"{adapter_dir / weights_file} lacks tensor {error}") from None
+    return AdapterFiles(header["config"], header["modules"], tensors, header.get("base_model_name_or_path"))
 
 
 def base_model_name(model: nn.Module) -> str | None:
@@ -69,47 +115,65 @@ def trained_layers(layers: Iterator[tuple[str, nn.Module]], what: str) -> dict[s
     return found
 
 
-def detached(layer: nn.Module, names: tuple[str, ...]) -> dict[str, torch.Tensor | None]:
-    """CPU copies of a layer's named tensors (None for an absent one, such as a switched-off bias)."""
-    values = {}
-    for name in names:
-        tensor = getattr(layer, name)
-        values[name] = None if tensor is None else tensor.detach().cpu().clone()
-    return values
+class ModuleRecord(Protocol):
+    """One adapted module of a saved adapter: its tensors and what it takes to rebuild its layer."""
+
+    @classmethod
+    def from_layer(cls, layer: Any) -> ModuleRecord: ...
+
+    @classmethod
+    def from_saved(cls, tensors: dict[str, torch.Tensor], facts: dict[str, Any]) -> ModuleRecord: ...
+
+    def state(self) -> dict[str, torch.Tensor | None]: ...
+
+    def facts(self) -> dict[str, Any]: ...
 
 
-def flat_tensors(modules: dict[str, dict[str, torch.Tensor | None]]) -> dict[str, torch.Tensor]:
-    """``<module>.<tensor>`` -> tensor, as the weights file stores them (absent tensors left out)."""
-    return {f"{module}.{key}": value for module, values in modules.items() for key, value in values.items()
-            if value is not None}
+Saved = TypeVar("Saved", bound="SavedAdapter")
 
 
-def module_tensors(
-    tensors: dict[str, torch.Tensor], module: str, names: tuple[str, ...], adapter_dir: Path, weights_file: str
-) -> dict[str, torch.Tensor]:
-    """The named tensors of one module from a weights file's flat dict; a missing one is a one-line error."""
-    try:
-        return {name: tensors[f"{module}.{name}"] for name in names}
-    except KeyError as error:
-        raise missing_tensor(adapter_dir, weights_file, error) from None
+@dataclass
+class SavedAdapter:
+    """A trained adapter without its base model: the method config and a record per adapted module.
 
-
-def load_adapter_tensors(
-    layers: dict[str, nn.Module], saved: dict[str, dict[str, torch.Tensor | None]], what: str
-) -> None:
-    """Copy each module's saved tensors into the freshly injected layer's parameters of the same name.
-
-    Every shape is checked first; a tensor that is absent (None) in the file must be absent in the layer.
+    A method's subclass names its layer class, its module record and its on-disk format (as a
+    PEFT tuner names ``tuner_layer_cls`` and ``prefix``); building one from a model, writing it
+    and reading it back are the same for every method.
     """
-    with torch.no_grad():
-        for name, layer in layers.items():
-            for key, value in saved[name].items():
-                param = getattr(layer, key)
-                if (param is None) != (value is None):
-                    raise UsageError(f"{what} adapter module {name!r}: {key} does not match the config")
-                if value is None:
-                    continue
-                if param.shape != value.shape:
-                    raise UsageError(f"{what} adapter module {name!r}: shape {tuple(value.shape)} does not fit "
-                                     f"{tuple(param.shape)}")
-                param.copy_(value)
+
+    config: dict[str, Any]
+    modules: dict[str, Any]
+    base_model_name_or_path: str | None = None
+
+    layer_class: ClassVar[type[AdapterLayer]]
+    module_class: ClassVar[type[ModuleRecord]]
+    adapter_format: ClassVar[AdapterFormat]
+
+    @classmethod
+    def tensor_names(cls, facts: dict[str, Any]) -> tuple[str, ...]:
+        """The tensors a module's entry must have in the weights file (all of the layer's by default)."""
+        return cls.layer_class.adapter_param_names
+
+    @classmethod
+    def from_model(cls: type[Saved], model: nn.Module, config: dict[str, Any]) -> Saved:
+        """The adapter of a model's layers, copied to the CPU; a model without any is a one-line error."""
+        layers = trained_layers(cls.layer_class.layers_in(model), cls.adapter_format.label)
+        return cls(dict(config), {name: cls.module_class.from_layer(layer) for name, layer in layers.items()},
+                   base_model_name(model))
+
+    def write(self, out_dir: Path) -> None:
+        modules = {name: record.facts() for name, record in self.modules.items()}
+        tensors = {name: record.state() for name, record in self.modules.items()}
+        write_adapter_files(out_dir, self.adapter_format, AdapterFiles(self.config, modules, tensors,
+                                                                       self.base_model_name_or_path))
+
+    @classmethod
+    def read(cls: type[Saved], adapter_dir: Path) -> Saved:
+        files = read_adapter_files(adapter_dir, cls.adapter_format, cls.tensor_names)
+        modules = {name: cls.module_class.from_saved(values, files.modules[name])
+                   for name, values in files.tensors.items()}
+        return cls(files.config, modules, files.base_model_name_or_path)
+
+    def saved_state(self) -> dict[str, dict[str, torch.Tensor | None]]:
+        """Per module, the tensors under the layer's parameter names (what loading copies in)."""
+        return {name: record.state() for name, record in self.modules.items()}

@@ -8,15 +8,19 @@ The circuit is simulated exactly by ``qpeft.quantum.simulate`` (batched over tok
 memory-lean backward); the trained circuits export to OpenQASM (``qpeft qasm``), evaluate
 under shots and depolarising noise (``qpeft evaluate --qaa-shots N --qaa-depolarizing p``),
 and report the quantum resources they need.
+
+Files, as in every PEFT tuner: ``config`` (the options, eval options and robustness grid),
+``layer`` (``QAALinear``), ``model`` (inject, find layers, save and load the adapter folder),
+plus ``capacity``, ``resources``, ``qasm`` and ``method`` (the recipe hooks).
 """
 
-from qpeft.methods.qaa.adapter import QAAAdapter, read_adapter
-from qpeft.methods.qaa.config import ROBUSTNESS_GRID, QAAConfig, QAAEvalOptions
-from qpeft.methods.qaa.layer import ANGLE_INITS, QAALinear, inject, qaa_layers
+from qpeft.methods.qaa.config import ANGLE_INITS, ROBUSTNESS_GRID, QAAConfig, QAAEvalOptions
+from qpeft.methods.qaa.layer import QAALinear
 from qpeft.methods.qaa.method import QAA
+from qpeft.methods.qaa.model import QAAAdapter, from_pretrained, inject, qaa_layers, read_adapter
 from qpeft.methods.qaa.qasm import export_qasm
 
 __all__ = [
     "ANGLE_INITS", "QAA", "ROBUSTNESS_GRID", "QAAAdapter", "QAAConfig", "QAAEvalOptions", "QAALinear", "export_qasm",
-    "inject", "qaa_layers", "read_adapter",
+    "from_pretrained", "inject", "qaa_layers", "read_adapter",
 ]

@@ -8,9 +8,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from qpeft.methods.base import EvalOptions, MethodConfig
-from qpeft.methods.qaa.layer import ANGLE_INITS
 from qpeft.quantum.circuit import ANSATZE, READOUTS
 from qpeft.utils.errors import UsageError
+
+#: How the circuit angles start (``angle_init``).
+ANGLE_INITS = ("uniform", "normal", "zeros")
 
 
 @dataclass

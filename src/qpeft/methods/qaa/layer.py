@@ -1,12 +1,13 @@
-"""The QAA layer: a frozen linear layer plus a measured quantum circuit on its input, and its injection.
+"""The QAA layer: a frozen linear layer plus a measured quantum circuit on its input (injection: ``model``).
 
 y = W0 x + s (W_up z(x) + b), where z(x) is the readout of the circuit (``qpeft.quantum``)
 on the amplitude-embedded x. Three forward paths:
 
 - training (default): ``qpeft.quantum.simulate``, differentiable in x and the angles, with
   the memory-lean backward unless ``memory_lean=False``;
-- merged (``merge()``, what ``QAA.load`` gives): inference only, without autograd, the scale
-  folded into W_up and b once;
+- inference form (``to_inference()``, what ``QAA.load`` gives): without autograd, the scale
+  folded into cached copies of W_up and b once. This is not a merge in PEFT's sense: the update
+  is non-linear in x and never folds into the base weight;
 - noisy (``set_noise``): ``simulate_noisy`` with finite shots and/or depolarising noise, drawn
   from the layer's own seeded generator, so that an evaluation is reproducible.
 """
@@ -14,19 +15,17 @@ on the amplitude-embedded x. Three forward paths:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers.pytorch_utils import Conv1D
 
-from qpeft.methods.targets import adapter_layers, linear_shape, wrap_linear_modules
+from qpeft.methods.base import AdapterLayer
+from qpeft.methods.qaa.config import ANGLE_INITS, QAAConfig
 from qpeft.quantum import CircuitSpec, n_qubits_for_width, simulate, simulate_noisy
 from qpeft.utils.errors import UsageError
 
-ANGLE_INITS = ("uniform", "normal", "zeros")
 #: Standard deviation of the "normal" angle initialisation (radians).
 NORMAL_ANGLE_STD = 0.1
 
@@ -40,14 +39,18 @@ class NoiseSettings:
     seed: int
 
 
-class QAALinear(nn.Module):
+class QAALinear(nn.Module, AdapterLayer):
     """y = W0 x + s (W_up z(x) + b) around a frozen ``nn.Linear`` or GPT-2 ``Conv1D``.
 
     ``qaa_angles`` (``spec.angle_shape``), ``qaa_up`` (out x readout width, zero-initialised so
     that the model starts exactly at the base model) and ``qaa_bias`` (out, zeros; absent
     with ``bias=False``) are float32 whatever the base layer's dtype; the circuit always runs
-    in float32 (or float64 for float64 inputs), also under bf16/fp16 autocast.
+    in float32 (or float64 for float64 inputs), also under bf16/fp16 autocast. The update is
+    non-linear in x: there is no ΔW (``get_delta_weight`` raises) and no merge.
     """
+
+    adapter_param_names = ("qaa_angles", "qaa_up", "qaa_bias")
+    label = "QAA"
 
     def __init__(
         self,
@@ -63,9 +66,7 @@ class QAALinear(nn.Module):
         super().__init__()
         if angle_init not in ANGLE_INITS:
             raise UsageError(f"unknown QAA angle_init {angle_init!r}; choose one of {', '.join(ANGLE_INITS)}")
-        self.base_layer = base_layer
-        self.in_features, self.out_features = linear_shape(base_layer)
-        self.is_conv1d = isinstance(base_layer, Conv1D)
+        self._wrap_base_layer(base_layer)
         self.spec = CircuitSpec(n_qubits_for_width(self.in_features), layers, ansatz, readout)
         self.scale = float(scale)
         self.memory_lean = memory_lean
@@ -73,9 +74,14 @@ class QAALinear(nn.Module):
         self.qaa_angles = nn.Parameter(init_angles(self.spec.angle_shape, angle_init, device))
         self.qaa_up = nn.Parameter(torch.zeros(self.out_features, self.spec.output_dim, device=device))
         self.qaa_bias = nn.Parameter(torch.zeros(self.out_features, device=device)) if bias else None
-        self.merged = False
+        self.inference_form = False
         self.noise: NoiseSettings | None = None
         self._generator: torch.Generator | None = None
+
+    @classmethod
+    def from_config(cls, base_layer: nn.Module, config: QAAConfig) -> QAALinear:
+        return cls(base_layer, config.layers, config.ansatz, config.readout, config.scale, config.bias,
+                   config.angle_init, config.memory_lean)
 
     @property
     def n_qubits(self) -> int:
@@ -97,8 +103,8 @@ class QAALinear(nn.Module):
         with torch.autocast(x.device.type, enabled=False):
             if self.noise is not None:
                 update = self._update(self._noisy_readout(x), x)
-            elif self.merged:
-                update = self._merged_update(x)
+            elif self.inference_form:
+                update = self._inference_update(x)
             else:
                 update = self._update(simulate(x, self.qaa_angles, self.spec, memory_lean=self.memory_lean), x)
         return result + update.to(result.dtype)
@@ -117,26 +123,29 @@ class QAALinear(nn.Module):
             z = simulate(x.to(dtype), angles, self.spec, memory_lean=self.memory_lean)
             return self._update(z, x)
 
-    def merge(self) -> None:
-        """Switch to the inference-only form: no autograd, the scale folded into W_up and b once."""
+    def to_inference(self) -> None:
+        """Switch to the inference-only form: no autograd, s W_up and s b cached once (not persistent buffers).
+
+        The base weight is untouched: unlike SoRA's ``merge``, nothing folds into it.
+        """
         with torch.no_grad():
-            self.register_buffer("merged_up", (self.qaa_up.detach().float() * self.scale).contiguous(),
+            self.register_buffer("inference_up", (self.qaa_up.detach().float() * self.scale).contiguous(),
                                  persistent=False)
             bias = None if self.qaa_bias is None else (self.qaa_bias.detach().float() * self.scale).contiguous()
-            self.register_buffer("merged_bias", bias, persistent=False)
-        self.merged = True
+            self.register_buffer("inference_bias", bias, persistent=False)
+        self.inference_form = True
 
-    def unmerge(self) -> None:
-        """Back to the training form (after training further, ``merge()`` again)."""
-        for name in [n for n in self._buffers if n.startswith("merged_")]:
+    def to_training(self) -> None:
+        """Back to the training form (after training further, ``to_inference()`` again)."""
+        for name in [n for n in self._buffers if n.startswith("inference_")]:
             delattr(self, name)
-        self.merged = False
+        self.inference_form = False
 
     @torch.no_grad()
-    def _merged_update(self, x: Tensor) -> Tensor:
+    def _inference_update(self, x: Tensor) -> Tensor:
         z = simulate(x, self.qaa_angles.detach(), self.spec)
-        return _affine(z, self.merged_up.to(z.dtype), None if self.merged_bias is None else
-                       self.merged_bias.to(z.dtype), x)
+        return _affine(z, self.inference_up.to(z.dtype), None if self.inference_bias is None else
+                       self.inference_bias.to(z.dtype), x)
 
     def set_noise(self, shots: int | None, depolarizing: float, seed: int) -> None:
         """Evaluate with finite shots and/or depolarising noise (None and 0.0 together: back to exact)."""
@@ -166,7 +175,7 @@ class QAALinear(nn.Module):
         spec = self.spec
         return (f"in={self.in_features}, out={self.out_features}, qubits={spec.n_qubits}, layers={spec.n_layers}, "
                 f"ansatz={spec.ansatz}, readout={spec.readout}, scale={self.scale:g}, bias={self.has_bias}"
-                + (", merged" if self.merged else ""))
+                + (", inference form" if self.inference_form else ""))
 
 
 def _affine(z: Tensor, up: Tensor, bias: Tensor | None, x: Tensor) -> Tensor:
@@ -191,27 +200,3 @@ def init_angles(shape: tuple[int, ...], how: str, device: torch.device | None = 
     if how == "zeros":
         return torch.zeros(shape, device=device)
     raise UsageError(f"unknown QAA angle_init {how!r}; choose one of {', '.join(ANGLE_INITS)}")
-
-
-def qaa_layers(model: nn.Module) -> Iterator[tuple[str, QAALinear]]:
-    """(name, layer) for every QAA layer of ``model``; the name is that of the wrapped module."""
-    return adapter_layers(model, QAALinear)
-
-
-def inject(
-    model: nn.Module,
-    layers: int,
-    ansatz: str = "ry",
-    readout: str = "z",
-    scale: float = 1.0,
-    bias: bool = True,
-    angle_init: str = "uniform",
-    memory_lean: bool = True,
-    target_modules: str = "auto",
-    names: list[str] | None = None,
-) -> dict[str, QAALinear]:
-    """Wrap the target linear layers (by ``target_modules`` rules, or exactly ``names``) in place."""
-    return wrap_linear_modules(
-        model, target_modules, names,
-        lambda module: QAALinear(module, layers, ansatz, readout, scale, bias, angle_init, memory_lean), "QAA",
-    )

@@ -1,4 +1,7 @@
-"""The QAA method: the hooks of the method contract (its config, eval options and robustness grid are in ``config``)."""
+"""The QAA method: the recipe hooks of the method contract.
+
+Its config, eval options and robustness grid are in ``config``, the adapter on a model in ``model``.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +12,10 @@ import torch
 from torch import nn
 
 from qpeft.methods.base import EvalOptions, Method
-from qpeft.methods.qaa.adapter import adapter_from_model, module_state, read_adapter, write_adapter
 from qpeft.methods.qaa.capacity import jacobian_capacity
 from qpeft.methods.qaa.config import ROBUSTNESS_GRID, QAAConfig, QAAEvalOptions
-from qpeft.methods.qaa.layer import inject, qaa_layers
+from qpeft.methods.qaa.model import adapter_from_model, from_pretrained, inject, qaa_layers, write_adapter
 from qpeft.methods.qaa.resources import resource_figures
-from qpeft.methods.serialization import load_adapter_tensors
 from qpeft.utils.errors import UsageError
 
 
@@ -29,24 +30,15 @@ class QAA(Method):
     def prepare(self, model: nn.Module, config: QAAConfig) -> nn.Module:
         config.validate()
         model.requires_grad_(False)
-        inject(model, config.layers, config.ansatz, config.readout, config.scale, config.bias, config.angle_init,
-               config.memory_lean, config.target_modules)
+        inject(model, config)
         return model
 
     def save(self, model: nn.Module, config: QAAConfig, out_dir: Path) -> None:
         write_adapter(adapter_from_model(model, config.to_dict()), out_dir)
 
     def load(self, base_model: nn.Module, adapter_dir: Path) -> nn.Module:
-        """The trained model in its merged, inference-only form."""
-        adapter = read_adapter(adapter_dir)
-        config = QAAConfig.from_dict(adapter.config)
-        base_model.requires_grad_(False)
-        layers = inject(base_model, config.layers, config.ansatz, config.readout, config.scale, config.bias,
-                        "zeros", config.memory_lean, names=list(adapter.modules))
-        load_adapter_tensors(layers, {name: module_state(m) for name, m in adapter.modules.items()}, "QAA")
-        for layer in layers.values():
-            layer.merge()
-        return base_model.requires_grad_(False).eval()
+        """The trained model in its inference-only form (``QAALinear.to_inference``)."""
+        return from_pretrained(base_model, adapter_dir)
 
     def create_optimizer(
         self, model: nn.Module, config: QAAConfig, weight_decay: float, max_steps: int

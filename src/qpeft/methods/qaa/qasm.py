@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from qpeft.methods.qaa.adapter import QAAAdapter
+from qpeft.methods.qaa.model import QAAAdapter
 from qpeft.quantum import to_qasm
 from qpeft.utils.atomic import write_json
 from qpeft.utils.errors import UsageError

@@ -15,16 +15,20 @@ is *now* below it, so entries between the threshold and twice the threshold die 
 threshold is λ itself, not learning rate x λ). qpeft applies the exact
 proximal operator, scaled by the gate's scheduled learning rate, prunes dead ranks and
 exports a standard LoRA adapter.
+
+Files, as in every PEFT tuner: ``config`` (the options), ``layer`` (``SoRALinear``),
+``model`` (inject, find layers, save and load the adapter folder), plus ``optim`` (the
+proximal optimiser), ``export`` (to a PEFT LoRA adapter) and ``method`` (the recipe hooks).
 """
 
-from qpeft.methods.sora.adapter import SoRAAdapter, read_adapter
 from qpeft.methods.sora.config import SoRAConfig
 from qpeft.methods.sora.export import AllRanksPruned, export_lora
-from qpeft.methods.sora.layer import SoRALinear, inject, sora_layers
+from qpeft.methods.sora.layer import SoRALinear
 from qpeft.methods.sora.method import SoRA
+from qpeft.methods.sora.model import SoRAAdapter, from_pretrained, inject, read_adapter, sora_layers
 from qpeft.methods.sora.optim import SCHEDULES, SoRAAdamW, soft_threshold, soft_threshold_, sparsity_at
 
 __all__ = [
     "SCHEDULES", "AllRanksPruned", "SoRA", "SoRAAdamW", "SoRAAdapter", "SoRAConfig", "SoRALinear", "export_lora",
-    "inject", "read_adapter", "soft_threshold", "soft_threshold_", "sora_layers", "sparsity_at",
+    "from_pretrained", "inject", "read_adapter", "soft_threshold", "soft_threshold_", "sora_layers", "sparsity_at",
 ]

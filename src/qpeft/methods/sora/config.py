@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from qpeft.methods.base import MethodConfig
-from qpeft.methods.sora.layer import GATE_INITS
 from qpeft.methods.sora.optim import SCHEDULES
 from qpeft.utils.errors import UsageError
+
+#: How the gates start (``gate_init``).
+GATE_INITS = ("ones", "normal")
 
 
 @dataclass

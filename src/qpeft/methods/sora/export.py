@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from qpeft.methods.sora.adapter import SoRAAdapter
+from qpeft.methods.sora.model import SoRAAdapter
 from qpeft.utils.errors import UsageError
 
 

@@ -1,4 +1,7 @@
-"""The SoRA method: the hooks of the method contract (its config is in ``config``)."""
+"""The SoRA method: the recipe hooks of the method contract.
+
+Its config is in ``config``, the adapter on a model (inject, save, load) in ``model``.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +13,9 @@ import torch
 from torch import nn
 
 from qpeft.methods.base import Method
-from qpeft.methods.serialization import load_adapter_tensors
-from qpeft.methods.sora.adapter import adapter_from_model, module_state, read_adapter, write_adapter
 from qpeft.methods.sora.config import SoRAConfig
 from qpeft.methods.sora.export import AllRanksPruned, export_lora
-from qpeft.methods.sora.layer import inject, sora_layers
+from qpeft.methods.sora.model import adapter_from_model, from_pretrained, inject, sora_layers, write_adapter
 from qpeft.methods.sora.optim import SoRAAdamW, gate_group
 
 log = logging.getLogger(__name__)
@@ -29,19 +30,14 @@ class SoRA(Method):
 
     def prepare(self, model: nn.Module, config: SoRAConfig) -> nn.Module:
         model.requires_grad_(False)
-        inject(model, config.r, config.alpha, config.dropout, config.gate_init, config.target_modules)
+        inject(model, config)
         return model
 
     def save(self, model: nn.Module, config: SoRAConfig, out_dir: Path) -> None:
         write_adapter(adapter_from_model(model, config.to_dict()), out_dir)
 
     def load(self, base_model: nn.Module, adapter_dir: Path) -> nn.Module:
-        adapter = read_adapter(adapter_dir)
-        config = SoRAConfig.from_dict(adapter.config)
-        base_model.requires_grad_(False)
-        layers = inject(base_model, config.r, config.alpha, 0.0, config.gate_init, names=list(adapter.modules))
-        load_adapter_tensors(layers, {name: module_state(w) for name, w in adapter.modules.items()}, "SoRA")
-        return base_model.eval()
+        return from_pretrained(base_model, adapter_dir)
 
     def create_optimizer(
         self, model: nn.Module, config: SoRAConfig, weight_decay: float, max_steps: int
@@ -97,4 +93,4 @@ class SoRA(Method):
     def delta_weights(self, model: nn.Module, base_model: nn.Module) -> dict[str, torch.Tensor]:
         """(alpha / r) B diag(g) A of every SoRA layer, out x in: with the gates, so a pruned rank does not count."""
         with torch.no_grad():
-            return {name: layer.delta_weight().detach().float().cpu() for name, layer in sora_layers(model)}
+            return {name: layer.get_delta_weight().detach().float().cpu() for name, layer in sora_layers(model)}
