@@ -15,7 +15,7 @@ from transformers import DataCollatorForSeq2Seq, PreTrainedTokenizerBase, Stoppi
 
 from qpeft.data import Example, TestItem, reference_pairs
 from qpeft.data.prompts import IGNORE_INDEX, encode_examples, encode_prompt
-from qpeft.evaluation.metrics import bleu, per_item_scores
+from qpeft.evaluation.metrics import corpus_scores, per_item_scores
 from qpeft.settings import EvalSettings
 from qpeft.utils.atomic import write_text_atomic
 
@@ -181,8 +181,7 @@ def evaluate(
             for i, (index, item, prediction) in enumerate(zip(indices, items, predictions, strict=True))
         ]
         write_text_atomic(predictions_path, "\n".join(lines) + "\n")
-    scores: dict[str, Any] = {"bleu": bleu(predictions, references),
-                              **{name: sum(values) / len(values) for name, values in item_scores.items()}}
+    scores: dict[str, Any] = corpus_scores(predictions, references, item_scores)
     scores["test_loss"] = (
         test_loss(model, tokenizer, reference_pairs(items), template, max_length, settings.batch_size, shots)
         if settings.test_loss else None

@@ -43,6 +43,9 @@ def validation_loss(
     splits: DataSplits, tokenizer: PreTrainedTokenizerBase, settings: TrainSettings, seed: int
 ) -> ValidationLoss | None:
     """The validation measurement of a run, or None when there is no validation split or it is switched off."""
+    if not settings.validation_items:
+        log.info("--validation-items 0: the run records no validation loss")
+        return None
     sample = validation_sample(splits.validation, settings.validation_items, seed)
     if not sample:
         log.warning("no validation examples: the run records no validation loss")
