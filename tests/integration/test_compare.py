@@ -238,3 +238,13 @@ def test_a_run_process_ends_with_the_comparison_that_started_it(tiny_llama_dir: 
     parent.wait()
     gone, alive = psutil.wait_procs(children, timeout=30)
     assert not alive, f"run processes outlived their comparison: {alive}"
+
+
+def test_a_misspelt_reference_is_refused_before_anything_is_written(
+    tiny_llama_dir: Path, toy_data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "cmp"
+    assert main(compare_args("lora", out, tiny_llama_dir, toy_data_dir, "--reference", "lroa")) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("qpeft: error: --reference: 'lroa'") and "\n" not in error
+    assert not out.exists()

@@ -31,7 +31,7 @@ from qpeft.evaluation.latency import paired_latency
 from qpeft.experiment.results import BASE, FAILED, FEWSHOT, build_payload, write_results
 from qpeft.experiment.run_dir import RunDir
 from qpeft.experiment.runs import base_run, evaluate_run, load_run, train_run
-from qpeft.methods import get_method
+from qpeft.methods import REGISTRY, get_method
 from qpeft.models import load_model, load_tokenizer
 from qpeft.settings import AnalysisSettings, Experiment
 from qpeft.training.trainer import TrainingDiverged, check_compatible
@@ -84,6 +84,11 @@ def compare(
         experiment = replace(experiment, eval=replace(experiment.eval, sample_seed=seeds[0]))
     analysis = analysis or AnalysisSettings()
     analysis.validate()
+    if analysis.reference not in (BASE, FEWSHOT, *REGISTRY):
+        # A misspelt reference is bad input, not a silent switch to the base model (which stands in only
+        # for a registered method that is not in this comparison).
+        raise UsageError(f"--reference: {analysis.reference!r} is neither a method ({', '.join(REGISTRY)}) "
+                         f"nor {BASE} / {FEWSHOT}")
     experiment.validate()
     for name in methods:
         method = get_method(name)
