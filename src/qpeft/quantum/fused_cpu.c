@@ -26,10 +26,17 @@ typedef struct {
 static _Thread_local REAL *scratch;
 static _Thread_local int64_t scratch_rows;
 
+#define ALIGN 64
+
+/* rows * CHUNK amplitudes, 64-byte aligned; NULL when they cannot be allocated. */
 static REAL *workspace(int64_t rows) {
     if (rows > scratch_rows) {
         free(scratch);
-        scratch = aligned_alloc(64, (size_t)rows * CHUNK * sizeof(REAL));
+        scratch = NULL;
+        scratch_rows = 0;
+        if ((uint64_t)rows > (SIZE_MAX - ALIGN) / (CHUNK * sizeof(REAL))) return NULL;
+        size_t size = (size_t)rows * CHUNK * sizeof(REAL);
+        scratch = aligned_alloc(ALIGN, (size + ALIGN - 1) / ALIGN * ALIGN); /* C11: a multiple of the alignment */
         scratch_rows = scratch ? rows : 0;
     }
     return scratch;
@@ -114,12 +121,20 @@ static void run(const Circuit *c, int64_t t0, int64_t tb, REAL **psi, REAL **spa
     }
 }
 
-/* Readout (tokens, n or 2**n): S^T |psi|^2 / |x|^2, or the probabilities. */
-void qaa_forward(const Circuit *c, REAL *out, int threads) {
+/* Readout (tokens, n or 2**n): S^T |psi|^2 / |x|^2, or the probabilities. Returns 0, or 1 where a thread
+ * could not allocate its buffers (its chunks are then left unwritten). */
+int qaa_forward(const Circuit *c, REAL *out, int threads) {
     int64_t dim = (int64_t)1 << c->n;
-#pragma omp parallel for schedule(static) num_threads(threads)
+    int failed = 0;
+    /* no return from inside the parallel loop: a failing chunk sets the flag, which the reduction ors together */
+#pragma omp parallel for schedule(static) num_threads(threads) reduction(| : failed)
     for (int64_t chunk = 0; chunk < (c->tokens + CHUNK - 1) / CHUNK; chunk++) {
-        REAL *psi = workspace(2 * dim + c->n + 1), *spare = psi + dim * CHUNK, *acc = spare + dim * CHUNK;
+        REAL *psi = workspace(2 * dim + c->n + 1);
+        if (!psi) {
+            failed |= 1;
+            continue;
+        }
+        REAL *spare = psi + dim * CHUNK, *acc = spare + dim * CHUNK;
         REAL *norm_sq = acc + c->n * CHUNK;
         int64_t t0 = chunk * CHUNK, tb = c->tokens - t0 < CHUNK ? c->tokens - t0 : CHUNK;
         run(c, t0, tb, &psi, &spare, norm_sq);
@@ -150,6 +165,7 @@ void qaa_forward(const Circuit *c, REAL *out, int threads) {
                 }
         }
     }
+    return failed;
 }
 
 static double lane_sum(const REAL *acc) {
@@ -236,12 +252,19 @@ static void unrotate_layer(REAL *psi, REAL *lam, int64_t n, const REAL *cos, con
  * by gate: each rotation is undone on the state (R^T) while the adjoint goes through it, and
  * dL/dtheta = 1/2 sum (lam1 b0 - lam0 b1) over the amplitude pairs and tokens just after the gate.
  * The readout r(x) / |x|^2 has r quadratic in x, so x . d(r.g)/dx = 2 r.g (Euler): the share of the
- * norm, -2x (r.g) / |x|^4, is minus the radial part of the rest, and r itself is not needed. */
-void qaa_backward(const Circuit *c, const REAL *grad_out, REAL *grad_x, double *grad_angles, int threads) {
+ * norm, -2x (r.g) / |x|^4, is minus the radial part of the rest, and r itself is not needed.
+ * Returns 0, or 1 where a thread could not allocate its buffers, as qaa_forward. */
+int qaa_backward(const Circuit *c, const REAL *grad_out, REAL *grad_x, double *grad_angles, int threads) {
     int64_t dim = (int64_t)1 << c->n, n_out = c->z_readout ? c->n : dim;
-#pragma omp parallel for schedule(static) num_threads(threads)
+    int failed = 0;
+#pragma omp parallel for schedule(static) num_threads(threads) reduction(| : failed)
     for (int64_t chunk = 0; chunk < (c->tokens + CHUNK - 1) / CHUNK; chunk++) {
-        REAL *psi = workspace(4 * dim + 3), *spare = psi + dim * CHUNK, *lam = spare + dim * CHUNK;
+        REAL *psi = workspace(4 * dim + 3);
+        if (!psi) {
+            failed |= 1;
+            continue;
+        }
+        REAL *spare = psi + dim * CHUNK, *lam = spare + dim * CHUNK;
         REAL *lam_spare = lam + dim * CHUNK, *acc = lam_spare + dim * CHUNK, *norm_sq = acc + 2 * CHUNK;
         int64_t t0 = chunk * CHUNK, tb = c->tokens - t0 < CHUNK ? c->tokens - t0 : CHUNK;
         run(c, t0, tb, &psi, &spare, norm_sq);
@@ -291,6 +314,7 @@ void qaa_backward(const Circuit *c, const REAL *grad_out, REAL *grad_x, double *
             for (int64_t k = 0; k < c->width; k++) grad_x[(t0 + t) * c->width + k] = lam[k * CHUNK + t] - row[k] * radial;
         }
     }
+    return failed;
 }
 
 int64_t qaa_chunk(void) { return CHUNK; }

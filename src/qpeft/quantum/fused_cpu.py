@@ -18,18 +18,32 @@ that gate: d/dθ of RY(θ) is RY(θ) times half the 2 x 2 generator [[0, -1], [1
 with b the state and λ the adjoint just after the gate.
 
 The C file is compiled on first use with the system's C compiler (``$CC``, else ``cc``), for
-this machine's vector instructions, into the qpeft cache (``$QPEFT_CACHE/kernels``), and
-loaded with ctypes: plain C, no Python headers, so it builds in about a second, and the only
-memory it adds is its buffers. Without a compiler, ``available(dtype)`` is False and the PyTorch
-simulator runs instead. The chunks are spread over as many threads as PyTorch uses, on
-PyTorch's own OpenMP threads (see the C file).
+this machine's vector instructions (``-march=native``), and loaded with ctypes: plain C, no Python
+headers, so it builds in about a second, and the only memory it adds is its buffers. Without a
+compiler, ``available(dtype)`` is False and the PyTorch simulator runs instead. The chunks are
+spread over as many threads as PyTorch uses, on PyTorch's own OpenMP threads (see the C file).
+
+The builds are cached in ``$QPEFT_CACHE/kernels``, a folder that machines may share (a cluster
+home directory). A build is keyed by what decides whether it runs here, not by the host name:
+the compiler (its path and ``--version``), the flags, the source, the machine architecture and
+the CPU's feature set (the ``flags``, on ARM ``Features``, line of /proc/cpuinfo, elsewhere
+``platform.processor()``), so a CPU without this one's vector instructions never loads its build.
+Each library is written under a temporary name and moved into place, beside a JSON record of its
+sha256 and its key's inputs; a cached library is loaded only when its record matches this machine
+and its bytes match the record, and is rebuilt otherwise (with a warning). That catches foreign,
+partial and corrupted files; it is no defence against someone who may write the folder, who can
+write a matching record too. Where the cache folder cannot be written, the kernel is built into a
+private temporary folder for this process (one warning); where that fails too, the PyTorch
+simulator runs. A kernel that cannot allocate its buffers raises MemoryError.
 """
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import functools
 import hashlib
+import json
 import os
 import platform
 import shutil
@@ -37,12 +51,14 @@ import subprocess
 import tempfile
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from qpeft.quantum.circuit import CircuitSpec, ring_permutation
+from qpeft.utils.atomic import write_json
 from qpeft.utils.cache import cache_dir
 
 SOURCE = Path(__file__).with_suffix(".c")
@@ -66,37 +82,154 @@ class _Circuit(ctypes.Structure):
                 ("inverse", ctypes.c_void_p), ("forward", ctypes.c_void_p), ("z_readout", ctypes.c_int)]
 
 
+_FLAGS = ("-O3", "-std=gnu11", "-shared", "-fPIC")
+# this machine's vector instructions and OpenMP where the compiler has them: the first set that compiles
+_EXTRA_FLAGS = (("-march=native", "-fopenmp"), ("-fopenmp",), ("-march=native",), ())
+
+
+def cpu_features(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU's instruction-set features (-march=native builds for them), else ``platform.processor()``."""
+    try:
+        with cpuinfo.open() as lines:
+            for line in lines:
+                name, _, value = line.partition(":")
+                if name.strip() in ("flags", "Features"):  # x86, ARM
+                    return " ".join(sorted(set(value.split())))
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def compiler_identity(compiler: str) -> tuple[str, str] | None:
+    """The compiler's path and ``--version`` output; None where it is not found or does not run."""
+    path = shutil.which(compiler)
+    if path is None:
+        return None
+    try:
+        result = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return (path, result.stdout + result.stderr) if result.returncode == 0 else None
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def key_inputs(compiler: tuple[str, str], real: str, features: str, source: bytes) -> dict[str, Any]:
+    """What decides whether a build runs here, as JSON values (the record stores it, the name hashes it)."""
+    return {"compiler": compiler[0], "compiler_version": compiler[1], "flags": [*_FLAGS, f"-DREAL={real}"],
+            "extra_flags": [list(extra) for extra in _EXTRA_FLAGS], "machine": platform.machine(),
+            "cpu_features": _sha256(features.encode()), "source": _sha256(source)}
+
+
+def build_key(inputs: dict[str, Any]) -> str:
+    return _sha256(json.dumps(inputs, sort_keys=True).encode())
+
+
+def _record_path(library: Path) -> Path:
+    return library.with_suffix(".json")
+
+
+def verified(library: Path, inputs: dict[str, Any]) -> bool:
+    """Whether ``library`` has a record, that record matches ``inputs`` and the file matches the record."""
+    try:
+        record = json.loads(_record_path(library).read_text())  # untrusted: anyone sharing the folder wrote it
+        data = library.read_bytes()
+    except (OSError, ValueError, RecursionError):
+        return False
+    return (isinstance(record, dict) and record.get("inputs") == inputs
+            and isinstance(record.get("sha256"), str) and record["sha256"] == _sha256(data))
+
+
 @functools.cache
 def _library(real: str) -> ctypes.CDLL | None:
-    """The kernel compiled for ``real`` ("float" or "double"), building it on first use; None without a compiler."""
+    """The kernel compiled for ``real`` ("float" or "double"), building it on first use (or where the cached
+    build is not verified); None without a compiler or any folder to build in."""
     compiler = os.environ.get("CC", "cc")
-    flags = ["-O3", "-std=gnu11", "-shared", "-fPIC", f"-DREAL={real}"]
-    source = SOURCE.read_bytes()
-    key = hashlib.sha256(source + " ".join([compiler, *flags, platform.node(), platform.machine()]).encode())
-    target = cache_dir() / "kernels" / f"fused_cpu-{real}-{key.hexdigest()[:16]}.so"
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
-            built = Path(scratch) / target.name
-            error = ""
-            # this machine's vector instructions and OpenMP where the compiler has them
-            for extra in (["-march=native", "-fopenmp"], ["-fopenmp"], ["-march=native"], []):
-                result = subprocess.run([compiler, *flags, *extra, str(SOURCE), "-o", str(built)],
-                                        capture_output=True, text=True) if shutil.which(compiler) else None
-                if result is None or result.returncode == 0:
-                    break
-                error = result.stderr.strip()
-            if result is None or result.returncode != 0:
-                reason = "not found" if result is None else error[:200]
-                warnings.warn(f"qpeft: could not compile the fused QAA kernel with {compiler} ({reason}); "
-                              "QAA runs on the slower PyTorch simulator", stacklevel=2)
-                return None
-            os.replace(built, target)  # atomic: a concurrent process sees the whole file or none
-    library = ctypes.CDLL(str(target))
+    identity = compiler_identity(compiler)
+    if identity is None:
+        _no_kernel(f"could not compile the fused QAA kernel with {compiler} (not found, or --version failed)")
+        return None
+    inputs = key_inputs(identity, real, cpu_features(), SOURCE.read_bytes())
+    target = cache_dir() / "kernels" / f"fused_cpu-{real}-{build_key(inputs)[:16]}.so"
+    if target.exists():
+        if verified(target, inputs):
+            return _load(target)
+        warnings.warn(f"qpeft: not loading {target}: it is not the build its record describes for this machine "
+                      "(a foreign, altered or partial file); rebuilding it", stacklevel=2)
+    built = _build_anywhere(target, inputs)
+    return None if built is None else _load(built)
+
+
+def _no_kernel(reason: str) -> None:
+    warnings.warn(f"qpeft: {reason}; QAA runs on the slower PyTorch simulator", stacklevel=2)
+
+
+def _build_anywhere(target: Path, inputs: dict[str, Any]) -> Path | None:
+    """Build into ``target``'s folder, else into a private temporary one; None where neither works."""
+    try:
+        return _build(target.parent, target.name, inputs)
+    except OSError as error:
+        reason = error.strerror or str(error)
+    try:
+        return _build(_private_folder(target.parent, reason), target.name, inputs)
+    except OSError as error:
+        _no_kernel(f"could not write the fused QAA kernel anywhere ({error})")
+        return None
+
+
+@functools.cache
+def _private_folder(cache: Path, reason: str) -> Path:
+    """A temporary folder of this process's own, made (and warned about) once per unwritable cache folder."""
+    folder = Path(tempfile.mkdtemp(prefix="qpeft-kernels-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    warnings.warn(f"qpeft: cannot write the kernel cache {cache} ({reason}); building the fused QAA kernel "
+                  f"into the private temporary folder {folder} instead", stacklevel=2)
+    return folder
+
+
+def _build(folder: Path, name: str, inputs: dict[str, Any]) -> Path | None:
+    """Compile into ``folder / name`` with its record beside it, through a temporary name; None where it does
+    not compile (with a warning). Raises OSError where the folder cannot be written."""
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / name
+    with tempfile.TemporaryDirectory(dir=folder) as scratch:
+        built = Path(scratch) / name
+        used = _compile(inputs["compiler"], inputs["flags"], built)
+        if used is None:
+            return None
+        # the record first: a process that finds the library then finds its record
+        write_json(_record_path(target), {"sha256": _sha256(built.read_bytes()), "inputs": inputs,
+                                          "flags_used": used})
+        os.replace(built, target)  # atomic: a concurrent process sees the whole file or none
+    return target
+
+
+def _compile(compiler: str, flags: list[str], output: Path) -> list[str] | None:
+    """Compile the source into ``output`` with the first extra flags that work: those flags, or None (warned)."""
+    error = ""
+    for extra in _EXTRA_FLAGS:
+        result = subprocess.run([compiler, *flags, *extra, str(SOURCE), "-o", str(output)],
+                                capture_output=True, text=True)
+        if result.returncode == 0:
+            return list(extra)
+        error = result.stderr.strip()
+    _no_kernel(f"could not compile the fused QAA kernel with {compiler} ({error[:200]})")
+    return None
+
+
+def _load(library: Path) -> ctypes.CDLL:
+    loaded = ctypes.CDLL(str(library))
     for name in ("qaa_forward", "qaa_backward"):
-        getattr(library, name).restype = None
-    library.qaa_chunk.restype = ctypes.c_int64
-    return library
+        getattr(loaded, name).restype = ctypes.c_int  # 0, or nonzero where its buffers could not be allocated
+    loaded.qaa_chunk.restype = ctypes.c_int64
+    return loaded
+
+
+def _check(status: int) -> None:
+    if status:
+        raise MemoryError("qpeft: the fused QAA kernel could not allocate its buffers")
 
 
 def _pointer(array: np.ndarray | Tensor) -> ctypes.c_void_p:
@@ -113,11 +246,12 @@ class FusedCircuit(torch.autograd.Function):
         x = x2.detach().contiguous()
         library, circuit, keep = _circuit(x, angles, spec)
         out = torch.empty(x.shape[0], spec.output_dim, dtype=x.dtype)
-        library.qaa_forward(ctypes.byref(circuit), _pointer(out), torch.get_num_threads())
+        _check(library.qaa_forward(ctypes.byref(circuit), _pointer(out), torch.get_num_threads()))
         del keep
         return out
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # the C backward is not differentiable: a second derivative raises
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
         x2, angles = ctx.saved_tensors
         spec: CircuitSpec = ctx.spec
@@ -126,8 +260,8 @@ class FusedCircuit(torch.autograd.Function):
         grad = grad.to(x.dtype).contiguous()
         grad_x = torch.empty_like(x)
         grad_angles = np.zeros((-(-x.shape[0] // library.qaa_chunk()), *angles.shape), dtype=np.float64)
-        library.qaa_backward(ctypes.byref(circuit), _pointer(grad), _pointer(grad_x), _pointer(grad_angles),
-                             torch.get_num_threads())
+        _check(library.qaa_backward(ctypes.byref(circuit), _pointer(grad), _pointer(grad_x), _pointer(grad_angles),
+                                    torch.get_num_threads()))
         del keep
         return grad_x, torch.from_numpy(grad_angles.sum(0)).to(angles.dtype), None
 
