@@ -212,9 +212,14 @@ class AdapterLayer:
     def load_saved(
         cls: type[Layer], base_model: nn.Module, config: Any, saved: dict[str, dict[str, torch.Tensor | None]]
     ) -> dict[str, Layer]:
-        """Freeze ``base_model``, inject a layer at every saved module and copy the saved tensors in."""
+        """Freeze ``base_model``, inject a layer at every saved module and copy the saved tensors in.
+
+        Every module's tensors are checked before any is copied, so a mismatch leaves no layer half loaded.
+        """
         base_model.requires_grad_(False)
         layers = cls.inject(base_model, config, list(saved))
+        for name, layer in layers.items():
+            layer.check_adapter_state(saved[name], name)
         for name, layer in layers.items():
             layer.load_adapter_state(saved[name], name)
         return layers
@@ -231,22 +236,26 @@ class AdapterLayer:
             values[name] = None if tensor is None else tensor.detach().cpu().clone()
         return values
 
-    def load_adapter_state(self, saved: dict[str, torch.Tensor | None], module: str) -> None:
-        """Copy saved tensors into the parameters of the same name, each shape checked first.
+    def check_adapter_state(self, saved: dict[str, torch.Tensor | None], module: str) -> None:
+        """The saved tensors fit the layer's parameters of the same name: present where they are, of their shape.
 
         A tensor absent (None, or left out) in ``saved`` must be absent in the layer.
         """
+        for key in self.adapter_param_names:
+            param, value = getattr(self, key), saved.get(key)
+            if (param is None) != (value is None):
+                raise UsageError(f"{self.label} adapter module {module!r}: {key} does not match the config")
+            if value is not None and param.shape != value.shape:
+                raise UsageError(f"{self.label} adapter module {module!r}: {key} has shape {tuple(value.shape)}, "
+                                 f"the layer's is {tuple(param.shape)}")
+
+    def load_adapter_state(self, saved: dict[str, torch.Tensor | None], module: str) -> None:
+        """Copy saved tensors into the parameters of the same name, after ``check_adapter_state``."""
+        self.check_adapter_state(saved, module)
         with torch.no_grad():
             for key in self.adapter_param_names:
-                param, value = getattr(self, key), saved.get(key)
-                if (param is None) != (value is None):
-                    raise UsageError(f"{self.label} adapter module {module!r}: {key} does not match the config")
-                if value is None:
-                    continue
-                if param.shape != value.shape:
-                    raise UsageError(f"{self.label} adapter module {module!r}: shape {tuple(value.shape)} does not "
-                                     f"fit {tuple(param.shape)}")
-                param.copy_(value)
+                if saved.get(key) is not None:
+                    getattr(self, key).copy_(saved[key])
 
 
 Layer = TypeVar("Layer", bound=AdapterLayer)

@@ -6,11 +6,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig, get_peft_model
 from peft.tuners.lora import LoraLayer
 from torch import nn
 
 from qpeft.methods.base import Method, MethodConfig
+from qpeft.methods.serialization import load_peft_adapter
 from qpeft.methods.targets import find_target_modules, peft_target_modules
 from qpeft.utils.errors import UsageError
 
@@ -53,7 +54,7 @@ class LoRA(Method):
         model.save_pretrained(out_dir)
 
     def load(self, base_model: nn.Module, adapter_dir: Path) -> nn.Module:
-        return PeftModel.from_pretrained(base_model, adapter_dir)
+        return load_peft_adapter(base_model, adapter_dir, "LORA", "LoRA")
 
     def delta_weights(self, model: nn.Module, base_model: nn.Module) -> dict[str, torch.Tensor]:
         """scaling * B @ A of every LoRA layer, out x in (also for GPT-2's transposed Conv1D).

@@ -24,6 +24,7 @@ from transformers import PreTrainedTokenizerBase
 
 from qpeft.data import Example
 from qpeft.methods.base import Method, MethodConfig
+from qpeft.methods.serialization import load_peft_adapter
 from qpeft.utils.compat import check_library_versions
 from qpeft.utils.errors import UsageError
 
@@ -150,7 +151,7 @@ class PrefixTuning(Method):
 
     def load(self, base_model: nn.Module, adapter_dir: Path) -> nn.Module:
         check_library_versions()
-        return as_prefix_model(PeftModel.from_pretrained(base_model, adapter_dir))
+        return as_prefix_model(load_peft_adapter(base_model, adapter_dir, "PREFIX_TUNING", "Prefix tuning"))
 
 
 @torch.no_grad()

@@ -9,18 +9,18 @@ that layout (``qaa_config.json`` + ``qaa_adapter.safetensors``) load as well.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from qpeft.methods.qaa.config import QAAConfig
 from qpeft.methods.qaa.layer import QAALinear
-from qpeft.methods.serialization import AdapterFormat, SavedAdapter
-from qpeft.quantum import CircuitSpec
+from qpeft.methods.serialization import AdapterFormat, SavedAdapter, check_shape
+from qpeft.quantum import CircuitSpec, n_qubits_for_width
+from qpeft.utils.errors import UsageError
 
 
 @dataclass
@@ -35,6 +35,10 @@ class ModuleAdapter:
     bias: torch.Tensor | None = None
     conv1d: bool = False
 
+    fact_types: ClassVar[dict[str, type]] = {
+        "in_features": int, "out_features": int, "conv1d": bool, "n_qubits": int, "layers": int, "ansatz": str,
+        "readout": str, "bias": bool}
+
     @classmethod
     def from_layer(cls, layer: QAALinear) -> ModuleAdapter:
         state = layer.adapter_state()
@@ -43,9 +47,17 @@ class ModuleAdapter:
 
     @classmethod
     def from_saved(cls, tensors: dict[str, torch.Tensor], facts: dict[str, Any]) -> ModuleAdapter:
-        spec = CircuitSpec(int(facts["n_qubits"]), int(facts["layers"]), facts["ansatz"], facts["readout"])
-        return cls(spec, int(facts["in_features"]), int(facts["out_features"]), tensors["qaa_angles"],
-                   tensors["qaa_up"], tensors.get("qaa_bias"), bool(facts["conv1d"]))
+        """The module from checked facts (``fact_types``); tensors whose shapes the facts contradict are refused."""
+        spec = CircuitSpec(facts["n_qubits"], facts["layers"], facts["ansatz"], facts["readout"])
+        in_features, out_features = facts["in_features"], facts["out_features"]
+        if spec.n_qubits != n_qubits_for_width(in_features):  # the amplitude embedding fixes the qubits
+            raise UsageError(f"n_qubits {spec.n_qubits} does not fit in_features {in_features}")
+        check_shape("qaa_angles", tensors["qaa_angles"], spec.angle_shape)
+        check_shape("qaa_up", tensors["qaa_up"], (out_features, spec.output_dim))
+        if facts["bias"]:
+            check_shape("qaa_bias", tensors["qaa_bias"], (out_features,))
+        return cls(spec, in_features, out_features, tensors["qaa_angles"], tensors["qaa_up"], tensors.get("qaa_bias"),
+                   facts["conv1d"])
 
     def state(self) -> dict[str, torch.Tensor | None]:
         """The tensors under the layer's parameter names (``QAALinear.adapter_param_names``)."""
@@ -66,6 +78,7 @@ class QAAAdapter(SavedAdapter):
     layer_class = QAALinear
     module_class = ModuleAdapter
     adapter_format = AdapterFormat("qaa", "qpeft-qaa/1", "QAA")
+    config_class = QAAConfig
 
     @classmethod
     def tensor_names(cls, facts: dict[str, Any]) -> tuple[str, ...]:
@@ -84,9 +97,7 @@ write_adapter = QAAAdapter.write
 
 def from_pretrained(base_model: nn.Module, adapter_dir: Path) -> nn.Module:
     """The trained model rebuilt on ``base_model`` in its inference form (``QAALinear.to_inference``), frozen."""
-    adapter = read_adapter(adapter_dir)
     # The saved angles overwrite the start, so none is drawn (no random numbers are used up).
-    config = dataclasses.replace(QAAConfig.from_dict(adapter.config), angle_init="zeros")
-    for layer in QAALinear.load_saved(base_model, config, adapter.saved_state()).values():
+    for layer in read_adapter(adapter_dir).load_into(base_model, angle_init="zeros").values():
         layer.to_inference()
     return base_model.requires_grad_(False).eval()

@@ -19,6 +19,22 @@ def check_version(version: str) -> None:
         raise UsageError(f"--version must be one of {', '.join(QASM_VERSIONS)}, got {version!r}")
 
 
+def target_path(out_dir: Path, file_name: str) -> Path:
+    """``out_dir / file_name``, refused unless it lies directly inside ``out_dir``.
+
+    The name comes from the adapter's files: ``read_adapter`` already refuses any module name that
+    is not a dotted path, and this guards an adapter built otherwise (or a planted symlink).
+    """
+    path = out_dir / file_name
+    try:
+        inside = "\0" not in file_name and path.resolve().parent == out_dir.resolve()
+    except (OSError, RuntimeError):  # a symlink loop
+        inside = False
+    if not inside:
+        raise UsageError(f"refusing to write {file_name!r}: it would not lie directly inside {out_dir}")
+    return path
+
+
 def export_qasm(adapter: QAAAdapter, out_dir: Path, version: str = "both", run: str = "") -> list[Path]:
     """Write every trained circuit of a QAA adapter as OpenQASM 2 (``.qasm``) and/or 3 (``.qasm3``).
 
@@ -31,12 +47,14 @@ def export_qasm(adapter: QAAAdapter, out_dir: Path, version: str = "both", run: 
     check_version(version)
     require("qiskit", "OpenQASM export")  # before anything is written: no half-filled folder
     out_dir = Path(out_dir)
+    targets = {(name, number): target_path(out_dir, f"{name}{QASM_SUFFIX[number]}")
+               for name in adapter.modules for number in QASM_VERSIONS[version]}
     out_dir.mkdir(parents=True, exist_ok=True)
     written, index = [], {}
     for name, module in adapter.modules.items():
         files = []
         for number in QASM_VERSIONS[version]:
-            path = out_dir / f"{name}{QASM_SUFFIX[number]}"
+            path = targets[name, number]
             path.write_text(to_qasm(module.spec, module.angles.double(), number))
             written.append(path)
             files.append(path.name)

@@ -9,15 +9,14 @@ turns an adapter into a plain PEFT LoRA adapter.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from qpeft.methods.serialization import AdapterFormat, SavedAdapter
+from qpeft.methods.serialization import AdapterFormat, SavedAdapter, check_shape
 from qpeft.methods.sora.config import SoRAConfig
 from qpeft.methods.sora.layer import SoRALinear
 
@@ -29,6 +28,8 @@ class ModuleWeights:
     gate: torch.Tensor  # r
     conv1d: bool = False
 
+    fact_types: ClassVar[dict[str, type]] = {"in_features": int, "out_features": int, "conv1d": bool}
+
     @classmethod
     def from_layer(cls, layer: SoRALinear) -> ModuleWeights:
         state = layer.adapter_state()
@@ -36,7 +37,12 @@ class ModuleWeights:
 
     @classmethod
     def from_saved(cls, tensors: dict[str, torch.Tensor], facts: dict[str, Any]) -> ModuleWeights:
-        return cls(tensors["sora_A"], tensors["sora_B"], tensors["sora_gate"], bool(facts["conv1d"]))
+        """The module from checked facts (``fact_types``); tensors whose shapes the facts contradict are refused."""
+        rank = tensors["sora_gate"].numel()
+        check_shape("sora_gate", tensors["sora_gate"], (rank,))
+        check_shape("sora_A", tensors["sora_A"], (rank, facts["in_features"]))
+        check_shape("sora_B", tensors["sora_B"], (facts["out_features"], rank))
+        return cls(tensors["sora_A"], tensors["sora_B"], tensors["sora_gate"], facts["conv1d"])
 
     def state(self) -> dict[str, torch.Tensor | None]:
         """The tensors under the layer's parameter names (``SoRALinear.adapter_param_names``)."""
@@ -64,6 +70,7 @@ class SoRAAdapter(SavedAdapter):
     layer_class = SoRALinear
     module_class = ModuleWeights
     adapter_format = AdapterFormat("sora", "qpeft-sora/1", "SoRA")
+    config_class = SoRAConfig
 
     @property
     def r(self) -> int:
@@ -96,7 +103,5 @@ write_adapter = SoRAAdapter.write
 
 def from_pretrained(base_model: nn.Module, adapter_dir: Path) -> nn.Module:
     """The trained model rebuilt on ``base_model`` from an adapter folder, frozen, in eval mode (PEFT's verb)."""
-    adapter = read_adapter(adapter_dir)
-    config = dataclasses.replace(SoRAConfig.from_dict(adapter.config), dropout=0.0)
-    SoRALinear.load_saved(base_model, config, adapter.saved_state())
+    read_adapter(adapter_dir).load_into(base_model, dropout=0.0)
     return base_model.eval()
