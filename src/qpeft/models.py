@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from qpeft.utils.atomic import build_folder_atomically
 from qpeft.utils.cache import cache_dir
 from qpeft.utils.errors import UsageError
 
@@ -38,8 +39,9 @@ def _packaged_gguf(package: str, install_hint: str) -> Path:
     return files[0]
 
 
-def _convert_gguf(gguf: Path, target: Path) -> None:
-    log.info("converting %s to safetensors under %s (once)", gguf.name, target)
+def _convert_gguf(gguf: Path, out_dir: Path) -> None:
+    """Write the GGUF model as a plain safetensors model folder (with its tokenizer) into ``out_dir``."""
+    log.info("converting %s to safetensors (once)", gguf.name)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     config = loaded.config
@@ -48,10 +50,8 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     config.name_or_path = gguf.stem
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(loaded.state_dict())
-    tmp = target.with_name(target.name + ".partial")
-    plain.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    tmp.replace(target)
+    plain.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
 
 
 def resolve_model_path(name: str) -> str:
@@ -59,10 +59,21 @@ def resolve_model_path(name: str) -> str:
     if name in GGUF_ALIASES:
         target = cache_dir() / "models" / name
         if not (target / "config.json").exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            _convert_gguf(_packaged_gguf(*GGUF_ALIASES[name]), target)
+            gguf = _packaged_gguf(*GGUF_ALIASES[name])
+            # concurrent first loads each convert into their own folder; the first to finish is kept
+            build_folder_atomically(target, lambda out_dir: _convert_gguf(gguf, out_dir))
         return str(target)
     return name
+
+
+def check_model(name: str) -> None:
+    """Fail before training, in one line, when ``name`` is no model (or its tokenizer) that loads."""
+    path = resolve_model_path(name)
+    try:
+        AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as error:
+        raise UsageError(_unknown_model_message(name, error)) from None
+    load_tokenizer(name)
 
 
 def load_tokenizer(name: str) -> PreTrainedTokenizerBase:

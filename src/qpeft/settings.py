@@ -81,6 +81,11 @@ class EvalSettings:
     bertscore_model: str = field(
         default=DEFAULT_BERTSCORE_MODEL, metadata={"help": "model id or path for BERTScore, or 'none' to skip it"}
     )
+    bertscore_num_layers: int | None = field(
+        default=None,
+        metadata={"help": "the BERTScore model's layer to score with (needed for a local path; None: bert-score's "
+                          "table for known model ids, 6 for the default)"},
+    )
     test_loss: bool = field(
         default=True, metadata={"help": "the teacher-forced loss over every reference (False: skipped, None)"}
     )
@@ -104,6 +109,8 @@ class EvalSettings:
             raise UsageError(f"--stop-at-newline must be one of {', '.join(STOP_MODES)}, got {self.stop_at_newline!r}")
         if self.fewshot_examples < 0:
             raise UsageError(f"--fewshot-examples must be 0 (no few-shot row) or positive, got {self.fewshot_examples}")
+        if self.bertscore_num_layers is not None and self.bertscore_num_layers <= 0:
+            raise UsageError(f"--bertscore-num-layers must be positive, got {self.bertscore_num_layers}")
 
     def sample_indices(self, count: int, seed: int) -> list[int]:
         """Indices of the test items to score: all, or a seeded random sample of ``max_test_items``.
@@ -142,6 +149,8 @@ class Experiment:
     eval: EvalSettings = field(default_factory=EvalSettings)
 
     def validate(self) -> None:
+        if not 0 < self.validation_fraction < 1:
+            raise UsageError(f"--validation-fraction must be strictly between 0 and 1, got {self.validation_fraction}")
         self.train.validate()
         self.eval.validate()
 

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import toy_rows, write_csv
-from qpeft.data import Example, load_splits, split_by_input
+from helpers import toy_rows, write_csv, write_jsonl
+from qpeft.data import Example, files, load_splits, split_by_input
 from qpeft.data.prompts import IGNORE_INDEX, encode_examples, format_prompt
 from qpeft.utils.errors import UsageError
 
@@ -69,6 +69,9 @@ def test_single_csv_file_is_split_three_ways(tmp_path: Path) -> None:
         ("input,target\n", ".csv", "no rows"),
         ("input,other\na,b\n", ".csv", "no column 'target'"),
         ("input,target\na,b,c\n", ".csv", "different number of fields"),
+        ("input,target,input\na,b,c\n", ".csv", "names column 'input' more than once"),
+        ('{"input": "a", "target": "  "}\n', ".jsonl", "row 1: 'target' is empty"),
+        ("input,target\na,b\nc,\n", ".csv", "row 3: 'target' is empty"),
     ],
 )
 def test_malformed_files_give_one_line_errors(tmp_path: Path, content: str, suffix: str, message: str) -> None:
@@ -129,3 +132,40 @@ def test_training_examples_encoded_on_draw_equal_the_eager_encoding(tokenizer, c
     assert [lazy[i] for i in range(13)] == eager
     lazy[12]
     assert lazy.truncated == 1 and lazy.drawn == set(range(13))  # a second draw is not counted again
+
+
+def test_a_csv_with_a_byte_order_mark_reads_like_one_without(tmp_path: Path) -> None:
+    rows = [{"input": r["input"], "target": r["target"]} for r in toy_rows(30, 3)]
+    plain = write_csv(tmp_path / "plain.csv", rows, ["input", "target"])
+    marked = tmp_path / "marked.csv"
+    marked.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes())
+    assert load_splits(str(marked)).train == load_splits(str(plain)).train
+
+
+def test_a_quoted_csv_field_may_hold_a_line_break(tmp_path: Path) -> None:
+    path = tmp_path / "pairs.csv"
+    path.write_text('input,target\n"first\nline",one\nsecond,"two\nlines"\nthird,three\n')
+    rows = files.read_rows(path, "input", "target")
+    assert rows == [Example("first\nline", "one"), Example("second", "two\nlines"), Example("third", "three")]
+
+
+def test_a_bad_row_after_a_multi_line_field_is_named_by_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "pairs.csv"
+    path.write_text('input,target\n"a\nb",one\nc,\n')
+    with pytest.raises(UsageError, match="row 4: 'target' is empty"):
+        files.read_rows(path, "input", "target")
+
+
+@pytest.mark.parametrize("count", [3, 4, 5, 7])
+def test_every_split_of_a_small_single_file_is_non_empty(tmp_path: Path, count: int) -> None:
+    path = write_jsonl(tmp_path / "small.jsonl", [{"input": f"in {i}", "target": f"out {i}"} for i in range(count)])
+    splits = load_splits(str(path))
+    assert splits.train and splits.validation and splits.test
+    assert len(splits.train) + len(splits.validation) + sum(len(i.references) for i in splits.test) == count
+
+
+def test_a_data_folder_with_one_training_input_is_refused(tmp_path: Path) -> None:
+    write_jsonl(tmp_path / "train.jsonl", [{"input": "a", "target": "b"}] * 3)
+    write_jsonl(tmp_path / "test.jsonl", [{"input": "c", "target": "d"}])
+    with pytest.raises(UsageError, match="at least 2 distinct inputs"):
+        load_splits(str(tmp_path))

@@ -22,7 +22,7 @@ README = ROOT / "README.md"
 #: The argument groups of ``qpeft train`` whose flags the README's "Shared flags" table lists.
 SHARED_GROUPS = ("model and data", "training budget", "evaluation")
 #: README default words and what they stand for.
-WORDS: dict[str, Any] = {"on": True, "off": False}
+WORDS: dict[str, Any] = {"on": True, "off": False, "unset": None}
 
 
 def subcommand(name: str) -> argparse.ArgumentParser:
@@ -54,8 +54,8 @@ def readme_table(heading: str) -> list[list[str]]:
 
 
 def readme_value(text: str) -> Any:
-    """A README default as a value: ``on``/``off`` as booleans, numbers as floats, ``$VAR`` as None (read at run
-    time), anything else as its text; a trailing parenthesis is a comment."""
+    """A README default as a value: ``on``/``off`` as booleans, ``unset`` as None, numbers as floats, ``$VAR`` as
+    None (read at run time), anything else as its text; a trailing parenthesis is a comment."""
     text = re.sub(r"\s*\(.*\)$", "", text).strip().strip("`")
     if text.startswith("$"):
         return None

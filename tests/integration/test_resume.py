@@ -89,3 +89,103 @@ def test_run_killed_after_its_last_step_is_recorded_without_training_further(
     want, got = (json.loads((run / "metrics.json").read_text()) for run in (straight, stopped))
     for figure in FIGURES:
         assert got[figure] == pytest.approx(want[figure], rel=1e-6), figure
+
+
+# --- kill points: SIGKILL inside evaluation, the robustness re-evaluations and the report ------------------------
+
+#: Runs ``qpeft`` with ``module.attribute`` replaced by a wrapper that SIGKILLs the process on its N-th call.
+KILL_ON_CALL = """
+import importlib, os, signal, sys
+module_name, attribute, at = sys.argv[1], sys.argv[2], int(sys.argv[3])
+module = importlib.import_module(module_name)
+original, calls = getattr(module, attribute), [0]
+def killing(*args, **kwargs):
+    calls[0] += 1
+    if calls[0] == at:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return original(*args, **kwargs)
+setattr(module, attribute, killing)
+from qpeft.cli import main
+sys.exit(main(sys.argv[4:]))
+"""
+#: Figures that measure the machine (time, memory) or say how the run got there: not part of the result.
+MACHINE_FIGURES = ("seconds", "elapsed", "_per_s", "ms_per_token", "latency", "memory", "resumed_from")
+
+
+def without_machine_figures(value: object) -> object:
+    if isinstance(value, dict):
+        return {key: without_machine_figures(item) for key, item in value.items()
+                if not any(part in key for part in MACHINE_FIGURES)}
+    if isinstance(value, list):
+        return [without_machine_figures(item) for item in value]
+    return value
+
+
+def differences(got: object, want: object, path: str = "") -> list[str]:
+    """Where two JSON values differ, as paths (for a readable failure)."""
+    if isinstance(got, dict) and isinstance(want, dict):
+        return [found for key in sorted(got.keys() | want.keys())
+                for found in differences(got.get(key), want.get(key), f"{path}.{key}")]
+    if isinstance(got, list) and isinstance(want, list) and len(got) == len(want):
+        return [found for i, (a, b) in enumerate(zip(got, want, strict=True))
+                for found in differences(a, b, f"{path}[{i}]")]
+    return [] if got == want else [f"{path}: {got!r} != {want!r}"]
+
+
+def kill_point_command(model: Path, data: Path, output: Path) -> list[str]:
+    # In one process (--same-process), so that the kill hits the comparison itself wherever it is.
+    return ["compare", "--methods", "lora,qaa", "--same-process", "--output", str(output), "--fewshot-examples", "0",
+            *cli_args(model, data, steps=4, save_steps=2, max_new_tokens=6, eval_batch_size=None)]
+
+
+@pytest.fixture(scope="module")
+def kill_point_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from helpers import toy_rows, write_jsonl
+
+    folder = tmp_path_factory.mktemp("kill-point-data")
+    write_jsonl(folder / "train.jsonl", toy_rows(32, seed=1))
+    write_jsonl(folder / "test.jsonl", toy_rows(6, seed=2))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_llama_dir: Path, kill_point_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    output = tmp_path_factory.mktemp("uninterrupted") / "out"
+    subprocess.run([sys.executable, "-m", "qpeft.cli", *kill_point_command(tiny_llama_dir, kill_point_data, output)],
+                   check=True, capture_output=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return json.loads((output / "results.json").read_text())
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize(("where", "module", "attribute", "call"), [
+    # the second test loss is LoRA's, after its predictions are written and before its metrics.json
+    ("evaluation", "qpeft.evaluation.generate", "test_loss", 2),
+    # the second of QAA's four re-evaluations under shots and noise, after the first one's file is written
+    ("robustness", "qpeft.experiment.compare", "evaluate_run", 2),
+    # results.json and report.md are written, report.html is not
+    ("report", "qpeft.report", "html_report", 1),
+])
+def test_a_comparison_killed_anywhere_resumes_to_the_uninterrupted_results(
+    where: str, module: str, attribute: str, call: int, tiny_llama_dir: Path, kill_point_data: Path,
+    uninterrupted: dict, tmp_path: Path,
+) -> None:
+    output, env = tmp_path / "out", {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = kill_point_command(tiny_llama_dir, kill_point_data, output)
+    killed = subprocess.run([sys.executable, "-c", KILL_ON_CALL, module, attribute, str(call), *args],
+                            capture_output=True, text=True, timeout=300, env=env, check=False)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert not (output / "report.html").exists()
+    if where == "evaluation":
+        assert (output / "lora" / "predictions.jsonl").exists() and not (output / "lora" / "metrics.json").exists()
+    if where == "robustness":
+        assert len(list((output / "qaa").glob("metrics_*.json"))) == 1
+    if where == "report":
+        assert (output / "results.json").exists() and (output / "report.md").exists()
+
+    resumed = subprocess.run([sys.executable, "-m", "qpeft.cli", *args], capture_output=True, text=True,
+                             timeout=300, env=env, check=False)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert (output / "report.html").exists()
+    got = json.loads((output / "results.json").read_text())
+    found = differences(without_machine_figures(got), without_machine_figures(uninterrupted))
+    assert not found, "\n".join(found)

@@ -98,6 +98,7 @@ def add_eval_flags(parser: argparse.ArgumentParser, defaults: EvalSettings | Non
     add("--eval-batch-size", "batch_size", type=int)
     add("--max-test-items", "max_test_items", type=int)
     add("--bertscore-model", "bertscore_model")
+    add("--bertscore-num-layers", "bertscore_num_layers", type=int)
     add("--stop-at-newline", "stop_at_newline", choices=STOP_MODES)
     add("--fewshot-examples", "fewshot_examples", type=int)
 
@@ -105,6 +106,7 @@ def add_eval_flags(parser: argparse.ArgumentParser, defaults: EvalSettings | Non
 def eval_overrides(args: argparse.Namespace) -> dict[str, Any]:
     names = {"max_new_tokens": "max_new_tokens", "num_beams": "num_beams", "eval_batch_size": "batch_size",
              "max_test_items": "max_test_items", "bertscore_model": "bertscore_model",
+             "bertscore_num_layers": "bertscore_num_layers",
              "stop_at_newline": "stop_at_newline", "fewshot_examples": "fewshot_examples"}
     return {field: getattr(args, flag) for flag, field in names.items() if getattr(args, flag) is not None}
 

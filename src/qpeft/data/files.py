@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 
@@ -17,7 +18,8 @@ def read_rows(path: Path, input_column: str, target_column: str) -> list[Example
     if path.suffix not in SUFFIXES:
         raise UsageError(f"{path}: unsupported file type (use .jsonl or .csv)")
     try:
-        text = path.read_text(encoding="utf-8")
+        # utf-8-sig: a byte-order mark (Excel writes one) is not part of the first column's name
+        text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as error:
         raise UsageError(f"{path}: not valid UTF-8 (byte {error.start})") from None
     records = _jsonl_records(path, text) if path.suffix == ".jsonl" else _csv_records(path, text)
@@ -29,8 +31,12 @@ def read_rows(path: Path, input_column: str, target_column: str) -> list[Example
         if missing:
             raise UsageError(f"{path}: row {number} has no column {missing[0]!r} (columns: {sorted(record)})")
         source, target = record[input_column], record[target_column]
-        if not isinstance(source, str) or not isinstance(target, str) or not source.strip():
+        if not isinstance(source, str) or not isinstance(target, str):
             raise UsageError(f"{path}: row {number}: {input_column!r} and {target_column!r} must be text")
+        for column, text in ((input_column, source), (target_column, target)):
+            if not text.strip():
+                # an empty target teaches only the end of text, and an empty reference scores nothing
+                raise UsageError(f"{path}: row {number}: {column!r} is empty")
         rows.append(Example(source.strip(), target.strip()))
     return rows
 
@@ -51,17 +57,34 @@ def _jsonl_records(path: Path, text: str) -> list[tuple[int, dict]]:
 
 
 def _csv_records(path: Path, text: str) -> list[tuple[int, dict]]:
-    reader = csv.DictReader(text.splitlines())
+    # A stream, not text.splitlines(): a quoted field may hold a line break (and splitlines also
+    # breaks at characters csv keeps inside fields). Rows are numbered by the line they start on.
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    _check_csv_header(path, reader)
+    records, number = [], reader.line_num + 1
     try:
-        records = [(number, row) for number, row in enumerate(reader, start=2)]
+        for row in reader:
+            records.append((number, row))
+            number = reader.line_num + 1
     except csv.Error as error:
-        raise UsageError(f"{path}: malformed CSV ({error})") from None
-    if reader.fieldnames is None:
-        raise UsageError(f"{path}: no header row")
+        raise UsageError(f"{path}: malformed CSV near line {reader.line_num} ({error})") from None
     for number, row in records:
         if None in row or None in row.values():
             raise UsageError(f"{path}: row {number} has a different number of fields than the header")
     return records
+
+
+def _check_csv_header(path: Path, reader: csv.DictReader) -> None:
+    try:
+        header = reader.fieldnames
+    except csv.Error as error:
+        raise UsageError(f"{path}: malformed CSV header ({error})") from None
+    if not header:
+        raise UsageError(f"{path}: no header row")
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        # csv.DictReader would keep the last of them silently
+        raise UsageError(f"{path}: the header names column {repeated[0]!r} more than once")
 
 
 def _find_split_file(folder: Path, split: str) -> Path | None:
@@ -78,6 +101,8 @@ def load(path: Path, input_column: str, target_column: str, validation_fraction:
             raise UsageError(f"{path}: a data folder needs train.jsonl|csv and test.jsonl|csv")
         rows = read_rows(train_file, input_column, target_column)
         test_rows = read_rows(test_file, input_column, target_column)
+        if len({row.input for row in rows}) < 2:
+            raise UsageError(f"{train_file}: needs at least 2 distinct inputs to hold one out for validation")
         train, validation = split_by_input(rows, (1 - validation_fraction, validation_fraction), seed)
         return DataSplits(path.name, train, validation, group_by_input(test_rows))
     rows = read_rows(path, input_column, target_column)

@@ -41,12 +41,16 @@ def group_by_input(rows: list[Example]) -> list[TestItem]:
 def split_by_input(
     rows: list[Example], fractions: tuple[float, ...], seed: int
 ) -> list[list[Example]]:
-    """Split rows into parts of roughly the given input shares, never splitting one input."""
+    """Split rows into parts of roughly the given input shares, never splitting one input.
+
+    With at least as many distinct inputs as parts, every part gets one or more of them.
+    """
     inputs = list(dict.fromkeys(row.input for row in rows))
     random.Random(seed).shuffle(inputs)
     bounds, start = [], 0
-    for share in fractions[:-1]:
-        stop = start + max(1, round(share * len(inputs)))
+    for part, share in enumerate(fractions[:-1]):
+        later_parts = len(fractions) - 1 - part
+        stop = start + max(1, min(round(share * len(inputs)), len(inputs) - start - later_parts))
         bounds.append((start, stop))
         start = stop
     bounds.append((start, len(inputs)))

@@ -171,7 +171,7 @@ def evaluate(
                                    stop_at_newline=stop_at_newline, shots=shots)
     references = [list(item.references) for item in items]
     bertscore_model = None if settings.bertscore_model == "none" else settings.bertscore_model
-    item_scores = per_item_scores(predictions, references, bertscore_model)
+    item_scores = per_item_scores(predictions, references, bertscore_model, settings.bertscore_num_layers)
     if predictions_path is not None:
         indices = list(item_indices) if item_indices is not None else list(range(len(items)))
         lines = [

@@ -47,32 +47,67 @@ def rouge(predictions: list[str], references: list[list[str]]) -> dict[str, floa
     return {key: _mean(values) for key, values in rouge_per_item(predictions, references).items()}
 
 
-def resolve_bertscore_model(name: str) -> tuple[str, int | None]:
-    """(model path or id, num_layers) for bert-score; a local path needs num_layers."""
-    if name in BERTSCORE_ALIASES:
-        package, layers, hint = BERTSCORE_ALIASES[name]
-        spec = importlib.util.find_spec(package)
-        if spec is None or not spec.submodule_search_locations:
-            raise UsageError(f"the default BERTScore model needs the package {package!r}: {hint}")
-        return str(Path(spec.submodule_search_locations[0]) / "model"), layers
-    return name, None
+def bertscore_model_path(name: str) -> str:
+    """The model path or id to give bert-score: an alias's folder inside its PyPI package, else ``name``."""
+    if name not in BERTSCORE_ALIASES:
+        return name
+    package, _, hint = BERTSCORE_ALIASES[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise UsageError(f"the default BERTScore model needs the package {package!r}: {hint}")
+    return str(Path(spec.submodule_search_locations[0]) / "model")
+
+
+def resolve_bertscore_model(name: str, num_layers: int | None = None) -> tuple[str, int]:
+    """(model path or id, layer) for bert-score, which needs the layer for anything but its own table of ids."""
+    from bert_score.utils import model2layers
+
+    path = bertscore_model_path(name)
+    layers = num_layers or (BERTSCORE_ALIASES[name][1] if name in BERTSCORE_ALIASES else model2layers.get(name))
+    if layers is None:
+        raise UsageError(f"--bertscore-model {name}: bert-score does not know which layer to use; "
+                         "give it with --bertscore-num-layers")
+    return path, layers
+
+
+def check_bertscore_model(name: str, num_layers: int | None = None) -> None:
+    """Fail now, not after training: the BERTScore model's config and tokenizer load, and its layer exists."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    path = bertscore_model_path(name)
+    if name.startswith(("/", "./", "../", "~")) and not Path(path).expanduser().is_dir():
+        raise UsageError(f"cannot load the BERTScore model {name!r}: no such folder")
+    _, layers = resolve_bertscore_model(name, num_layers)  # before loading: an unknown id would go to the Hub
+    try:
+        config = AutoConfig.from_pretrained(path)
+        AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UsageError(f"cannot load the BERTScore model {name!r}: {reason}") from None
+    depth = getattr(config, "num_hidden_layers", None)
+    if depth is not None and layers > depth:
+        raise UsageError(f"--bertscore-num-layers {layers}: the BERTScore model {name!r} has {depth} layers")
 
 
 def bertscore_per_item(
-    predictions: list[str], references: list[list[str]], model: str = DEFAULT_BERTSCORE_MODEL, batch_size: int = 64
+    predictions: list[str],
+    references: list[list[str]],
+    model: str = DEFAULT_BERTSCORE_MODEL,
+    batch_size: int = 64,
+    num_layers: int | None = None,
 ) -> list[float]:
     """BERTScore F1 (0-100) of each item against its best-matching reference; 0 for an empty prediction."""
     import bert_score
 
-    model_path, layers = resolve_bertscore_model(model)
-    kwargs = {"num_layers": layers} if layers is not None else {"lang": "en"}
+    model_path, layers = resolve_bertscore_model(model, num_layers)
     # bert-score means to score an empty candidate as zero, but under transformers 5 it raises while
     # encoding one (its tokenizer call no longer exists), so empty outputs get their zero here.
     scored = [i for i, prediction in enumerate(predictions) if prediction.strip()]
     f1 = [0.0] * len(predictions)
     if scored:
         _, _, values = bert_score.score([predictions[i] for i in scored], [references[i] for i in scored],
-                                        model_type=model_path, batch_size=batch_size, verbose=False, **kwargs)
+                                        model_type=model_path, num_layers=layers, batch_size=batch_size,
+                                        verbose=False)
         for i, value in zip(scored, (100.0 * values.double()).tolist(), strict=True):
             f1[i] = value
     return f1
@@ -86,7 +121,10 @@ def bertscore_f1(
 
 
 def per_item_scores(
-    predictions: list[str], references: list[list[str]], bertscore_model: str | None = DEFAULT_BERTSCORE_MODEL
+    predictions: list[str],
+    references: list[list[str]],
+    bertscore_model: str | None = DEFAULT_BERTSCORE_MODEL,
+    bertscore_num_layers: int | None = None,
 ) -> dict[str, list[float]]:
     """Per-item ROUGE-1/2/L and (unless ``bertscore_model`` is None) BERTScore F1, each 0-100.
 
@@ -94,7 +132,8 @@ def per_item_scores(
     """
     scores = rouge_per_item(predictions, references)
     if bertscore_model:
-        scores["bertscore_f1"] = bertscore_per_item(predictions, references, bertscore_model)
+        scores["bertscore_f1"] = bertscore_per_item(predictions, references, bertscore_model,
+                                                    num_layers=bertscore_num_layers)
     return scores
 
 

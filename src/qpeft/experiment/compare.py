@@ -5,6 +5,7 @@ The CLI renders the report from the payload ``compare`` returns (``qpeft.report`
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import logging
@@ -21,38 +22,28 @@ from statistics import median
 from typing import Any
 
 import torch
-from accelerate import PartialState
 from transformers.utils import logging as hf_logging
 
 from qpeft.analysis.capacity import summarise_capacity
 from qpeft.analysis.convergence import convergence_figures, loss_curve, read_log
 from qpeft.data.prompts import encode_prompt
 from qpeft.evaluation.latency import paired_latency
+from qpeft.experiment.checks import check_experiment
 from qpeft.experiment.results import BASE, FAILED, FEWSHOT, build_payload, write_results
-from qpeft.experiment.run_dir import RunDir
+from qpeft.experiment.run_dir import RunDir, claimed_folder
 from qpeft.experiment.runs import base_run, evaluate_run, load_run, train_run
 from qpeft.methods import REGISTRY, get_method
 from qpeft.models import load_model, load_tokenizer
 from qpeft.settings import AnalysisSettings, Experiment
-from qpeft.training.trainer import TrainingDiverged, check_compatible
+from qpeft.training.trainer import TrainingDiverged
 from qpeft.utils.atomic import read_json, write_json
-from qpeft.utils.distributed import is_main_process
+from qpeft.utils.distributed import is_main_process, process_state
 from qpeft.utils.errors import UsageError
 
 log = logging.getLogger(__name__)
 
-
-def claim_output(output: Path, experiment: Experiment) -> None:
-    """Refuse an output folder that holds another experiment; otherwise record this one."""
-    marker = output / "experiment.json"
-    if marker.exists():
-        if read_json(marker) != experiment.to_dict():
-            raise UsageError(f"{output} holds a different experiment; choose another --output")
-        return
-    if output.exists() and any(output.iterdir()):
-        raise UsageError(f"{output} is not empty and holds no qpeft comparison; choose another --output")
-    output.mkdir(parents=True, exist_ok=True)
-    write_json(marker, experiment.to_dict())
+#: What a comparison's folder records of its experiment; a folder holding another is refused.
+EXPERIMENT_FILE = "experiment.json"
 
 
 def compare(
@@ -89,13 +80,26 @@ def compare(
         # for a registered method that is not in this comparison).
         raise UsageError(f"--reference: {analysis.reference!r} is neither a method ({', '.join(REGISTRY)}) "
                          f"nor {BASE} / {FEWSHOT}")
-    experiment.validate()
-    for name in methods:
-        method = get_method(name)
-        method.config_class.from_dict(method_configs.get(name, {})).validate()
-        check_compatible(method, experiment.train)
-    experiment.load_data(data_dir)  # bad data fails before anything is written
-    seed_dirs = claim_seed_dirs(output, experiment, seeds)
+    # every method, the data, the models: before the first method trains and before anything is written
+    check_experiment(experiment, {name: method_configs.get(name, {}) for name in methods}, data_dir)
+    with contextlib.ExitStack() as claims:
+        seed_dirs = claim_seed_dirs(claims, output, experiment, seeds)
+        return compare_claimed(output, experiment, methods, method_configs, data_dir, seeds, seed_dirs, analysis,
+                               fresh_process)
+
+
+def compare_claimed(
+    output: Path,
+    experiment: Experiment,
+    methods: list[str],
+    method_configs: dict[str, dict[str, Any]],
+    data_dir: str | None,
+    seeds: list[int],
+    seed_dirs: dict[int, Path],
+    analysis: AnalysisSettings,
+    fresh_process: bool,
+) -> dict[str, Any]:
+    """``compare`` once its checks passed and its folders are this process's."""
     per_seed = {}
     for seed, seed_dir in seed_dirs.items():
         seed_experiment = replace(experiment, seed=seed)
@@ -163,7 +167,7 @@ def isolated(function: Callable[..., dict[str, Any]], fresh_process: bool, *args
     so a method's figure would depend on which methods ran before it. It also keeps a crash in
     one method (a segfault in a compiled kernel) from ending the comparison.
     """
-    if not fresh_process or PartialState().num_processes > 1:
+    if not fresh_process or process_state().num_processes > 1:
         return function(*args)
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
                              initializer=start_child, initargs=(logging.getLogger("qpeft").level,)) as pool:
@@ -235,17 +239,25 @@ def robustness_figures(
     return rows
 
 
-def claim_seed_dirs(output: Path, experiment: Experiment, seeds: list[int]) -> dict[int, Path]:
-    """Claim ``output`` (and one folder per seed when there are several) before any work."""
+def claim_seed_dirs(claims: contextlib.ExitStack, output: Path, experiment: Experiment,
+                    seeds: list[int]) -> dict[int, Path]:
+    """Claim ``output`` (and one folder per seed when there are several) before any work, held until ``claims`` closes.
+
+    Each folder records its experiment in ``experiment.json``; one holding another is refused.
+    """
     if len(seeds) == 1:
-        claim_output(output, replace(experiment, seed=seeds[0]))
+        claims.enter_context(claimed_comparison(output, replace(experiment, seed=seeds[0])))
         return {seeds[0]: output}
     # The top folder holds the experiment without a seed, so further seeds can be added later.
-    claim_output(output, replace(experiment, seed=None))
+    claims.enter_context(claimed_comparison(output, replace(experiment, seed=None)))
     seed_dirs = {seed: output / f"seed-{seed}" for seed in seeds}
     for seed, seed_dir in seed_dirs.items():
-        claim_output(seed_dir, replace(experiment, seed=seed))
+        claims.enter_context(claimed_comparison(seed_dir, replace(experiment, seed=seed)))
     return seed_dirs
+
+
+def claimed_comparison(folder: Path, experiment: Experiment) -> contextlib.AbstractContextManager[None]:
+    return claimed_folder(folder, folder / EXPERIMENT_FILE, experiment.to_dict(), "comparison")
 
 
 def analyse_seed(

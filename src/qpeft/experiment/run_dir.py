@@ -4,18 +4,22 @@ Layout: ``config.json`` (everything needed to reproduce the run), ``train_log.cs
 ``checkpoints/`` (while training), ``adapter/``, ``predictions.jsonl``, ``metrics.json``.
 ``metrics.json`` is written last, so its presence means the run finished; the checkpoints,
 which only serve to resume, are then deleted (for full fine-tuning they weigh gigabytes).
-``RunDir`` is the one place that knows this layout and checks a folder against it.
+While a process works in the folder it holds ``.qpeft.lock`` (``qpeft.utils.locks``): one owner
+at a time. ``RunDir`` is the one place that knows this layout and checks a folder against it.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from qpeft.utils.atomic import read_json, write_json
-from qpeft.utils.distributed import is_main_process, wait_for_everyone
+from qpeft.utils.distributed import is_main_process, on_main_process
 from qpeft.utils.errors import UsageError
+from qpeft.utils.locks import acquire, holds_only_locks, release
 
 
 @dataclass(frozen=True)
@@ -77,20 +81,41 @@ class RunDir:
             raise UsageError(f"{self.path} is a {found!r} run, not a {label} run" + (f": {reason}" if reason else ""))
         return self.trained_adapter()
 
-    def claim(self, config: dict[str, Any]) -> bool:
-        """Create or reuse the folder for ``config``; True when the run already finished.
+    @contextlib.contextmanager
+    def claimed(self, config: dict[str, Any]) -> Iterator[bool]:
+        """Hold the folder for ``config`` while the block runs; yields True when the run already finished.
 
-        A folder that holds a different experiment is never touched.
+        A folder that holds a different experiment, or anything but a qpeft run, is never touched.
         """
-        if self.config_path.exists():
-            if read_json(self.config_path) != config:
-                raise UsageError(f"{self.path} holds a different experiment; choose another output folder")
-            return self.is_finished()
-        if self.path.exists() and any(self.path.iterdir()):
-            raise UsageError(f"{self.path} is not empty and holds no qpeft run; choose another output folder")
-        wait_for_everyone()  # every process has checked before the main one writes
+        with claimed_folder(self.path, self.config_path, config, "run"):
+            yield self.is_finished()
+
+
+@contextlib.contextmanager
+def claimed_folder(folder: Path, record_path: Path, record: dict[str, Any], kind: str) -> Iterator[None]:
+    """Lock ``folder`` and record ``record`` in it (or check that it holds it) while the block runs.
+
+    On the main process only: under ``torchrun``/``accelerate launch`` the others wait for the
+    claim and share its outcome, so a refusal is one line on every process. ``kind`` names what
+    the folder holds in messages ("run", "comparison").
+    """
+    def claim() -> None:
+        if folder.exists() and not record_path.exists() and not holds_only_locks(folder):
+            raise UsageError(f"{folder} is not empty and holds no qpeft {kind}; choose another output folder")
+        acquire(folder)  # checked again below: another process may have recorded its own meanwhile
+        try:
+            if record_path.exists():
+                if read_json(record_path) != record:
+                    raise UsageError(f"{folder} holds a different experiment; choose another output folder")
+            else:
+                write_json(record_path, record)
+        except BaseException:
+            release(folder)
+            raise
+
+    on_main_process(claim)
+    try:
+        yield
+    finally:
         if is_main_process():
-            self.path.mkdir(parents=True, exist_ok=True)
-            write_json(self.config_path, config)
-        wait_for_everyone()
-        return False
+            release(folder)

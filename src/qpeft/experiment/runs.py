@@ -14,13 +14,14 @@ import torch
 
 from qpeft.data import DataSplits, Example, TestItem
 from qpeft.evaluation.generate import evaluate
+from qpeft.experiment.checks import check_experiment, check_method
 from qpeft.experiment.results import BASE, BASELINES, FEWSHOT
 from qpeft.experiment.run_dir import RunDir
 from qpeft.methods import get_method
 from qpeft.methods.base import EvalOptions
 from qpeft.models import load_model, load_tokenizer
 from qpeft.settings import Experiment
-from qpeft.training.trainer import check_compatible, train
+from qpeft.training.trainer import train
 from qpeft.utils.atomic import write_json
 from qpeft.utils.distributed import is_main_process, wait_for_everyone
 
@@ -34,21 +35,22 @@ def run_config(experiment: Experiment, method: str, method_config: dict[str, Any
 def train_run(
     run_dir: Path, experiment: Experiment, method_name: str, method_config: dict[str, Any], data_dir: str | None
 ) -> dict[str, Any]:
-    """Train and evaluate one method in ``run_dir`` (resuming if interrupted); returns its metrics."""
+    """Train and evaluate one method in ``run_dir`` (resuming if interrupted); returns its metrics.
+
+    Everything that can be checked is checked before anything is written (``checks``).
+    """
+    splits = check_experiment(experiment, {method_name: method_config}, data_dir)
     method = get_method(method_name)
-    config = method.config_class.from_dict(method_config)
-    config.validate()
-    experiment.validate()
-    check_compatible(method, experiment.train)
+    config = check_method(method_name, method_config, experiment)
     full_config = run_config(experiment, method_name, config.to_dict())
-    splits = experiment.load_data(data_dir)  # bad data fails before anything is written
     tokenizer = load_tokenizer(experiment.model)
     model = load_model(experiment.model)
-    if RunDir(run_dir).claim(full_config):
-        log.info("%s: already finished in %s", method_name, run_dir)
-        return RunDir(run_dir).metrics()
-    model, figures = train(run_dir, model, tokenizer, method, config, splits, experiment.train, experiment.seed)
-    return _evaluate_and_record(run_dir, model, tokenizer, experiment, splits, figures)
+    with RunDir(run_dir).claimed(full_config) as finished:
+        if finished:
+            log.info("%s: already finished in %s", method_name, run_dir)
+            return RunDir(run_dir).metrics()
+        model, figures = train(run_dir, model, tokenizer, method, config, splits, experiment.train, experiment.seed)
+        return _evaluate_and_record(run_dir, model, tokenizer, experiment, splits, figures)
 
 
 def base_run(run_dir: Path, experiment: Experiment, data_dir: str | None, fewshot: bool = False) -> dict[str, Any]:
@@ -58,18 +60,18 @@ def base_run(run_dir: Path, experiment: Experiment, data_dir: str | None, fewsho
     examples drawn (seeded) from the training split: what the base model does when it is told
     the task the fair way, without training.
     """
-    experiment.validate()
-    splits = experiment.load_data(data_dir)
+    splits = check_experiment(experiment, {}, data_dir)
     tokenizer = load_tokenizer(experiment.model)
     model = load_model(experiment.model)
-    if RunDir(run_dir).claim(run_config(experiment, FEWSHOT if fewshot else BASE, {})):
-        return RunDir(run_dir).metrics()
-    figures: dict[str, Any] = {"trainable_params": 0, "base_params": sum(p.numel() for p in model.parameters()),
-                               "trainable_pct": 0.0}
-    shots = fewshot_shots(splits, experiment) if fewshot else []
-    if fewshot:
-        figures["fewshot_inputs"] = [shot.input for shot in shots]
-    return _evaluate_and_record(run_dir, model, tokenizer, experiment, splits, figures, shots)
+    with RunDir(run_dir).claimed(run_config(experiment, FEWSHOT if fewshot else BASE, {})) as finished:
+        if finished:
+            return RunDir(run_dir).metrics()
+        figures: dict[str, Any] = {"trainable_params": 0, "base_params": sum(p.numel() for p in model.parameters()),
+                                   "trainable_pct": 0.0}
+        shots = fewshot_shots(splits, experiment) if fewshot else []
+        if fewshot:
+            figures["fewshot_inputs"] = [shot.input for shot in shots]
+        return _evaluate_and_record(run_dir, model, tokenizer, experiment, splits, figures, shots)
 
 
 def fewshot_shots(splits: DataSplits, experiment: Experiment) -> list[Example]:

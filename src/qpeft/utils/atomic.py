@@ -6,7 +6,9 @@ import csv
 import io
 import json
 import os
-from collections.abc import Iterable
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -32,3 +34,23 @@ def write_csv(path: Path, rows: Iterable[dict[str, Any]], columns: list[str]) ->
     writer.writeheader()
     writer.writerows(rows)
     write_text_atomic(path, buffer.getvalue())
+
+
+def build_folder_atomically(target: Path, build: Callable[[Path], None]) -> None:
+    """``build(folder)`` into a private folder beside ``target``, then renamed to ``target`` in one step.
+
+    Processes that build at once each use their own folder (a shared ``.partial`` name would mix
+    their files); the first rename wins, and a later builder finds ``target`` there and drops its copy.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.partial-"))
+    try:
+        build(scratch)
+        try:
+            os.rename(scratch, target)
+        except OSError:
+            if not target.is_dir():
+                raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
