@@ -66,9 +66,11 @@ def test_half_written_checkpoint_is_not_resumed_from(tmp_path: Path) -> None:
     assert last_complete_checkpoint(tmp_path / "missing") is None
 
 
+@pytest.mark.parametrize("stop_in", ["record_training", "_evaluate_and_record"])
 def test_run_killed_after_its_last_step_is_recorded_without_training_further(
-    tiny_llama_dir: Path, toy_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    stop_in: str, tiny_llama_dir: Path, toy_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Killed between the last checkpoint and training.json, or between training.json and metrics.json."""
     import qpeft.experiment.runs
 
     args = ["--method", "lora",
@@ -77,13 +79,17 @@ def test_run_killed_after_its_last_step_is_recorded_without_training_further(
     assert main(["train", "--output", str(straight), *args]) == 0
 
     def interrupted(*_args: object, **_kwargs: object) -> None:
-        raise KeyboardInterrupt  # as if killed between the last checkpoint and metrics.json
+        raise KeyboardInterrupt
 
     stopped = tmp_path / "stopped"
     with monkeypatch.context() as patch:
-        patch.setattr(qpeft.experiment.runs, "_evaluate_and_record", interrupted)
+        patch.setattr(qpeft.experiment.runs, stop_in, interrupted)
         assert main(["train", "--output", str(stopped), *args]) == 130
-    assert last_complete_checkpoint(stopped / "checkpoints").endswith("checkpoint-4")
+    if stop_in == "record_training":
+        assert last_complete_checkpoint(stopped / "checkpoints").endswith("checkpoint-4")
+        assert not (stopped / "training.json").exists()
+    else:
+        assert (stopped / "training.json").exists() and not (stopped / "checkpoints").exists()
     assert main(["train", "--output", str(stopped), *args]) == 0
     assert [row["step"] for row in read_train_log(stopped / "train_log.csv")] == ["1", "2", "3", "4"]
     want, got = (json.loads((run / "metrics.json").read_text()) for run in (straight, stopped))

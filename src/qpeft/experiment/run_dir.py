@@ -1,9 +1,10 @@
 """A run folder: one method trained and evaluated under one experiment's settings.
 
 Layout: ``config.json`` (everything needed to reproduce the run), ``train_log.csv``,
-``checkpoints/`` (while training), ``adapter/``, ``predictions.jsonl``, ``metrics.json``.
-``metrics.json`` is written last, so its presence means the run finished; the checkpoints,
-which only serve to resume, are then deleted (for full fine-tuning they weigh gigabytes).
+``checkpoints/`` (while training), ``adapter/`` and ``training.json`` (when training ended; the
+checkpoints, which only serve to resume it, are then deleted: for full fine-tuning they weigh
+gigabytes), ``predictions.jsonl``, ``metrics.json``. ``metrics.json`` is written last, so its
+presence means the run finished.
 While a process works in the folder it holds ``.qpeft.lock`` (``qpeft.utils.locks``): one owner
 at a time. ``RunDir`` is the one place that knows this layout and checks a folder against it.
 """
@@ -38,6 +39,10 @@ class RunDir:
         return self.path / "metrics.json"
 
     @property
+    def training_path(self) -> Path:
+        return self.path / "training.json"
+
+    @property
     def adapter_dir(self) -> Path:
         return self.path / "adapter"
 
@@ -61,6 +66,17 @@ class RunDir:
     def metrics(self) -> dict[str, Any]:
         """The run's ``metrics.json``, or nothing when it has not finished."""
         return read_json(self.metrics_path) if self.is_finished() else {}
+
+    def is_trained(self) -> bool:
+        """Whether training ended and recorded its figures (the run may still lack its evaluation)."""
+        return self.training_path.exists() and self.adapter_dir.exists()
+
+    def training(self) -> dict[str, Any]:
+        """The figures training recorded (``training.json``)."""
+        figures = read_json(self.training_path)
+        if not isinstance(figures, dict):
+            raise UsageError(f"{self.training_path} holds no JSON object; remove it to train the run again")
+        return figures
 
     def config(self) -> dict[str, Any]:
         """The run's ``config.json``; a folder without one is a one-line error."""

@@ -33,11 +33,19 @@ def run_config(experiment: Experiment, method: str, method_config: dict[str, Any
 
 
 def train_run(
-    run_dir: Path, experiment: Experiment, method_name: str, method_config: dict[str, Any], data_dir: str | None
+    run_dir: Path,
+    experiment: Experiment,
+    method_name: str,
+    method_config: dict[str, Any],
+    data_dir: str | None,
+    evaluate: bool = True,
 ) -> dict[str, Any]:
     """Train and evaluate one method in ``run_dir`` (resuming if interrupted); returns its metrics.
 
-    Everything that can be checked is checked before anything is written (``checks``).
+    Everything that can be checked is checked before anything is written (``checks``). Training
+    ends by recording its figures in ``training.json``; a run found trained is evaluated without
+    training again. With ``evaluate`` False (a tuning trial) the run stops there and returns
+    those figures: only the trial the tuning chooses is ever scored on the test set.
     """
     splits = check_experiment(experiment, {method_name: method_config}, data_dir)
     method = get_method(method_name)
@@ -45,12 +53,31 @@ def train_run(
     full_config = run_config(experiment, method_name, config.to_dict())
     tokenizer = load_tokenizer(experiment.model)
     model = load_model(experiment.model)
-    with RunDir(run_dir).claimed(full_config) as finished:
+    run = RunDir(run_dir)
+    with run.claimed(full_config) as finished:
         if finished:
             log.info("%s: already finished in %s", method_name, run_dir)
-            return RunDir(run_dir).metrics()
-        model, figures = train(run_dir, model, tokenizer, method, config, splits, experiment.train, experiment.seed)
+            return run.metrics()
+        if run.is_trained():
+            figures = run.training()
+            if not evaluate:
+                return figures
+            model = method.load(model, run.trained_adapter())
+        else:
+            model, figures = train(run_dir, model, tokenizer, method, config, splits, experiment.train,
+                                   experiment.seed)
+            record_training(run, figures)
+            if not evaluate:
+                return figures
         return _evaluate_and_record(run_dir, model, tokenizer, experiment, splits, figures)
+
+
+def record_training(run: RunDir, figures: dict[str, Any]) -> None:
+    """Write ``training.json`` (the main process); the checkpoints, which only served to resume training, go."""
+    if is_main_process():
+        write_json(run.training_path, figures)
+        shutil.rmtree(run.checkpoints, ignore_errors=True)
+    wait_for_everyone()
 
 
 def base_run(run_dir: Path, experiment: Experiment, data_dir: str | None, fewshot: bool = False) -> dict[str, Any]:
@@ -122,7 +149,6 @@ def _evaluate_and_record(
     )
     metrics = {**scores, "test_indices": indices, **figures}
     write_json(RunDir(run_dir).metrics_path, metrics)
-    shutil.rmtree(RunDir(run_dir).checkpoints, ignore_errors=True)
     wait_for_everyone()
     return metrics
 

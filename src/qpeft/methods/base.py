@@ -15,7 +15,7 @@ layers onto a model.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
@@ -38,6 +38,13 @@ class MethodConfig:
     """Fields shared by every method; subclasses add their own with defaults."""
 
     learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate"})
+
+    #: Every learning rate of the method: a learning-rate search scales them together, keeping their ratios.
+    learning_rate_fields: ClassVar[tuple[str, ...]] = ("learning_rate",)
+
+    def with_learning_rates_scaled(self, factor: float) -> MethodConfig:
+        """A copy with every learning rate times ``factor`` (one point of a learning-rate grid)."""
+        return replace(self, **{name: getattr(self, name) * factor for name in self.learning_rate_fields})
 
     def validate(self) -> None:
         """Raise ``qpeft.utils.errors.UsageError`` for impossible values."""

@@ -43,6 +43,9 @@ class QAAConfig(MethodConfig):
         default=True, metadata={"help": "the simulator's memory-lean backward (recomputes instead of storing states)"}
     )
 
+    #: A learning-rate search scales both: the angles' rate keeps its ratio to W_up's.
+    learning_rate_fields = ("learning_rate", "angle_learning_rate")
+
     def angle_lr(self) -> float:
         return self.angle_learning_rate or self.learning_rate
 

@@ -49,6 +49,9 @@ class SoRAConfig(MethodConfig):
         default="ones", metadata={"help": "the gates' start: ones, or normal (the official code's draw)"}
     )
 
+    #: A learning-rate search scales both: the gates' rate keeps its ratio to A and B's.
+    learning_rate_fields = ("learning_rate", "gate_learning_rate")
+
     def gate_lr(self) -> float:
         return self.gate_learning_rate or self.learning_rate
 
