@@ -216,3 +216,38 @@ class AnalysisSettings:
         values = asdict(self)
         values["loss_fractions"] = list(self.loss_fractions)
         return values
+
+
+@dataclass
+class TuneSettings:
+    """How ``qpeft tune`` and ``compare --tune`` search every method's learning rate (the same grid for each)."""
+
+    lr_grid: str = field(
+        default="5",
+        metadata={"help": "learning rates tried per method: N points a factor of √10 apart centred on its default "
+                          "learning rate, or the factors themselves (e.g. 0.1,1,10)"},
+    )
+    storage: str | None = field(
+        default=None,
+        metadata={"help": "Optuna storage the workers share: any URL Optuna accepts (default: the journal file "
+                          "OUTPUT/tuning/optuna.log)"},
+    )
+
+    def factors(self) -> list[float]:
+        """The grid as factors of each method's default learning rate, smallest first."""
+        text = self.lr_grid.strip()
+        if "," not in text and text.isdigit():
+            points = int(text)
+            if points < 1:
+                raise UsageError(f"--lr-grid: give at least one point, got {text}")
+            return [10 ** (0.5 * (i - (points - 1) / 2)) for i in range(points)]
+        try:
+            factors = sorted(float(part) for part in text.split(",") if part.strip())
+        except ValueError:
+            raise UsageError(f"--lr-grid: give a number of points or comma-separated factors, got {text!r}") from None
+        if not factors or not all(math.isfinite(f) and f > 0 for f in factors) or len(set(factors)) != len(factors):
+            raise UsageError(f"--lr-grid: factors must be distinct positive numbers, got {text!r}")
+        return factors
+
+    def validate(self) -> None:
+        self.factors()

@@ -6,12 +6,19 @@ import argparse
 import sys
 from typing import Any
 
-from qpeft.cli.parser import collect_dataclass_flags, eval_overrides, experiment_from_args, parse_seeds
+from qpeft.cli.parser import (
+    collect_dataclass_flags,
+    eval_overrides,
+    experiment_from_args,
+    parse_seeds,
+    tune_settings_from_args,
+)
 from qpeft.evaluation.generate import generate
 from qpeft.experiment.compare import compare
 from qpeft.experiment.results import FAILED
 from qpeft.experiment.run_dir import RunDir
 from qpeft.experiment.runs import evaluate_run, load_run, train_run
+from qpeft.experiment.tuning import tune
 from qpeft.methods import REGISTRY, get_method
 from qpeft.methods.qaa.model import read_adapter as read_qaa_adapter
 from qpeft.methods.qaa.qasm import check_version, export_qasm
@@ -37,7 +44,8 @@ def run_compare(args: argparse.Namespace) -> int:
     analysis = AnalysisSettings(convergence_margin=args.convergence_margin, reference=args.reference,
                                 bootstrap_resamples=args.bootstrap_resamples)
     payload = compare(args.output, experiment_from_args(args), methods, configs, args.data_dir,
-                      seeds=parse_seeds(args.seeds), analysis=analysis, fresh_process=not args.same_process)
+                      seeds=parse_seeds(args.seeds), analysis=analysis, fresh_process=not args.same_process,
+                      tune=tune_settings_from_args(args) if args.tune else None)
     if not payload:  # another process than the main one under a multi-process launcher: the main one reports
         return 0
     write_report(args.output, payload)
@@ -48,6 +56,27 @@ def run_compare(args: argparse.Namespace) -> int:
         print(f"qpeft: {', '.join(failed)} failed (see the report); the other rows are complete", file=sys.stderr)
         return 1
     return 0
+
+
+def run_tune(args: argparse.Namespace) -> None:
+    methods = [name.strip() for name in args.methods.split(",") if name.strip()]
+    configs = {name: collect_dataclass_flags(args, name) for name in methods}
+    records = tune(args.output, experiment_from_args(args), methods, configs, args.data_dir,
+                   tune_settings_from_args(args), fresh_process=not args.same_process)
+    print(tuning_table(records))
+    print(f"\nchosen rates: {args.output / 'tuning' / 'tuned.yaml'} (qpeft compare --config reads it)")
+
+
+def tuning_table(records: dict[str, dict[str, Any]]) -> str:
+    """One line per trial: method, learning rate, validation loss (or how it ended), the chosen one marked."""
+    lines = [f"{'method':<10} {'learning rate':>13} {'validation loss':>16}"]
+    for name, record in records.items():
+        for trial in record["trials"]:
+            loss = trial["validation_loss"]
+            shown = f"{loss:.4f}" if loss is not None else trial["status"]
+            mark = "  <- chosen" if trial["factor"] == record["chosen_factor"] else ""
+            lines.append(f"{name:<10} {trial['learning_rate']:>13.3g} {shown:>16}{mark}")
+    return "\n".join(lines)
 
 
 def run_evaluate(args: argparse.Namespace) -> None:
@@ -96,5 +125,5 @@ def format_metrics(metrics: dict[str, Any]) -> str:
     return "  ".join(f"{k}={metrics[k]:.4g}" for k in keys if isinstance(metrics.get(k), (int, float)))
 
 
-COMMANDS = {"train": run_train, "compare": run_compare, "evaluate": run_evaluate, "generate": run_generate,
-            "sora-export": run_sora_export, "qasm": run_qasm}
+COMMANDS = {"train": run_train, "compare": run_compare, "tune": run_tune, "evaluate": run_evaluate,
+            "generate": run_generate, "sora-export": run_sora_export, "qasm": run_qasm}

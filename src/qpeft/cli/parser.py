@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Any
 
 from qpeft.methods import REGISTRY
-from qpeft.settings import PRECISIONS, STOP_MODES, AnalysisSettings, EvalSettings, Experiment, TrainSettings
+from qpeft.settings import (
+    PRECISIONS,
+    STOP_MODES,
+    AnalysisSettings,
+    EvalSettings,
+    Experiment,
+    TrainSettings,
+    TuneSettings,
+)
 from qpeft.utils.errors import UsageError
 
 DESCRIPTION = "The ``qpeft`` command: train, evaluate, generate, compare."
@@ -58,6 +66,17 @@ def add_setting_flag(group: argparse._ActionsContainer, settings: Any, name: str
     default = getattr(settings, name)
     group.add_argument(f"--{name.replace('_', '-')}", default=default, help=flag_help(type(settings), name, default),
                        **options)
+
+
+def add_tuning_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("learning-rate tuning")
+    settings = TuneSettings()
+    add_setting_flag(group, settings, "lr_grid", metavar="N|F1,F2,...")
+    add_setting_flag(group, settings, "storage", metavar="URL")
+
+
+def tune_settings_from_args(args: argparse.Namespace) -> TuneSettings:
+    return TuneSettings(lr_grid=args.lr_grid, storage=args.storage)
 
 
 def add_experiment_flags(parser: argparse.ArgumentParser) -> None:
@@ -150,7 +169,19 @@ def build_parser() -> argparse.ArgumentParser:
                          help="train every method in this process (starts faster; each method's peak memory then "
                               "includes what the methods before it left behind)")
     add_setting_flag(compare, analysis, "bootstrap_resamples", type=int)
+    compare.add_argument("--tune", action="store_true",
+                         help="first choose every method's learning rates on the validation loss, on one grid "
+                              "(as qpeft tune; the chosen trial is the method's run)")
+    add_tuning_flags(compare)
     add_experiment_flags(compare)
+
+    tune = commands.add_parser("tune", help="choose every method's learning rates on the validation loss, one grid "
+                                            "for all (several processes on one output share the trials)")
+    tune.add_argument("--methods", default=",".join(REGISTRY), help="comma-separated method names (default: all)")
+    tune.add_argument("--output", required=True, type=Path, help="output folder (trials under OUTPUT/tuning/)")
+    tune.add_argument("--same-process", action="store_true", help="train every trial in this process")
+    add_tuning_flags(tune)
+    add_experiment_flags(tune)
 
     evaluate = commands.add_parser("evaluate", help="(re)evaluate a trained run")
     evaluate.add_argument("run_dir", type=Path)
@@ -176,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     qasm.add_argument("--version", choices=["2", "3", "both"], default="both", help="OpenQASM version (default both)")
 
     for name, method in REGISTRY.items():
-        for sub in (train, compare):
+        for sub in (train, compare, tune):
             add_dataclass_flags(sub.add_argument_group(f"{name} options"), name, method.config_class)
         add_dataclass_flags(evaluate.add_argument_group(f"{name} evaluation options"), name,
                             method.eval_options_class)

@@ -6,38 +6,32 @@ The CLI renders the report from the payload ``compare`` returns (``qpeft.report`
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import gc
 import logging
-import multiprocessing
-import signal
-import sys
-import warnings
-from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 from pathlib import Path
 from statistics import median
 from typing import Any
 
 import torch
-from transformers.utils import logging as hf_logging
 
 from qpeft.analysis.capacity import summarise_capacity
 from qpeft.analysis.convergence import convergence_figures, loss_curve, read_log
 from qpeft.data.prompts import encode_prompt
 from qpeft.evaluation.latency import paired_latency
 from qpeft.experiment.checks import check_experiment
+from qpeft.experiment.processes import isolated
 from qpeft.experiment.results import BASE, FAILED, FEWSHOT, build_payload, write_results
 from qpeft.experiment.run_dir import RunDir, claimed_folder
 from qpeft.experiment.runs import base_run, evaluate_run, load_run, train_run
+from qpeft.experiment.tuning import WINDOW, check_tuning, chosen_config, trial_dir
+from qpeft.experiment.tuning import tune as tune_methods
 from qpeft.methods import REGISTRY, get_method
 from qpeft.models import load_model, load_tokenizer
-from qpeft.settings import AnalysisSettings, Experiment
+from qpeft.settings import AnalysisSettings, Experiment, TuneSettings
 from qpeft.training.trainer import TrainingDiverged
 from qpeft.utils.atomic import read_json, write_json
-from qpeft.utils.distributed import is_main_process, process_state
+from qpeft.utils.distributed import is_main_process
 from qpeft.utils.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -55,6 +49,7 @@ def compare(
     seeds: list[int] | None = None,
     analysis: AnalysisSettings | None = None,
     fresh_process: bool = True,
+    tune: TuneSettings | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate each method once per seed (finished runs are kept), then analyse and report.
 
@@ -62,6 +57,7 @@ def compare(
     each seed's comparison in ``output/seed-<s>/<method>/`` and report mean and spread.
     Each run trains in a fresh process (``fresh_process``) so that its peak memory is its own.
     A method that fails is recorded as such (``methods.<m>.status == "failed"``) and the rest run.
+    With ``tune`` each method's learning rates are first chosen on the validation loss (``tuning``).
     """
     if not methods:
         raise UsageError("--methods: name at least one method")
@@ -82,10 +78,12 @@ def compare(
                          f"nor {BASE} / {FEWSHOT}")
     # every method, the data, the models: before the first method trains and before anything is written
     check_experiment(experiment, {name: method_configs.get(name, {}) for name in methods}, data_dir)
+    if tune is not None:
+        check_tuning(experiment, tune)
     with contextlib.ExitStack() as claims:
         seed_dirs = claim_seed_dirs(claims, output, experiment, seeds)
         return compare_claimed(output, experiment, methods, method_configs, data_dir, seeds, seed_dirs, analysis,
-                               fresh_process)
+                               fresh_process, tune)
 
 
 def compare_claimed(
@@ -98,37 +96,78 @@ def compare_claimed(
     seed_dirs: dict[int, Path],
     analysis: AnalysisSettings,
     fresh_process: bool,
+    tune: TuneSettings | None,
 ) -> dict[str, Any]:
-    """``compare`` once its checks passed and its folders are this process's."""
+    """``compare`` once its checks passed and its folders are this process's.
+
+    With ``tune`` every method's learning rates are first chosen on the validation loss
+    (``tuning``) at the first seed, whose run of each method is then the chosen trial's.
+    """
+    run_dirs = {seed: {name: seed_dir / name for name in (BASE, FEWSHOT, *methods)}
+                for seed, seed_dir in seed_dirs.items()}
+    untrainable: dict[str, str] = {}
+    tuning_records = None
+    if tune is not None:
+        first = replace(experiment, seed=seeds[0])
+        tuning_records = tune_methods(output, first, methods, method_configs, data_dir, tune, fresh_process,
+                                      claim=False)
+        method_configs = dict(method_configs)
+        for name in methods:
+            chosen = chosen_config(name, method_configs.get(name, {}), tuning_records[name])
+            if chosen is None:
+                untrainable[name] = "every learning rate of the grid diverged"
+                continue
+            method_configs[name] = chosen
+            run_dirs[seeds[0]][name] = trial_dir(output, name, tuning_records[name]["chosen_factor"])
     per_seed = {}
     for seed, seed_dir in seed_dirs.items():
         seed_experiment = replace(experiment, seed=seed)
         results = baseline_rows(seed_dir, seed_experiment, data_dir)
         for name in methods:
             log.info("=== %s%s ===", name, f" (seed {seed})" if len(seeds) > 1 else "")
-            results[name] = method_row(seed_dir / name, seed_experiment, name, method_configs.get(name, {}), data_dir,
+            if name in untrainable:
+                results[name] = {"status": FAILED, "error": untrainable[name]}
+                continue
+            run_dir = run_dirs[seed][name]
+            results[name] = method_row(run_dir, seed_experiment, name, method_configs.get(name, {}), data_dir,
                                        fresh_process)
             if is_main_process() and results[name].get("status") != FAILED:
-                robustness = robustness_figures(seed_dir / name, name, results[name], data_dir)
+                robustness = robustness_figures(run_dir, name, results[name], data_dir)
                 if robustness:
                     results[name]["robustness"] = robustness
             gc.collect()
         if not is_main_process():
             continue  # under a multi-process launcher only the main process analyses and writes
-        per_seed[str(seed)] = analyse_seed(seed_dir, seed_experiment, methods, results, data_dir, analysis)
+        per_seed[str(seed)] = analyse_seed(run_dirs[seed], seed_experiment, methods, results, data_dir, analysis)
         if len(seeds) > 1:
-            seed_payload = build_payload(seed_experiment, [seed], method_configs_of(seed_dir, methods, method_configs),
-                                         {str(seed): per_seed[str(seed)]}, analysis, {seed: seed_dir})
+            seed_payload = build_payload(seed_experiment, [seed],
+                                         method_configs_of(run_dirs[seed], methods, method_configs),
+                                         {str(seed): per_seed[str(seed)]}, analysis, {seed: run_dirs[seed]})
             write_json(seed_dir / "results.json", seed_payload)
     if not is_main_process():
         return {}
-    configs = method_configs_of(seed_dirs[seeds[0]], methods, method_configs)
+    configs = method_configs_of(run_dirs[seeds[0]], methods, method_configs)
     # Several seeds share everything but the seed, which the payload lists under "seeds".
     shared = replace(experiment, seed=seeds[0] if len(seeds) == 1 else None)
-    payload = build_payload(shared, seeds, configs, per_seed, analysis, seed_dirs)
+    payload = build_payload(shared, seeds, configs, per_seed, analysis, run_dirs)
+    add_learning_rates(payload, configs, tuning_records, tune)
     write_results(output, payload)
     return payload
 
+
+
+def add_learning_rates(payload: dict[str, Any], configs: dict[str, dict[str, Any]],
+                       records: dict[str, dict[str, Any]] | None, settings: TuneSettings | None) -> None:
+    """``methods.<m>.learning_rate`` (the rate each trained at), ``tuning.<m>`` (every trial) and whether,
+    and on which grid, the rates were tuned (``learning_rates``): the report says which it was."""
+    for name, config in configs.items():
+        payload["methods"][name]["learning_rate"] = config.get("learning_rate")
+    if records is None:
+        payload["learning_rates"] = {"tuned": False}
+        return
+    payload["tuning"] = {name: record["trials"] for name, record in records.items()}
+    payload["learning_rates"] = {"tuned": True, "grid": settings.factors(), "window_share": WINDOW,
+                                 "windows": {name: record["window"] for name, record in records.items()}}
 
 
 def baseline_rows(seed_dir: Path, experiment: Experiment, data_dir: str | None) -> dict[str, dict[str, Any]]:
@@ -159,50 +198,12 @@ def method_row(run_dir: Path, experiment: Experiment, name: str, config: dict[st
     return {"status": FAILED, "error": message}
 
 
-def isolated(function: Callable[..., dict[str, Any]], fresh_process: bool, *args: Any) -> dict[str, Any]:
-    """``function(*args)``, in a fresh process when asked (and not under a multi-process launcher).
-
-    A fresh process per run makes each method's peak memory its own: in one shared process the
-    resident set keeps what earlier methods left behind (allocator caches, imported libraries),
-    so a method's figure would depend on which methods ran before it. It also keeps a crash in
-    one method (a segfault in a compiled kernel) from ending the comparison.
-    """
-    if not fresh_process or process_state().num_processes > 1:
-        return function(*args)
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=start_child, initargs=(logging.getLogger("qpeft").level,)) as pool:
-        try:
-            return pool.submit(function, *args).result()
-        except BrokenProcessPool:
-            raise RuntimeError("the run's process died (killed, or a crash in compiled code)") from None
-
-
-def start_child(level: int) -> None:
-    """A spawned run process: it ends with its parent, and logs like it (it starts with no logging set up)."""
-    end_with_parent()
-    logging.basicConfig(level=level or logging.INFO, format="qpeft: %(message)s")
-    hf_logging.disable_progress_bar()
-    warnings.filterwarnings("ignore", category=FutureWarning)
-
-
-def end_with_parent() -> None:
-    """Ask Linux to terminate this process when its parent dies (prctl PR_SET_PDEATHSIG).
-
-    Without it, a comparison killed from outside (SIGTERM, SIGKILL of its process alone) leaves its
-    run process training on, orphaned, still writing into the run folder. Elsewhere a no-op: the
-    run process then ends when the pool's pipe to the dead parent breaks.
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
-
-
-def method_configs_of(seed_dir: Path, methods: list[str], given: dict[str, dict[str, Any]]) -> dict[str, dict]:
+def method_configs_of(run_dirs: dict[str, Path], methods: list[str],
+                      given: dict[str, dict[str, Any]]) -> dict[str, dict]:
     """Each method's full configuration as its run recorded it (the given flags for a run that never started)."""
     configs = {}
     for name in methods:
-        run = RunDir(seed_dir / name)
+        run = RunDir(run_dirs[name])
         configs[name] = run.config()["method_config"] if run.config_path.exists() else given.get(name, {})
     return configs
 
@@ -261,7 +262,7 @@ def claimed_comparison(folder: Path, experiment: Experiment) -> contextlib.Abstr
 
 
 def analyse_seed(
-    seed_dir: Path,
+    run_dirs: dict[str, Path],
     experiment: Experiment,
     methods: list[str],
     results: dict[str, dict[str, Any]],
@@ -275,7 +276,7 @@ def analyse_seed(
     figures = {name: dict(values) for name, values in results.items()}
     curves = {}
     for name in methods:
-        log_path = RunDir(seed_dir / name).train_log
+        log_path = RunDir(run_dirs[name]).train_log
         train_log = read_log(log_path) if log_path.exists() else {}
         if not train_log.get("step"):
             continue
@@ -285,7 +286,7 @@ def analyse_seed(
         ))
         curves[name] = loss_curve(train_log)
     finished = [name for name in methods if results[name].get("status") != FAILED]
-    capacity, latency, errors = measure_models(seed_dir, experiment, finished, data_dir, settings)
+    capacity, latency, errors = measure_models(run_dirs, experiment, finished, data_dir, settings)
     for name, entries in capacity.items():
         figures[name].update(summarise_capacity(entries))
     for name, message in errors.items():
@@ -305,7 +306,11 @@ def sample_prompt_ids(experiment: Experiment, data_dir: str | None, count: int) 
 
 
 def measure_models(
-    seed_dir: Path, experiment: Experiment, methods: list[str], data_dir: str | None, settings: AnalysisSettings
+    run_dirs: dict[str, Path],
+    experiment: Experiment,
+    methods: list[str],
+    data_dir: str | None,
+    settings: AnalysisSettings,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, float]], dict[str, str]]:
     """Capacity entries per method, generation latency figures per model, and capacity errors.
 
@@ -324,7 +329,7 @@ def measure_models(
     capacity: dict[str, dict[str, Any]] = {}
     errors: dict[str, str] = {}
     for name in methods:
-        model, _, _ = load_run(seed_dir / name)
+        model, _, _ = load_run(run_dirs[name])
         model.eval()
         try:
             capacity[name] = get_method(name).capacity(model, base_model, ids)

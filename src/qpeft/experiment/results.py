@@ -54,12 +54,15 @@ def build_payload(
     method_configs: dict[str, dict[str, Any]],
     per_seed: dict[str, dict[str, Any]],
     analysis: AnalysisSettings,
-    seed_dirs: dict[int, Path] | None = None,
+    run_dirs: dict[int, dict[str, Path]] | None = None,
 ) -> dict[str, Any]:
     """results.json: the figures of every seed, their mean (``methods``) and spread (``aggregate``),
-    and each quality figure's bootstrap interval and p-value against the reference row."""
+    and each quality figure's bootstrap interval and p-value against the reference row.
+
+    ``run_dirs`` holds, per seed, each row's run folder (whose predictions the bootstrap reads).
+    """
     means, spread = aggregate_methods({seed: values["methods"] for seed, values in per_seed.items()})
-    statistics = quality_statistics(seed_dirs, per_seed, analysis) if seed_dirs else {}
+    statistics = quality_statistics(run_dirs, per_seed, analysis) if run_dirs else {}
     for name, values in statistics.get("methods", {}).items():
         means[name].update(values)
     return {
@@ -83,7 +86,7 @@ def test_sample_record(methods: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def quality_statistics(
-    seed_dirs: dict[int, Path], per_seed: dict[str, dict[str, Any]], settings: AnalysisSettings
+    run_dirs: dict[int, dict[str, Path]], per_seed: dict[str, dict[str, Any]], settings: AnalysisSettings
 ) -> dict[str, Any]:
     """``ci`` and ``p_vs_reference`` per row from a paired bootstrap over the test items (and seeds).
 
@@ -97,8 +100,8 @@ def quality_statistics(
     references, indices = None, None
     for name in names:
         systems[name] = []
-        for seed_dir in seed_dirs.values():
-            rows = read_predictions(seed_dir / name / "predictions.jsonl")
+        for rows_dirs in run_dirs.values():
+            rows = read_predictions(rows_dirs[name] / "predictions.jsonl")
             row_indices = [row.get("index") for row in rows]
             if indices is None:
                 indices, references = row_indices, [row["references"] for row in rows]
@@ -110,7 +113,7 @@ def quality_statistics(
         return {}
     reference = settings.reference if settings.reference in systems else BASE
     stats = bootstrap_comparison(systems, references, reference_method=reference,
-                                 resamples=settings.bootstrap_resamples, seed=min(seed_dirs),
+                                 resamples=settings.bootstrap_resamples, seed=min(run_dirs),
                                  confidence=settings.confidence)
     return {"reference": reference, "methods": {name: {"ci": values["ci"], "p_vs_reference": values["p_vs_reference"]}
                                                 for name, values in stats.items()}}

@@ -10,6 +10,7 @@ from typing import Any
 
 from qpeft.report.payload import multi_seed, robustness_sets, trained, value
 from qpeft.report.tables import QUALITY_METRICS, interval_text, p_value_text
+from qpeft.report.tuning import is_tuned, learning_rate_sentence
 
 
 def _ranked(payload: dict[str, Any], key: str, names: list[str] | None = None) -> list[tuple[str, float]]:
@@ -68,6 +69,10 @@ def _quality_findings(payload: dict[str, Any]) -> list[str]:
     ranked = _ranked(payload, "bleu", rows)[::-1]
     if not ranked:
         return sentences
+    if not is_tuned(payload):
+        # At untuned learning rates a "best method" may be the method with the luckiest default rate.
+        return [*sentences, learning_rate_sentence(payload) + " No method is named best; the paired tests below "
+                "compare rows at the rates they trained at.", *_reference_findings(payload)]
     best, best_bleu = ranked[0]
     ci = payload["methods"][best].get("ci", {})
     text = f"Highest BLEU: **{best}**, {best_bleu:.2f}{interval_text(ci.get('bleu'))}"
@@ -75,11 +80,14 @@ def _quality_findings(payload: dict[str, Any]) -> list[str]:
     if overlapping:
         text += f"; its interval overlaps {_join(overlapping)}'s, so this ranking alone does not separate them"
     sentences.append(text + ".")
+    return sentences + _reference_findings(payload)
+
+
+def _reference_findings(payload: dict[str, Any]) -> list[str]:
     reference = payload.get("analysis", {}).get("reference")
-    if reference:
-        sentences += [s for key, label in QUALITY_METRICS if (s := _against_reference(payload, reference,
-                                                                                            key, label))]
-    return sentences
+    if not reference:
+        return []
+    return [s for key, label in QUALITY_METRICS if (s := _against_reference(payload, reference, key, label))]
 
 
 def _overlaps(payload: dict[str, Any], first: str, second: str, key: str) -> bool:

@@ -31,6 +31,7 @@ from qpeft.report.tables import (
     significance_rows,
     summary_rows,
 )
+from qpeft.report.tuning import learning_rate_sentence, tuning_rows, window_sentences
 
 CSS = (Path(__file__).with_name("report.css")).read_text()
 
@@ -72,7 +73,7 @@ def _description(payload: dict[str, Any]) -> str:
             f"(max {train['max_length']} tokens); {test_items if test_items is not None else '?'} test items, "
             f"{decoding} decoding, at most {evaluation['max_new_tokens']} new tokens. Scores are on a 0–100 "
             f"scale against every reference of a test item. {_inline(baselines_sentence(payload))} "
-            f"{_inline(sample_sentence(payload))}")
+            f"{_inline(sample_sentence(payload))} {_inline(learning_rate_sentence(payload))}")
 
 
 def html_report(payload: dict[str, Any]) -> str:
@@ -88,6 +89,13 @@ def html_report(payload: dict[str, Any]) -> str:
     headers, rows = significance_rows(payload)
     if rows:
         sections.append(("tests", "Paired tests", html_table(headers, rows, "table-tests")))
+
+    headers, rows = tuning_rows(payload)
+    if rows:
+        windows = "".join(f"<li>{_inline(s)}</li>" for s in window_sentences(payload))
+        sections.append(("learning-rates", "Learning rates",
+                         _figure_html("plot-learning-rates", images["plot-learning-rates"])
+                         + f'<ul class="findings">{windows}</ul>' + html_table(headers, rows, "table-tuning")))
 
     body = _figure_html("plot-loss", images["plot-loss"]) + _figure_html("plot-grad-norm", images["plot-grad-norm"])
     headers, rows = figure_table(payload, convergence_columns(payload), names)

@@ -20,6 +20,7 @@ from qpeft.report.tables import (
     significance_rows,
     summary_table,
 )
+from qpeft.report.tuning import learning_rate_sentence, tuning_rows, window_sentences
 
 
 def baselines_sentence(payload: dict[str, Any]) -> str:
@@ -73,11 +74,16 @@ def markdown_report(payload: dict[str, Any]) -> str:
         f"at most {evaluation['max_new_tokens']} new tokens.",
         "",
         "Scores are on a 0-100 scale, each against every reference of a test item. "
-        f"{baselines_sentence(payload)} Trainable % is of the base model's parameters. {sample_sentence(payload)}",
+        f"{baselines_sentence(payload)} Trainable % is of the base model's parameters. {sample_sentence(payload)} "
+        f"{learning_rate_sentence(payload)}",
         "",
         summary_table(payload),
         "",
     ]
+    headers, rows = tuning_rows(payload)
+    if rows:
+        lines += ["## Learning rates", "", *(f"- {s}" for s in window_sentences(payload)), "",
+                  markdown_table(headers, rows), ""]
     headers, rows = significance_rows(payload)
     if rows:
         lines += ["## Paired tests", "", markdown_table(headers, rows), ""]

@@ -389,6 +389,36 @@ def noise_curves(payload: dict[str, Any]) -> bytes | None:
     return _png(figure)
 
 
+@styled
+def learning_rate_sensitivity(payload: dict[str, Any]) -> bytes | None:
+    """Validation loss against learning rate (log x), one line per tuned method; diverged trials as x on top."""
+    tuning = payload.get("tuning") or {}
+    if not tuning:
+        return None
+    figure, axes = _figure(5.4, 3.4)
+    axis = axes[0]
+    colors = method_colors(list(tuning))
+    losses = [number(t.get("validation_loss")) for trials in tuning.values() for t in trials]
+    top = max((v for v in losses if v is not None), default=1.0)
+    for name, trials in tuning.items():
+        points = sorted((t["learning_rate"], number(t.get("validation_loss"))) for t in trials)
+        finished = [(rate, loss) for rate, loss in points if loss is not None]
+        axis.plot([r for r, _ in finished], [v for _, v in finished], marker="o", color=colors[name], label=name)
+        diverged = [rate for rate, loss in points if loss is None]
+        if diverged:
+            axis.scatter(diverged, [top] * len(diverged), marker="x", color=colors[name])
+        chosen = number(payload["methods"].get(name, {}).get("learning_rate"))
+        if chosen is not None:
+            axis.scatter([chosen], [dict(finished).get(chosen, top)], s=80, facecolors="none",
+                         edgecolors=colors[name])
+    axis.set_xscale("log")
+    axis.set_xlabel("learning rate")
+    axis.set_ylabel("validation loss")
+    axis.set_title("Learning-rate sensitivity (circled: chosen; x: diverged)")
+    _legend_outside(axis)
+    return _png(figure)
+
+
 @dataclass(frozen=True)
 class Plot:
     """One figure of the HTML report: how to draw it from a payload, and the caption under it."""
@@ -399,6 +429,10 @@ class Plot:
 
 # id -> plot; the HTML report embeds each that returns an image, in this order.
 PLOTS = {
+    "plot-learning-rates": Plot(learning_rate_sensitivity, (
+        "Validation loss at the end of each tuning trial against its learning rate (log scale), one line per "
+        "method; the circled point is the chosen rate, an x a trial that diverged (drawn at the top)."
+    )),
     "plot-loss": Plot(loss_curves, (
         "Training loss per optimizer step: faint lines are the raw loss (one per seed), solid lines the "
         "smoothed loss (mean over seeds; the band is ±1 standard deviation); dashed lines with dots are the "

@@ -14,6 +14,7 @@ import torch
 from accelerate import PartialState
 
 from qpeft.utils.errors import UsageError
+from qpeft.utils.locks import FolderInUse
 
 T = TypeVar("T")
 
@@ -51,10 +52,11 @@ def on_main_process(function: Callable[[], T]) -> T:
         try:
             outcome = {"result": function()}
         except UsageError as error:
-            outcome = {"error": str(error)}
+            outcome = {"error": str(error), "kind": type(error).__name__}
     outcome = _broadcast_json(outcome, state.device)
     if "error" in outcome:
-        raise UsageError(outcome["error"])
+        # the same kind on every process (a tuning worker waits on a folder in use, and fails on the rest)
+        raise (FolderInUse if outcome["kind"] == FolderInUse.__name__ else UsageError)(outcome["error"])
     return outcome["result"]
 
 

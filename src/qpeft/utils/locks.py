@@ -34,6 +34,10 @@ LOCK_FILES = (LOCK_FILE, GUARD_FILE)
 _held: dict[Path, int] = {}
 
 
+class FolderInUse(UsageError):
+    """Another live process holds the folder's lock (a tuning worker waits for it instead of failing)."""
+
+
 def process_start_time(pid: int) -> str | None:
     """The start time of a process in clock ticks since boot (Linux), to tell a reused PID apart; None elsewhere."""
     try:
@@ -113,7 +117,7 @@ def acquire(folder: Path) -> None:
         if found.get("host") == owner["host"] and not is_alive(found):
             _remove_if_stale(folder, found)
             continue
-        raise UsageError(f"{folder} is in use by process {found.get('pid')} on {found.get('host')}; wait for it to "
+        raise FolderInUse(f"{folder} is in use by process {found.get('pid')} on {found.get('host')}; wait for it to "
                          f"finish, or remove {lock} if that process is gone")
     raise UsageError(f"could not take the lock {lock}; remove it if no qpeft process uses {folder}")
 

@@ -1,0 +1,205 @@
+"""``qpeft tune``: every method's learning rate chosen the same way, on the validation loss.
+
+Each method gets the same trials: its learning rates (all of them, keeping their ratios: QAA's
+angles, SoRA's gates) times each factor of one grid (default five factors √10 apart, 0.1 to 10
+around the method's default), each trial a full training run at the experiment's budget and
+seed, scored by its last validation loss. The lowest is chosen; the test set plays no part, and
+no trial is evaluated on it. A trial that diverges scores as the worst and is never chosen. In
+``compare --tune`` the chosen trial's run *is* the method's run: it is evaluated there, never
+trained again.
+
+Optuna schedules the trials: one study per method with Optuna's ``GridSampler``, stored in a
+journal file in the output folder (or at any storage URL Optuna accepts), so several ``qpeft
+tune`` processes started on one output folder (one per GPU, or on several hosts sharing the
+folder or a database) share the grid. A trial's run folder is named by its factor and locked
+while it trains, so each grid point trains once whichever worker draws it: a worker that draws a
+point another one is training waits for it and takes its result, and a worker killed mid-trial
+leaves its lock and checkpoints behind, which the next worker on that host to draw the point
+takes over, resuming from the last checkpoint. Under ``torchrun``/``accelerate launch`` the
+processes of one launch are one data-parallel worker and take the grid in order.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from qpeft.experiment.checks import check_experiment
+from qpeft.experiment.processes import isolated
+from qpeft.experiment.run_dir import claimed_folder
+from qpeft.experiment.runs import train_run
+from qpeft.methods import get_method
+from qpeft.settings import Experiment, TuneSettings
+from qpeft.training.trainer import TrainingDiverged
+from qpeft.utils.atomic import read_json, write_json
+from qpeft.utils.distributed import is_main_process, process_state, wait_for_everyone
+from qpeft.utils.errors import UsageError
+from qpeft.utils.locks import FolderInUse
+
+log = logging.getLogger(__name__)
+
+TUNING = "tuning"
+#: What a comparison's folder records of its experiment (as ``compare`` does), so that both share it.
+EXPERIMENT_FILE = "experiment.json"
+OK, DIVERGED, FAILED = "ok", "diverged", "failed"
+#: A method's good window: the learning rates whose validation loss is within this share of its best.
+WINDOW = 0.05
+#: How often a worker looks again at a grid point another worker is training.
+WAIT_SECONDS = 5.0
+
+
+def trial_dir(output: Path, method: str, factor: float) -> Path:
+    return Path(output) / TUNING / method / f"lr-x{factor:.6g}"
+
+
+def trial_config(name: str, config: dict[str, Any], factor: float) -> dict[str, Any]:
+    """The method's config (flags given, defaults filled in) with every learning rate times ``factor``."""
+    return get_method(name).config_class.from_dict(config).with_learning_rates_scaled(factor).to_dict()
+
+
+def read_record(path: Path) -> dict[str, Any] | None:
+    """A trial's ``trial.json``, or None when it has not finished (or the file is no record: trained again)."""
+    if not path.exists():
+        return None
+    record = read_json(path)
+    return record if isinstance(record, dict) and record.get("status") in (OK, DIVERGED) else None
+
+
+def run_trial(output: Path, experiment: Experiment, name: str, config: dict[str, Any], data_dir: str | None,
+              factor: float, fresh_process: bool) -> dict[str, Any]:
+    """One grid point's record, training it unless a worker already did (or waiting for the one that is)."""
+    run_dir = trial_dir(output, name, factor)
+    scaled = trial_config(name, config, factor)
+    rates = {field: scaled[field] for field in get_method(name).config_class.learning_rate_fields}
+    while (record := read_record(run_dir / "trial.json")) is None:
+        try:
+            figures = isolated(train_run, fresh_process, run_dir, experiment, name, scaled, data_dir, False)
+            loss, status = figures.get("validation_loss"), OK
+        except TrainingDiverged:
+            loss, status = None, DIVERGED
+        except FolderInUse:
+            log.info("%s x%.3g: another worker is training it; waiting for its result", name, factor)
+            time.sleep(WAIT_SECONDS)
+            continue
+        if status == OK and not (isinstance(loss, float) and math.isfinite(loss)):
+            loss, status = None, DIVERGED
+        record = {"factor": factor, "learning_rate": scaled["learning_rate"], "learning_rates": rates,
+                  "validation_loss": loss, "status": status}
+        if is_main_process():
+            write_json(run_dir / "trial.json", record)
+        wait_for_everyone()
+    return record
+
+
+def tune_method(output: Path, experiment: Experiment, name: str, config: dict[str, Any], data_dir: str | None,
+                settings: TuneSettings, fresh_process: bool) -> dict[str, Any]:
+    """Every grid point of one method trained (by this worker or others); the method's tuning record."""
+    factors = settings.factors()
+    if process_state().num_processes > 1:
+        for factor in factors:  # one data-parallel worker: every process takes the same trial
+            run_trial(output, experiment, name, config, data_dir, factor, fresh_process)
+    else:
+        optimize_with_optuna(output, experiment, name, config, data_dir, settings, fresh_process)
+    trials = [read_record(trial_dir(output, name, factor) / "trial.json") or
+              {"factor": factor, "learning_rate": trial_config(name, config, factor)["learning_rate"],
+               "validation_loss": None, "status": FAILED} for factor in factors]
+    return {"trials": trials, **choice(trials)}
+
+
+def optimize_with_optuna(output: Path, experiment: Experiment, name: str, config: dict[str, Any],
+                         data_dir: str | None, settings: TuneSettings, fresh_process: bool) -> None:
+    """Draw grid points from the method's shared study until every one has finished."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # qpeft logs each trial itself
+    factors = settings.factors()
+    storage = settings.storage or optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(Path(output) / TUNING / "optuna.log")))
+    study = optuna.create_study(study_name=name, storage=storage, direction="minimize", load_if_exists=True,
+                                sampler=optuna.samplers.GridSampler({"lr_factor": factors}, seed=0))
+
+    def objective(trial: optuna.Trial) -> float:
+        factor = trial.suggest_categorical("lr_factor", factors)
+        log.info("=== tuning %s: learning rates x%.3g ===", name, factor)
+        record = run_trial(output, experiment, name, config, data_dir, factor, fresh_process)
+        trial.set_user_attr("status", record["status"])
+        # A diverged trial is the worst there is; Optuna takes inf as a value.
+        return record["validation_loss"] if record["status"] == OK else math.inf
+
+    # GridSampler stops the study once every point has finished; the bound only guards against a loop.
+    study.optimize(objective, n_trials=2 * len(factors))
+
+
+def choice(trials: list[dict[str, Any]]) -> dict[str, Any]:
+    """The chosen trial (lowest validation loss among those that trained) and the method's good window."""
+    finished = [t for t in trials if t["status"] == OK]
+    if not finished:
+        return {"chosen_factor": None, "learning_rate": None, "window": None}
+    best = min(finished, key=lambda t: t["validation_loss"])
+    good = [t["learning_rate"] for t in finished if t["validation_loss"] <= (1 + WINDOW) * best["validation_loss"]]
+    return {"chosen_factor": best["factor"], "learning_rate": best["learning_rate"],
+            "window": {"low": min(good), "high": max(good), "points": len(good), "of": len(trials)}}
+
+
+def check_tuning(experiment: Experiment, settings: TuneSettings) -> None:
+    settings.validate()
+    if not experiment.train.validation_items:
+        raise UsageError("tuning chooses on the validation loss: --validation-items must be positive")
+
+
+def claim_tuning(output: Path, experiment: Experiment, settings: TuneSettings, claim_output: bool) -> None:
+    """Record the experiment (with ``claim_output``) and the grid, refusing a folder that holds others.
+
+    Workers share the folder, so none keeps its lock beyond recording: each trial's run folder has its own.
+    """
+    recorded = output / EXPERIMENT_FILE
+    if claim_output and not (recorded.exists() and read_json(recorded) == experiment.to_dict()):
+        with claimed_folder(output, recorded, experiment.to_dict(), "comparison"):
+            pass
+    folder = output / TUNING
+    with claimed_folder(folder, folder / "grid.json", {"lr_factors": settings.factors()}, "tuning"):
+        pass
+
+
+def tune(output: Path, experiment: Experiment, methods: list[str], method_configs: dict[str, dict[str, Any]],
+         data_dir: str | None, settings: TuneSettings, fresh_process: bool = True,
+         claim: bool = True) -> dict[str, dict[str, Any]]:
+    """Tune every method on one grid; writes ``tuning/tuning.json`` and the chosen rates as ``tuning/tuned.yaml``.
+
+    ``claim`` False: the caller (``compare --tune``) has checked everything and claimed ``output`` already.
+    """
+    if claim:
+        check_tuning(experiment, settings)
+        check_experiment(experiment, {name: method_configs.get(name, {}) for name in methods}, data_dir)
+    claim_tuning(output, experiment, settings, claim_output=claim)
+    records = {name: tune_method(output, experiment, name, method_configs.get(name, {}), data_dir, settings,
+                                 fresh_process) for name in methods}
+    if is_main_process():
+        write_json(output / TUNING / "tuning.json", {"lr_factors": settings.factors(), "methods": records})
+        write_tuned_config(output / TUNING / "tuned.yaml", methods, method_configs, records)
+    return records
+
+
+def chosen_config(name: str, config: dict[str, Any], record: dict[str, Any]) -> dict[str, Any] | None:
+    """The method's config at its chosen learning rates (None when every trial diverged)."""
+    factor = record.get("chosen_factor")
+    return None if factor is None else trial_config(name, config, factor)
+
+
+def write_tuned_config(path: Path, methods: list[str], method_configs: dict[str, dict[str, Any]],
+                       records: dict[str, dict[str, Any]]) -> None:
+    """The chosen learning rates as a ``--config`` file: ``qpeft compare --config tuned.yaml`` reruns at them."""
+    import yaml
+
+    from qpeft.utils.atomic import write_text_atomic
+
+    options = {}
+    for name in methods:
+        config = chosen_config(name, method_configs.get(name, {}), records[name])
+        if config is not None:
+            options[name] = {field: config[field] for field in get_method(name).config_class.learning_rate_fields}
+    header = "# Learning rates chosen by qpeft tune on the validation loss (tuning.json holds every trial).\n"
+    write_text_atomic(path, header + yaml.safe_dump(options, sort_keys=False))
