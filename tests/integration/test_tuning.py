@@ -1,0 +1,198 @@
+"""Learning-rate tuning: one grid for every method, chosen on validation loss only, trials shared by workers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from helpers import cli_args, read_rows
+from qpeft.cli import main
+from qpeft.experiment.tuning import DIVERGED, OK, choice, trial_dir
+from qpeft.settings import TuneSettings
+from qpeft.utils.errors import UsageError
+
+
+def tune_args(model: Path, data: Path, output: Path, *extra: str, grid: str = "3") -> list[str]:
+    return ["--output", str(output), "--lr-grid", grid, *cli_args(model, data, steps=4, save_steps=2), *extra]
+
+
+def trials(output: Path) -> dict[str, list[dict]]:
+    return {name: record["trials"]
+            for name, record in json.loads((output / "tuning" / "tuning.json").read_text())["methods"].items()}
+
+
+def test_the_default_grid_is_five_factors_root_ten_apart_centred_on_the_default() -> None:
+    factors = TuneSettings().factors()
+    assert factors == pytest.approx([0.1, 10 ** -0.5, 1.0, 10 ** 0.5, 10.0])
+    assert TuneSettings(lr_grid="0.5,2").factors() == [0.5, 2.0]
+    for bad in ("0", "a,b", "1,1", "-1,2"):
+        with pytest.raises(UsageError, match="--lr-grid"):
+            TuneSettings(lr_grid=bad).factors()
+
+
+def test_the_choice_is_the_lowest_validation_loss_and_never_a_diverged_trial() -> None:
+    trial_list = [{"factor": 0.1, "learning_rate": 1e-5, "validation_loss": 2.0, "status": OK},
+                  {"factor": 1.0, "learning_rate": 1e-4, "validation_loss": 1.95, "status": OK},
+                  {"factor": 10.0, "learning_rate": 1e-3, "validation_loss": None, "status": DIVERGED}]
+    picked = choice(trial_list)
+    assert picked["chosen_factor"] == 1.0 and picked["learning_rate"] == 1e-4
+    assert picked["window"] == {"low": 1e-5, "high": 1e-4, "points": 2, "of": 3}  # 2.0 is within 5% of 1.95
+    assert choice([{**trial_list[2]}])["chosen_factor"] is None
+
+
+def test_every_method_gets_the_same_grid_and_every_rate_scales_together(tiny_llama_dir: Path, toy_data_dir: Path,
+                                                                      tmp_path: Path) -> None:
+    output = tmp_path / "tuned"
+    assert main(["tune", "--methods", "lora,qaa", "--same-process",
+                 *tune_args(tiny_llama_dir, toy_data_dir, output)]) == 0
+    found = trials(output)
+    assert [t["factor"] for t in found["lora"]] == [t["factor"] for t in found["qaa"]]
+    assert len(found["lora"]) == 3
+    for trial in found["qaa"]:  # QAA's angle rate keeps its ratio (10x) to its main rate
+        rates = trial["learning_rates"]
+        assert rates["angle_learning_rate"] == pytest.approx(10 * rates["learning_rate"])
+    for name in ("lora", "qaa"):  # no trial is scored on the test set
+        for trial in found[name]:
+            folder = trial_dir(output, name, trial["factor"])
+            assert (folder / "training.json").exists()
+            assert not (folder / "predictions.jsonl").exists() and not (folder / "metrics.json").exists()
+    tuned = yaml.safe_load((output / "tuning" / "tuned.yaml").read_text())
+    best = min(found["qaa"], key=lambda t: t["validation_loss"])
+    assert tuned["qaa"] == pytest.approx(best["learning_rates"])
+
+
+def test_compare_tune_evaluates_only_the_chosen_trial_and_does_not_retrain_it(
+    tiny_llama_dir: Path, toy_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import qpeft.experiment.runs
+
+    calls = []
+    original = qpeft.experiment.runs.train
+    monkeypatch.setattr(qpeft.experiment.runs, "train", lambda run_dir, *a, **k: (calls.append(run_dir),
+                                                                                   original(run_dir, *a, **k))[1])
+    output = tmp_path / "cmp"
+    assert main(["compare", "--tune", "--methods", "lora", "--same-process", "--fewshot-examples", "0",
+                 *tune_args(tiny_llama_dir, toy_data_dir, output)]) == 0
+    assert len(calls) == 3  # the three trials, and no fourth training for the comparison's own run
+    results = json.loads((output / "results.json").read_text())
+    found = results["tuning"]["lora"]
+    best = min(found, key=lambda t: t["validation_loss"])
+    assert results["methods"]["lora"]["learning_rate"] == best["learning_rate"]
+    assert results["methods"]["lora"]["validation_loss"] == pytest.approx(best["validation_loss"])
+    scored = [t for t in found if (trial_dir(output, "lora", t["factor"]) / "metrics.json").exists()]
+    assert scored == [best]  # the chosen trial is the method's run; the others never meet the test set
+    assert [r["step"] for r in read_rows(trial_dir(output, "lora", best["factor"]) / "train_log.csv")] == \
+        ["1", "2", "3", "4"]
+    report = (output / "report.md").read_text()
+    assert "Learning rates tuned on validation (grid 3 points" in report and "## Learning rates" in report
+    assert 'id="plot-learning-rates"' in (output / "report.html").read_text()
+
+
+def test_selection_ignores_the_test_set_even_where_it_would_choose_otherwise(
+    tiny_llama_dir: Path, toy_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each trial's validation loss says x0.1 and its test loss would say x10: the choice is x0.1."""
+    import qpeft.experiment.tuning
+
+    def fake_train_run(run_dir: Path, experiment, name, config, data_dir, evaluate):  # noqa: ANN001
+        factor = float(run_dir.name.removeprefix("lr-x"))
+        assert evaluate is False  # a trial never reaches the test set
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return {"validation_loss": 1.0 + factor, "test_loss": 1.0 / factor}
+
+    monkeypatch.setattr(qpeft.experiment.tuning, "train_run", fake_train_run)
+    output = tmp_path / "tuned"
+    assert main(["tune", "--methods", "lora", "--same-process",
+                 *tune_args(tiny_llama_dir, toy_data_dir, output, grid="0.1,1,10")]) == 0
+    record = json.loads((output / "tuning" / "tuning.json").read_text())["methods"]["lora"]
+    assert record["chosen_factor"] == 0.1
+
+
+def test_a_diverged_trial_is_recorded_and_never_chosen(tiny_llama_dir: Path, toy_data_dir: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    """The largest rate diverges (as the trainer reports a non-finite loss); its 'loss' would otherwise be lowest."""
+    import qpeft.experiment.tuning
+    from qpeft.training.trainer import TrainingDiverged
+
+    def diverging_at_ten(run_dir: Path, *args: object) -> dict:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if run_dir.name == "lr-x10":
+            raise TrainingDiverged("method 'lora': non-finite loss or gradient at step 3")
+        return {"validation_loss": 2.0 if run_dir.name == "lr-x1" else 3.0}
+
+    monkeypatch.setattr(qpeft.experiment.tuning, "train_run", diverging_at_ten)
+    output = tmp_path / "tuned"
+    assert main(["tune", "--methods", "lora", "--same-process",
+                 *tune_args(tiny_llama_dir, toy_data_dir, output, grid="0.1,1,10")]) == 0
+    by_factor = {t["factor"]: t for t in trials(output)["lora"]}
+    assert by_factor[10.0]["status"] == DIVERGED and by_factor[10.0]["validation_loss"] is None
+    assert json.loads((output / "tuning" / "tuning.json").read_text())["methods"]["lora"]["chosen_factor"] == 1.0
+    assert "diverged" in capsys.readouterr().out
+
+
+def test_tuning_needs_a_validation_loss(tiny_llama_dir: Path, toy_data_dir: Path, tmp_path: Path,
+                                        capsys: pytest.CaptureFixture) -> None:
+    code = main(["tune", "--methods", "lora", *tune_args(tiny_llama_dir, toy_data_dir, tmp_path / "t"),
+                 "--validation-items", "0"])
+    assert code == 2 and "--validation-items must be positive" in capsys.readouterr().err
+    assert not (tmp_path / "t").exists()
+
+
+def tune_command(model: Path, data: Path, output: Path, grid: str = "4") -> list[str]:
+    return [sys.executable, "-m", "qpeft.cli", "tune", "--methods", "lora", "--same-process",
+            *tune_args(model, data, output, grid=grid)]
+
+
+@pytest.mark.multiprocess
+def test_two_workers_on_one_output_train_every_trial_once_and_choose_as_one(tiny_llama_dir: Path,
+                                                                           toy_data_dir: Path,
+                                                                           tmp_path: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    alone = tmp_path / "alone"
+    subprocess.run(tune_command(tiny_llama_dir, toy_data_dir, alone), env=env, check=True, capture_output=True,
+                   timeout=300)
+    shared = tmp_path / "shared"
+    workers = [subprocess.Popen(tune_command(tiny_llama_dir, toy_data_dir, shared), env=env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    outputs = [worker.communicate(timeout=300) for worker in workers]
+    assert [worker.returncode for worker in workers] == [0, 0], outputs
+    trained_by = [sum(f"learning rates x{t['factor']:.3g} ===" in err for t in trials(shared)["lora"])
+                  for _, err in outputs]
+    assert all(count > 0 for count in trained_by), outputs  # both workers drew grid points
+    for trial in trials(shared)["lora"]:  # each grid point trained once: one run of its steps, never restarted
+        folder = trial_dir(shared, "lora", trial["factor"])
+        assert [r["step"] for r in read_rows(folder / "train_log.csv")] == ["1", "2", "3", "4"]
+        assert json.loads((folder / "training.json").read_text())["resumed_from"] is None
+    assert (shared / "tuning" / "tuned.yaml").read_text() == (alone / "tuning" / "tuned.yaml").read_text()
+    assert trials(shared) == trials(alone)
+
+
+@pytest.mark.multiprocess
+def test_a_worker_killed_mid_trial_leaves_it_to_be_resumed_from_its_checkpoint(tiny_llama_dir: Path,
+                                                                              toy_data_dir: Path,
+                                                                              tmp_path: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    output = tmp_path / "tuned"
+    command = tune_command(tiny_llama_dir, toy_data_dir, output, grid="1") + ["--steps", "40", "--save-steps", "5"]
+    worker = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    folder = trial_dir(output, "lora", 1.0)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not list((folder / "checkpoints").glob("checkpoint-*/trainer_state.json")):
+        assert worker.poll() is None, "the trial finished before it could be killed"
+        time.sleep(0.05)
+    os.killpg(worker.pid, signal.SIGKILL)
+    worker.wait()
+    assert not (folder / "training.json").exists()
+    subprocess.run(command, env=env, check=True, capture_output=True, timeout=300)
+    assert json.loads((folder / "training.json").read_text())["resumed_from"] is not None
+    assert [r["step"] for r in read_rows(folder / "train_log.csv")] == [str(s) for s in range(1, 41)]
