@@ -194,7 +194,8 @@ def test_a_method_that_raises_is_a_failed_row(tiny_llama_dir: Path, toy_data_dir
                         "--same-process")
     assert main(args) == 1
     methods = json.loads((out / "results.json").read_text())["methods"]
-    assert methods["prefix"] == {"status": "failed", "error": "RuntimeError: adapter exploded"}
+    # the failed row keeps the learning rate it was to train at, and nothing else
+    assert methods["prefix"] == {"status": "failed", "error": "RuntimeError: adapter exploded", "learning_rate": 1e-2}
     assert methods["lora"]["status"] == "ok"
 
 

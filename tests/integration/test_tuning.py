@@ -196,3 +196,52 @@ def test_a_worker_killed_mid_trial_leaves_it_to_be_resumed_from_its_checkpoint(t
     subprocess.run(command, env=env, check=True, capture_output=True, timeout=300)
     assert json.loads((folder / "training.json").read_text())["resumed_from"] is not None
     assert [r["step"] for r in read_rows(folder / "train_log.csv")] == [str(s) for s in range(1, 41)]
+
+
+def test_a_variant_is_a_row_of_its_own_tuned_and_reported_like_a_method(tiny_llama_dir: Path, toy_data_dir: Path,
+                                                                       tmp_path: Path) -> None:
+    config = tmp_path / "ablation.yaml"
+    config.write_text("methods: qaa\nvariants:\n  qaa-frozen: {method: qaa, train_angles: false}\n"
+                      "  lora-r2: {method: lora, r: 2}\n")
+    output = tmp_path / "cmp"
+    assert main(["compare", "--tune", "--config", str(config), "--same-process", "--fewshot-examples", "0",
+                 *tune_args(tiny_llama_dir, toy_data_dir, output, grid="1,3")]) == 0
+    results = json.loads((output / "results.json").read_text())
+    assert set(results["tuning"]) == {"qaa", "qaa-frozen", "lora-r2"}
+    assert results["method_configs"]["lora-r2"]["r"] == 2
+    # frozen angles: the same circuit, fewer trainable parameters (the angles are not among them)
+    figures = results["methods"]
+    assert figures["qaa-frozen"]["trainable_params"] < figures["qaa"]["trainable_params"]
+    frozen = json.loads((trial_dir(output, "qaa-frozen", 1.0) / "config.json").read_text())
+    assert frozen["method"] == "qaa" and frozen["method_config"]["train_angles"] is False
+    assert "| qaa-frozen |" in (output / "report.md").read_text()
+    tuned = yaml.safe_load((output / "tuning" / "tuned.yaml").read_text())
+    assert tuned["variants"]["lora-r2"]["method"] == "lora" and tuned["variants"]["lora-r2"]["r"] == 2
+
+
+@pytest.mark.parametrize(("variants", "message"), [
+    ('{"lora": {"method": "lora"}}', "a name of its own"),
+    ('{"../x": {"method": "lora"}}', "a name of its own"),
+    ('{"v": {"method": "nope"}}', "give its method"),
+    ('{"v": {"method": "lora", "depth": 3}}', "lora has no option 'depth'"),
+    ("[1]", "expected a mapping"),
+])
+def test_a_bad_variant_is_one_line_before_training(variants: str, message: str, tiny_llama_dir: Path,
+                                                   toy_data_dir: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    code = main(["compare", "--methods", "lora", "--variants", variants,
+                 *tune_args(tiny_llama_dir, toy_data_dir, tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_shipped_ablations_config_names_the_issue_s_variants() -> None:
+    from helpers import ROOT
+    from qpeft.experiment.variants import parse_variants
+
+    values = yaml.safe_load((ROOT / "configs" / "ablations.yaml").read_text())
+    variants = parse_variants(json.dumps(values["variants"]))
+    assert variants["lora-r4"] == {"method": "lora", "r": 4}
+    assert variants["qaa-frozen"]["train_angles"] is False and variants["qaa-no-bias"]["bias"] is False
+    assert {variants["qaa-l1"]["layers"], variants["qaa-l4"]["layers"]} == {1, 4}

@@ -87,6 +87,23 @@ def synthetic_payload(seeds: tuple[int, ...] = (0, 1, 2), robustness: bool = Tru
     return build_payload(experiment, list(seeds), configs, per_seed, AnalysisSettings())
 
 
+def as_tuned(payload: dict[str, Any]) -> dict[str, Any]:
+    """The payload of a comparison whose learning rates were tuned on a 3-point grid (one trial diverged)."""
+    grid = [10 ** -0.5, 1.0, 10 ** 0.5]
+    payload["tuning"], windows = {}, {}
+    for name, config in payload["method_configs"].items():
+        rate = config["learning_rate"]
+        payload["tuning"][name] = [
+            {"factor": grid[0], "learning_rate": rate * grid[0], "validation_loss": 2.1, "status": "ok"},
+            {"factor": 1.0, "learning_rate": rate, "validation_loss": 2.0, "status": "ok"},
+            {"factor": grid[2], "learning_rate": rate * grid[2], "validation_loss": None, "status": "diverged"},
+        ]
+        payload["methods"][name]["learning_rate"] = rate
+        windows[name] = {"low": rate * grid[0], "high": rate, "points": 2, "of": 3}
+    payload["learning_rates"] = {"tuned": True, "grid": grid, "window_share": 0.05, "windows": windows}
+    return payload
+
+
 def plot_ids(html: str) -> set[str]:
     return set(re.findall(r'<img id="(plot-[a-z-]+)"', html))
 
@@ -129,7 +146,7 @@ def test_single_seed_report_has_no_spread() -> None:
 
 
 def test_findings_follow_the_measured_numbers() -> None:
-    payload = synthetic_payload()
+    payload = as_tuned(synthetic_payload())
     text = "\n".join(findings(payload))
     lora_bleu = payload["methods"]["lora"]["bleu"]
     assert f"Highest BLEU: **lora**, {lora_bleu:.2f}." in text
@@ -157,7 +174,7 @@ def test_findings_follow_the_measured_numbers() -> None:
 
 
 def test_findings_claim_a_difference_only_where_the_paired_test_finds_one() -> None:
-    payload = synthetic_payload(seeds=(0,))
+    payload = as_tuned(synthetic_payload(seeds=(0,)))
     payload["analysis"]["reference"] = "lora"
     methods = payload["methods"]
     methods["lora"].update(bleu=50.0, ci={"bleu": [45.0, 55.0]})
@@ -246,3 +263,23 @@ def test_the_browser_check_does_see_errors(tmp_path: Path) -> None:
     assert any("undefinedFunction" in line for line in console)
     decoded = set(re.search(r'data-decoded="([^"]*)"', dom).group(1).split())
     assert decoded == ALL_PLOTS - {"plot-noise", "plot-loss"}
+
+
+def test_an_untuned_comparison_names_no_best_method_and_says_so() -> None:
+    payload = synthetic_payload(seeds=(0,))
+    payload["analysis"]["reference"] = "lora"
+    text = "\n".join(findings(payload))
+    assert "Highest BLEU" not in text and "No method is named best" in text
+    assert "Learning rates untuned (method defaults): differences between methods may be learning-rate " \
+           "differences." in text
+    assert "Learning rates untuned" in markdown_report(payload)
+
+
+def test_a_tuned_comparison_reports_its_grid_trials_and_windows() -> None:
+    payload = as_tuned(synthetic_payload(seeds=(0,)))
+    report = markdown_report(payload)
+    assert "Learning rates tuned on validation (grid 3 points, ×0.316 to ×3.16 of each method's default" in report
+    assert "**lora**: learning rates within 5% of its best validation loss: 6.32e-05 to 0.0002" in report
+    assert "| lora | 0.000632 | diverged |  |" in report and "| lora | 0.0002 | 2.0000 | yes |" in report
+    assert "plot-learning-rates" in plot_ids(html_report(payload))
+    assert "plot-learning-rates" not in plot_ids(html_report(synthetic_payload(seeds=(0,))))

@@ -19,6 +19,7 @@ from qpeft.experiment.results import FAILED
 from qpeft.experiment.run_dir import RunDir
 from qpeft.experiment.runs import evaluate_run, load_run, train_run
 from qpeft.experiment.tuning import tune
+from qpeft.experiment.variants import parse_variants, row_configs, rows_of
 from qpeft.methods import REGISTRY, get_method
 from qpeft.methods.qaa.model import read_adapter as read_qaa_adapter
 from qpeft.methods.qaa.qasm import check_version, export_qasm
@@ -38,14 +39,25 @@ def run_train(args: argparse.Namespace) -> None:
     print(format_metrics(metrics))
 
 
-def run_compare(args: argparse.Namespace) -> int:
+def comparison_rows(args: argparse.Namespace) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
+    """The rows of ``compare`` / ``tune`` (``--methods``, then ``--variants``: row -> method) and each one's options."""
     methods = [name.strip() for name in args.methods.split(",") if name.strip()]
-    configs = {name: collect_dataclass_flags(args, name) for name in methods}
+    for name in methods:
+        get_method(name)  # an unknown name is a one-line error
+    variants = parse_variants(args.variants)
+    rows = rows_of(methods, variants)
+    flags = {name: collect_dataclass_flags(args, name) for name in set(rows.values())}
+    return rows, row_configs(rows, variants, flags)
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    rows, configs = comparison_rows(args)
+    methods = list(rows)
     analysis = AnalysisSettings(convergence_margin=args.convergence_margin, reference=args.reference,
                                 bootstrap_resamples=args.bootstrap_resamples)
     payload = compare(args.output, experiment_from_args(args), methods, configs, args.data_dir,
                       seeds=parse_seeds(args.seeds), analysis=analysis, fresh_process=not args.same_process,
-                      tune=tune_settings_from_args(args) if args.tune else None)
+                      tune=tune_settings_from_args(args) if args.tune else None, method_of=rows)
     if not payload:  # another process than the main one under a multi-process launcher: the main one reports
         return 0
     write_report(args.output, payload)
@@ -59,9 +71,8 @@ def run_compare(args: argparse.Namespace) -> int:
 
 
 def run_tune(args: argparse.Namespace) -> None:
-    methods = [name.strip() for name in args.methods.split(",") if name.strip()]
-    configs = {name: collect_dataclass_flags(args, name) for name in methods}
-    records = tune(args.output, experiment_from_args(args), methods, configs, args.data_dir,
+    rows, configs = comparison_rows(args)
+    records = tune(args.output, experiment_from_args(args), rows, configs, args.data_dir,
                    tune_settings_from_args(args), fresh_process=not args.same_process)
     print(tuning_table(records))
     print(f"\nchosen rates: {args.output / 'tuning' / 'tuned.yaml'} (qpeft compare --config reads it)")

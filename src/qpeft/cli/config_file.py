@@ -2,11 +2,14 @@
 
 Each top-level key is a flag of the command (``steps: 500`` is ``--steps 500``), a nested
 mapping under a method name holds that method's options (``lora: {r: 4}`` is ``--lora-r 4``).
-Flags given on the command line come after the file's and so override them.
+``variants:`` holds named configurations of a method (``variants: {lora-r4: {method: lora, r: 4}}``),
+passed on as ``--variants`` JSON. Flags given on the command line come after the file's and so
+override them.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,7 +27,9 @@ def _as_flags(prefix: str, values: dict[str, Any]) -> list[str]:
     argv: list[str] = []
     for key, value in values.items():
         flag = _flag(f"{prefix}-{key}" if prefix else key)
-        if isinstance(value, dict):
+        if key == "variants" and not prefix:
+            argv += [flag, json.dumps(value)]
+        elif isinstance(value, dict):
             argv += _as_flags(str(key), value)
         elif isinstance(value, bool):
             # Method switches have a --no- form; the command's own switches are off unless given.

@@ -75,6 +75,12 @@ def add_tuning_flags(parser: argparse.ArgumentParser) -> None:
     add_setting_flag(group, settings, "storage", metavar="URL")
 
 
+def add_variants_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--variants", default=None, metavar="JSON",
+                        help="named configurations of a method as rows of their own, e.g. "
+                             "'{\"lora-r4\": {\"method\": \"lora\", \"r\": 4}}' (in a --config file: variants: ...)")
+
+
 def tune_settings_from_args(args: argparse.Namespace) -> TuneSettings:
     return TuneSettings(lr_grid=args.lr_grid, storage=args.storage)
 
@@ -173,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="first choose every method's learning rates on the validation loss, on one grid "
                               "(as qpeft tune; the chosen trial is the method's run)")
     add_tuning_flags(compare)
+    add_variants_flag(compare)
     add_experiment_flags(compare)
 
     tune = commands.add_parser("tune", help="choose every method's learning rates on the validation loss, one grid "
@@ -181,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--output", required=True, type=Path, help="output folder (trials under OUTPUT/tuning/)")
     tune.add_argument("--same-process", action="store_true", help="train every trial in this process")
     add_tuning_flags(tune)
+    add_variants_flag(tune)
     add_experiment_flags(tune)
 
     evaluate = commands.add_parser("evaluate", help="(re)evaluate a trained run")

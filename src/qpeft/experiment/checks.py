@@ -35,11 +35,13 @@ def check_splits(splits: DataSplits, dataset: str) -> None:
             raise UsageError(f"{dataset}: the {split} split is empty; give more distinct inputs")
 
 
-def check_experiment(experiment: Experiment, methods: dict[str, dict[str, Any]], data_dir: str | None) -> DataSplits:
-    """Check the experiment and every method in ``methods`` (name -> given config); returns the data splits."""
+def check_experiment(experiment: Experiment, methods: dict[str, dict[str, Any]], data_dir: str | None,
+                     method_of: dict[str, str] | None = None) -> DataSplits:
+    """Check the experiment and every row of ``methods`` (name -> given config; ``method_of`` names the method
+    of a row that is not one, a variant); returns the data splits."""
     experiment.validate()
     for name, config in methods.items():
-        check_method(name, config, experiment)
+        check_method((method_of or {}).get(name, name), config, experiment)
     splits = experiment.load_data(data_dir)
     check_splits(splits, experiment.dataset)
     check_model(experiment.model)

@@ -50,6 +50,7 @@ def compare(
     analysis: AnalysisSettings | None = None,
     fresh_process: bool = True,
     tune: TuneSettings | None = None,
+    method_of: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate each method once per seed (finished runs are kept), then analyse and report.
 
@@ -58,11 +59,13 @@ def compare(
     Each run trains in a fresh process (``fresh_process``) so that its peak memory is its own.
     A method that fails is recorded as such (``methods.<m>.status == "failed"``) and the rest run.
     With ``tune`` each method's learning rates are first chosen on the validation loss (``tuning``).
+    ``methods`` are row names; ``method_of`` names the method of each that is not one (a variant).
     """
     if not methods:
         raise UsageError("--methods: name at least one method")
     if len(set(methods)) != len(methods):
         raise UsageError(f"--methods: name each method once, got {','.join(methods)}")
+    rows = {name: (method_of or {}).get(name, name) for name in methods}
     seeds = list(seeds) if seeds else [experiment.seed]
     if len(set(seeds)) != len(seeds):
         raise UsageError(f"--seeds: name each seed once, got {seeds}")
@@ -71,25 +74,25 @@ def compare(
         experiment = replace(experiment, eval=replace(experiment.eval, sample_seed=seeds[0]))
     analysis = analysis or AnalysisSettings()
     analysis.validate()
-    if analysis.reference not in (BASE, FEWSHOT, *REGISTRY):
+    if analysis.reference not in (BASE, FEWSHOT, *REGISTRY, *rows):
         # A misspelt reference is bad input, not a silent switch to the base model (which stands in only
         # for a registered method that is not in this comparison).
         raise UsageError(f"--reference: {analysis.reference!r} is neither a method ({', '.join(REGISTRY)}) "
                          f"nor {BASE} / {FEWSHOT}")
     # every method, the data, the models: before the first method trains and before anything is written
-    check_experiment(experiment, {name: method_configs.get(name, {}) for name in methods}, data_dir)
+    check_experiment(experiment, {name: method_configs.get(name, {}) for name in rows}, data_dir, rows)
     if tune is not None:
         check_tuning(experiment, tune)
     with contextlib.ExitStack() as claims:
         seed_dirs = claim_seed_dirs(claims, output, experiment, seeds)
-        return compare_claimed(output, experiment, methods, method_configs, data_dir, seeds, seed_dirs, analysis,
+        return compare_claimed(output, experiment, rows, method_configs, data_dir, seeds, seed_dirs, analysis,
                                fresh_process, tune)
 
 
 def compare_claimed(
     output: Path,
     experiment: Experiment,
-    methods: list[str],
+    methods: dict[str, str],
     method_configs: dict[str, dict[str, Any]],
     data_dir: str | None,
     seeds: list[int],
@@ -98,7 +101,7 @@ def compare_claimed(
     fresh_process: bool,
     tune: TuneSettings | None,
 ) -> dict[str, Any]:
-    """``compare`` once its checks passed and its folders are this process's.
+    """``compare`` once its checks passed and its folders are this process's (``methods``: row -> method).
 
     With ``tune`` every method's learning rates are first chosen on the validation loss
     (``tuning``) at the first seed, whose run of each method is then the chosen trial's.
@@ -113,7 +116,7 @@ def compare_claimed(
                                       claim=False)
         method_configs = dict(method_configs)
         for name in methods:
-            chosen = chosen_config(name, method_configs.get(name, {}), tuning_records[name])
+            chosen = chosen_config(methods[name], method_configs.get(name, {}), tuning_records[name])
             if chosen is None:
                 untrainable[name] = "every learning rate of the grid diverged"
                 continue
@@ -129,10 +132,10 @@ def compare_claimed(
                 results[name] = {"status": FAILED, "error": untrainable[name]}
                 continue
             run_dir = run_dirs[seed][name]
-            results[name] = method_row(run_dir, seed_experiment, name, method_configs.get(name, {}), data_dir,
-                                       fresh_process)
+            results[name] = method_row(run_dir, seed_experiment, methods[name], method_configs.get(name, {}),
+                                       data_dir, fresh_process)
             if is_main_process() and results[name].get("status") != FAILED:
-                robustness = robustness_figures(run_dir, name, results[name], data_dir)
+                robustness = robustness_figures(run_dir, methods[name], results[name], data_dir)
                 if robustness:
                     results[name]["robustness"] = robustness
             gc.collect()
@@ -264,12 +267,13 @@ def claimed_comparison(folder: Path, experiment: Experiment) -> contextlib.Abstr
 def analyse_seed(
     run_dirs: dict[str, Path],
     experiment: Experiment,
-    methods: list[str],
+    methods: dict[str, str],
     results: dict[str, dict[str, Any]],
     data_dir: str | None,
     settings: AnalysisSettings,
 ) -> dict[str, Any]:
-    """Convergence from each train log, capacity and same-process latency from the saved runs.
+    """Convergence from each train log, capacity and same-process latency from the saved runs (``methods``:
+    row -> method).
 
     A failed method keeps its row and its loss curve up to the failure; it has no model to measure.
     """
@@ -285,7 +289,7 @@ def analyse_seed(
             total_steps=experiment.train.steps,
         ))
         curves[name] = loss_curve(train_log)
-    finished = [name for name in methods if results[name].get("status") != FAILED]
+    finished = {name: method for name, method in methods.items() if results[name].get("status") != FAILED}
     capacity, latency, errors = measure_models(run_dirs, experiment, finished, data_dir, settings)
     for name, entries in capacity.items():
         figures[name].update(summarise_capacity(entries))
@@ -308,7 +312,7 @@ def sample_prompt_ids(experiment: Experiment, data_dir: str | None, count: int) 
 def measure_models(
     run_dirs: dict[str, Path],
     experiment: Experiment,
-    methods: list[str],
+    methods: dict[str, str],
     data_dir: str | None,
     settings: AnalysisSettings,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, float]], dict[str, str]]:
@@ -332,7 +336,7 @@ def measure_models(
         model, _, _ = load_run(run_dirs[name])
         model.eval()
         try:
-            capacity[name] = get_method(name).capacity(model, base_model, ids)
+            capacity[name] = get_method(methods[name]).capacity(model, base_model, ids)
         except Exception as error:  # noqa: BLE001 - one method's analysis must not lose the others' report
             log.exception("%s: capacity analysis failed", name)
             capacity[name] = {}

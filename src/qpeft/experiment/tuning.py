@@ -51,8 +51,8 @@ WINDOW = 0.05
 WAIT_SECONDS = 5.0
 
 
-def trial_dir(output: Path, method: str, factor: float) -> Path:
-    return Path(output) / TUNING / method / f"lr-x{factor:.6g}"
+def trial_dir(output: Path, row: str, factor: float) -> Path:
+    return Path(output) / TUNING / row / f"lr-x{factor:.6g}"
 
 
 def trial_config(name: str, config: dict[str, Any], factor: float) -> dict[str, Any]:
@@ -68,10 +68,11 @@ def read_record(path: Path) -> dict[str, Any] | None:
     return record if isinstance(record, dict) and record.get("status") in (OK, DIVERGED) else None
 
 
-def run_trial(output: Path, experiment: Experiment, name: str, config: dict[str, Any], data_dir: str | None,
-              factor: float, fresh_process: bool) -> dict[str, Any]:
-    """One grid point's record, training it unless a worker already did (or waiting for the one that is)."""
-    run_dir = trial_dir(output, name, factor)
+def run_trial(output: Path, experiment: Experiment, row: str, name: str, config: dict[str, Any],
+              data_dir: str | None, factor: float, fresh_process: bool) -> dict[str, Any]:
+    """One grid point of a row (of method ``name``): its record, training it unless a worker already did (or
+    waiting for the one that is)."""
+    run_dir = trial_dir(output, row, factor)
     scaled = trial_config(name, config, factor)
     rates = {field: scaled[field] for field in get_method(name).config_class.learning_rate_fields}
     while (record := read_record(run_dir / "trial.json")) is None:
@@ -81,7 +82,7 @@ def run_trial(output: Path, experiment: Experiment, name: str, config: dict[str,
         except TrainingDiverged:
             loss, status = None, DIVERGED
         except FolderInUse:
-            log.info("%s x%.3g: another worker is training it; waiting for its result", name, factor)
+            log.info("%s x%.3g: another worker is training it; waiting for its result", row, factor)
             time.sleep(WAIT_SECONDS)
             continue
         if status == OK and not (isinstance(loss, float) and math.isfinite(loss)):
@@ -94,37 +95,37 @@ def run_trial(output: Path, experiment: Experiment, name: str, config: dict[str,
     return record
 
 
-def tune_method(output: Path, experiment: Experiment, name: str, config: dict[str, Any], data_dir: str | None,
-                settings: TuneSettings, fresh_process: bool) -> dict[str, Any]:
-    """Every grid point of one method trained (by this worker or others); the method's tuning record."""
+def tune_method(output: Path, experiment: Experiment, row: str, name: str, config: dict[str, Any],
+                data_dir: str | None, settings: TuneSettings, fresh_process: bool) -> dict[str, Any]:
+    """Every grid point of one row (of method ``name``) trained, by this worker or others; its tuning record."""
     factors = settings.factors()
     if process_state().num_processes > 1:
         for factor in factors:  # one data-parallel worker: every process takes the same trial
-            run_trial(output, experiment, name, config, data_dir, factor, fresh_process)
+            run_trial(output, experiment, row, name, config, data_dir, factor, fresh_process)
     else:
-        optimize_with_optuna(output, experiment, name, config, data_dir, settings, fresh_process)
-    trials = [read_record(trial_dir(output, name, factor) / "trial.json") or
+        optimize_with_optuna(output, experiment, row, name, config, data_dir, settings, fresh_process)
+    trials = [read_record(trial_dir(output, row, factor) / "trial.json") or
               {"factor": factor, "learning_rate": trial_config(name, config, factor)["learning_rate"],
                "validation_loss": None, "status": FAILED} for factor in factors]
     return {"trials": trials, **choice(trials)}
 
 
-def optimize_with_optuna(output: Path, experiment: Experiment, name: str, config: dict[str, Any],
+def optimize_with_optuna(output: Path, experiment: Experiment, row: str, name: str, config: dict[str, Any],
                          data_dir: str | None, settings: TuneSettings, fresh_process: bool) -> None:
-    """Draw grid points from the method's shared study until every one has finished."""
+    """Draw grid points from the row's shared study until every one has finished."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # qpeft logs each trial itself
     factors = settings.factors()
     storage = settings.storage or optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(Path(output) / TUNING / "optuna.log")))
-    study = optuna.create_study(study_name=name, storage=storage, direction="minimize", load_if_exists=True,
+    study = optuna.create_study(study_name=row, storage=storage, direction="minimize", load_if_exists=True,
                                 sampler=optuna.samplers.GridSampler({"lr_factor": factors}, seed=0))
 
     def objective(trial: optuna.Trial) -> float:
         factor = trial.suggest_categorical("lr_factor", factors)
-        log.info("=== tuning %s: learning rates x%.3g ===", name, factor)
-        record = run_trial(output, experiment, name, config, data_dir, factor, fresh_process)
+        log.info("=== tuning %s: learning rates x%.3g ===", row, factor)
+        record = run_trial(output, experiment, row, name, config, data_dir, factor, fresh_process)
         trial.set_user_attr("status", record["status"])
         # A diverged trial is the worst there is; Optuna takes inf as a value.
         return record["validation_loss"] if record["status"] == OK else math.inf
@@ -164,22 +165,24 @@ def claim_tuning(output: Path, experiment: Experiment, settings: TuneSettings, c
         pass
 
 
-def tune(output: Path, experiment: Experiment, methods: list[str], method_configs: dict[str, dict[str, Any]],
-         data_dir: str | None, settings: TuneSettings, fresh_process: bool = True,
-         claim: bool = True) -> dict[str, dict[str, Any]]:
-    """Tune every method on one grid; writes ``tuning/tuning.json`` and the chosen rates as ``tuning/tuned.yaml``.
+def tune(output: Path, experiment: Experiment, methods: list[str] | dict[str, str],
+         method_configs: dict[str, dict[str, Any]], data_dir: str | None, settings: TuneSettings,
+         fresh_process: bool = True, claim: bool = True) -> dict[str, dict[str, Any]]:
+    """Tune every row on one grid; writes ``tuning/tuning.json`` and the chosen rates as ``tuning/tuned.yaml``.
 
-    ``claim`` False: the caller (``compare --tune``) has checked everything and claimed ``output`` already.
+    ``methods``: method names, or row name -> method name (with variants). ``claim`` False: the caller
+    (``compare --tune``) has checked everything and claimed ``output`` already.
     """
+    rows = methods if isinstance(methods, dict) else {name: name for name in methods}
     if claim:
         check_tuning(experiment, settings)
-        check_experiment(experiment, {name: method_configs.get(name, {}) for name in methods}, data_dir)
+        check_experiment(experiment, {name: method_configs.get(name, {}) for name in rows}, data_dir, rows)
     claim_tuning(output, experiment, settings, claim_output=claim)
-    records = {name: tune_method(output, experiment, name, method_configs.get(name, {}), data_dir, settings,
-                                 fresh_process) for name in methods}
+    records = {row: tune_method(output, experiment, row, name, method_configs.get(row, {}), data_dir, settings,
+                                fresh_process) for row, name in rows.items()}
     if is_main_process():
         write_json(output / TUNING / "tuning.json", {"lr_factors": settings.factors(), "methods": records})
-        write_tuned_config(output / TUNING / "tuned.yaml", methods, method_configs, records)
+        write_tuned_config(output / TUNING / "tuned.yaml", rows, method_configs, records)
     return records
 
 
@@ -189,17 +192,28 @@ def chosen_config(name: str, config: dict[str, Any], record: dict[str, Any]) -> 
     return None if factor is None else trial_config(name, config, factor)
 
 
-def write_tuned_config(path: Path, methods: list[str], method_configs: dict[str, dict[str, Any]],
+def write_tuned_config(path: Path, rows: dict[str, str], method_configs: dict[str, dict[str, Any]],
                        records: dict[str, dict[str, Any]]) -> None:
-    """The chosen learning rates as a ``--config`` file: ``qpeft compare --config tuned.yaml`` reruns at them."""
+    """The chosen learning rates as a ``--config`` file: ``qpeft compare --config tuned.yaml`` reruns at them.
+
+    A method's rates are its options (``lora: {learning_rate: ...}``); a variant is written whole, with them.
+    """
     import yaml
 
     from qpeft.utils.atomic import write_text_atomic
 
-    options = {}
-    for name in methods:
-        config = chosen_config(name, method_configs.get(name, {}), records[name])
-        if config is not None:
-            options[name] = {field: config[field] for field in get_method(name).config_class.learning_rate_fields}
+    options: dict[str, Any] = {}
+    variants: dict[str, Any] = {}
+    for row, name in rows.items():
+        config = chosen_config(name, method_configs.get(row, {}), records[row])
+        if config is None:
+            continue
+        rates = {field: config[field] for field in get_method(name).config_class.learning_rate_fields}
+        if row == name:
+            options[row] = rates
+        else:
+            variants[row] = {"method": name, **method_configs.get(row, {}), **rates}
+    if variants:
+        options["variants"] = variants
     header = "# Learning rates chosen by qpeft tune on the validation loss (tuning.json holds every trial).\n"
     write_text_atomic(path, header + yaml.safe_dump(options, sort_keys=False))

@@ -33,6 +33,10 @@ class QAAConfig(MethodConfig):
     # learning rate alone sets how fast the update grows (as LoRA's alpha / r = 2 with its lr).
     scale: float = field(default=1.0, metadata={"help": "s, the factor of the update s (W_up z(x) + b)"})
     bias: bool = field(default=True, metadata={"help": "train the bias b of the update"})
+    # The ablation of the circuit: frozen, z(x) is a fixed random quadratic map of the input.
+    train_angles: bool = field(
+        default=True, metadata={"help": "train the circuit angles (off: a fixed random circuit)"}
+    )
     angle_init: str = field(
         default="uniform", metadata={"help": "the angles' start: uniform in [0, 2π), normal (N(0, 0.1²)) or zeros"}
     )

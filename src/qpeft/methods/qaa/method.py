@@ -31,6 +31,8 @@ class QAA(Method):
         config.validate()
         model.requires_grad_(False)
         inject(model, config)
+        for _, layer in qaa_layers(model):
+            layer.qaa_angles.requires_grad_(config.train_angles)
         return model
 
     def save(self, model: nn.Module, config: QAAConfig, out_dir: Path) -> None:
