@@ -87,6 +87,26 @@ def tiny_gpt2(vocab_size: int) -> GPT2LMHeadModel:
     return GPT2LMHeadModel(config)
 
 
+def perturbed(name: str, model_dir: Path) -> tuple[torch.nn.Module, Any]:
+    """Method ``name`` prepared on the model in ``model_dir``, every trainable tensor moved off its start.
+
+    Returns the model and the method's default config.
+    """
+    from transformers import AutoModelForCausalLM
+
+    from qpeft.methods import get_method
+
+    method = get_method(name)
+    config = method.config_class()
+    model = method.prepare(AutoModelForCausalLM.from_pretrained(model_dir), config)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.requires_grad:
+                param.add_(0.05 * torch.randn_like(param))
+    return model, config
+
+
 def logits(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
     """The model's logits on ``ids``, in eval mode and without autograd."""
     model.eval()

@@ -154,44 +154,38 @@ def kill_point_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tiny_llama_dir: Path, kill_point_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    output = tmp_path_factory.mktemp("uninterrupted") / "out"
-    subprocess.run([sys.executable, "-m", "qpeft.cli", *kill_point_command(tiny_llama_dir, kill_point_data, output)],
-                   check=True, capture_output=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    return json.loads((output / "results.json").read_text())
-
-
 @pytest.mark.multiprocess
-@pytest.mark.parametrize(("where", "module", "attribute", "call"), [
-    # the second test loss is LoRA's, after its predictions are written and before its metrics.json
-    ("evaluation", "qpeft.evaluation.generate", "test_loss", 2),
-    # the second of QAA's four re-evaluations under shots and noise, after the first one's file is written
-    ("robustness", "qpeft.experiment.compare", "evaluate_run", 2),
-    # results.json and report.md are written, report.html is not
-    ("report", "qpeft.report", "html_report", 1),
-])
 def test_a_comparison_killed_anywhere_resumes_to_the_uninterrupted_results(
-    where: str, module: str, attribute: str, call: int, tiny_llama_dir: Path, kill_point_data: Path,
-    uninterrupted: dict, tmp_path: Path,
+    tiny_llama_dir: Path, kill_point_data: Path, tmp_path: Path,
 ) -> None:
-    output, env = tmp_path / "out", {**os.environ, "OMP_NUM_THREADS": "1"}
+    """Killed in turn inside an evaluation, the robustness re-evaluations and the report, each time resumed."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    straight = tmp_path / "straight"
+    subprocess.run([sys.executable, "-m", "qpeft.cli", *kill_point_command(tiny_llama_dir, kill_point_data, straight)],
+                   check=True, capture_output=True, timeout=300, env=env)
+    output = tmp_path / "out"
     args = kill_point_command(tiny_llama_dir, kill_point_data, output)
-    killed = subprocess.run([sys.executable, "-c", KILL_ON_CALL, module, attribute, str(call), *args],
-                            capture_output=True, text=True, timeout=300, env=env, check=False)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    assert not (output / "report.html").exists()
-    if where == "evaluation":
-        assert (output / "lora" / "predictions.jsonl").exists() and not (output / "lora" / "metrics.json").exists()
-    if where == "robustness":
-        assert len(list((output / "qaa").glob("metrics_*.json"))) == 1
-    if where == "report":
-        assert (output / "results.json").exists() and (output / "report.md").exists()
+    kill_points = [
+        # the second test loss is LoRA's, after its predictions are written and before its metrics.json
+        ("qpeft.evaluation.generate", "test_loss", 2,
+         lambda: (output / "lora" / "predictions.jsonl").exists() and not (output / "lora" / "metrics.json").exists()),
+        # resumed, LoRA's run is evaluated again and QAA trained; killed in QAA's second of four re-evaluations
+        ("qpeft.experiment.compare", "evaluate_run", 2,
+         lambda: len(list((output / "qaa").glob("metrics_*.json"))) == 1),
+        # resumed to the end of the analysis: results.json and report.md are written, report.html is not
+        ("qpeft.report", "html_report", 1,
+         lambda: (output / "results.json").exists() and (output / "report.md").exists()),
+    ]
+    for module, attribute, call, stopped_there in kill_points:
+        killed = subprocess.run([sys.executable, "-c", KILL_ON_CALL, module, attribute, str(call), *args],
+                                capture_output=True, text=True, timeout=300, env=env, check=False)
+        assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+        assert stopped_there() and not (output / "report.html").exists(), attribute
 
     resumed = subprocess.run([sys.executable, "-m", "qpeft.cli", *args], capture_output=True, text=True,
                              timeout=300, env=env, check=False)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert (output / "report.html").exists()
-    got = json.loads((output / "results.json").read_text())
-    found = differences(without_machine_figures(got), without_machine_figures(uninterrupted))
+    got, want = (json.loads((folder / "results.json").read_text()) for folder in (output, straight))
+    found = differences(without_machine_figures(got), without_machine_figures(want))
     assert not found, "\n".join(found)

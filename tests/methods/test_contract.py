@@ -26,7 +26,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
 
-from helpers import logits, mean_loss, toy_examples
+from helpers import logits, mean_loss, perturbed, toy_examples
 from qpeft.data.prompts import encode_prompt
 from qpeft.methods import REGISTRY, MethodConfig
 from qpeft.methods.base import trainable_parameter_count
@@ -38,19 +38,6 @@ METHODS = sorted(REGISTRY)
 #: model to the bit; "near" (Prefix tuning's real-token prefix: the base model after its init text) keeps
 #: the loss within 10% of the base model's. A new method must say which it is.
 STARTS_AT_BASE = {"full": "exact", "lora": "exact", "prefix": "near", "sora": "exact", "qaa": "exact"}
-
-
-def perturbed(name: str, model_dir: Path) -> tuple[torch.nn.Module, MethodConfig]:
-    """``name`` prepared on the tiny model, every trainable tensor moved off its initial value."""
-    method = REGISTRY[name]
-    config = method.config_class()
-    model = method.prepare(AutoModelForCausalLM.from_pretrained(model_dir), config)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.requires_grad:
-                param.add_(0.05 * torch.randn_like(param))
-    return model, config
 
 
 def test_every_method_declares_how_it_starts() -> None:

@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
-from helpers import snapshot, tiny_gpt2
+from helpers import perturbed, snapshot, tiny_gpt2
 from qpeft.cli import main
 from qpeft.methods import get_method
 from qpeft.methods.qaa import QAAAdapter, QAAConfig, QAALinear, qaa_layers
@@ -43,15 +43,8 @@ def saved(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
     """method -> its folder, saved once from a model whose trainable tensors all moved off their start."""
     root = tmp_path_factory.mktemp("saved")
     for name in METHODS:
-        method = get_method(name)
-        config = method.config_class()
-        model = method.prepare(AutoModelForCausalLM.from_pretrained(tiny_llama_dir), config)
-        torch.manual_seed(0)
-        with torch.no_grad():
-            for param in model.parameters():
-                if param.requires_grad:
-                    param.add_(0.05 * torch.randn_like(param))
-        method.save(model, config, root / name)
+        model, config = perturbed(name, tiny_llama_dir)
+        get_method(name).save(model, config, root / name)
     return {name: root / name for name in METHODS}
 
 
