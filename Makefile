@@ -13,7 +13,7 @@ export QPEFT_DATA_DIR ?= $(if $(wildcard $(SHARED_DATA)/e2e),$(SHARED_DATA),)
 
 DEMO_OUTPUT ?= demo
 DEMO_METHODS ?= full,lora,prefix,sora,qaa
-DEMO_FLAGS ?= --steps 40 --batch-size 8 --max-test-items 40 --max-new-tokens 40 --validation-items 16
+DEMO_FLAGS ?= --steps 40 --batch-size 8 --max-test-items 24 --max-new-tokens 32 --validation-items 16
 
 .PHONY: demo demo-tuning test test-core install chromium clean
 

@@ -247,3 +247,68 @@ def test_the_shipped_ablations_config_names_the_issue_s_variants() -> None:
     assert variants["lora-r4"] == {"method": "lora", "r": 4}
     assert variants["qaa-frozen"]["train_angles"] is False and variants["qaa-no-bias"]["bias"] is False
     assert {variants["qaa-l1"]["layers"], variants["qaa-l4"]["layers"]} == {1, 4}
+
+
+def test_a_comparison_at_recorded_rates_says_they_were_tuned_and_checks_them(
+    tiny_llama_dir: Path, toy_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    import qpeft.experiment.tuning
+
+    monkeypatch.setattr(qpeft.experiment.tuning, "train_run", lambda run_dir, *a: (
+        run_dir.mkdir(parents=True, exist_ok=True), {"validation_loss": 5.0 - float(run_dir.name[4:])})[1])
+    tuned = tmp_path / "tuned"
+    assert main(["tune", "--methods", "lora", "--same-process",
+                 *tune_args(tiny_llama_dir, toy_data_dir, tuned, grid="1,3")]) == 0
+    monkeypatch.undo()
+    config = tuned / "tuning" / "tuned.yaml"
+    assert yaml.safe_load(config.read_text())["tuned_from"] == str(tuned / "tuning" / "tuning.json")
+
+    wrong = tmp_path / "wrong"  # the record chose 6e-4; a comparison at another rate is not "tuned"
+    code = main(["compare", "--config", str(config), "--methods", "lora", "--lora-learning-rate", "1e-3",
+                 "--output", str(wrong), *tune_args(tiny_llama_dir, toy_data_dir, wrong)[2:]])
+    assert code == 2 and "not at the rates its tuning chose" in capsys.readouterr().err and not wrong.exists()
+
+    output = tmp_path / "cmp"
+    assert main(["compare", "--config", str(config), "--methods", "lora", "--same-process", "--fewshot-examples", "0",
+                 "--output", str(output), *tune_args(tiny_llama_dir, toy_data_dir, output)[2:]]) == 0
+    results = json.loads((output / "results.json").read_text())
+    assert results["learning_rates"]["tuned"] is True
+    assert results["methods"]["lora"]["learning_rate"] == pytest.approx(6e-4)
+    assert f"the trials are recorded in {tuned / 'tuning' / 'tuning.json'}" in (output / "report.md").read_text()
+
+
+@pytest.mark.parametrize("content", ["not json", "[]", '{"methods": {}, "lr_factors": [1]}'])
+def test_a_tuning_record_that_is_no_record_of_these_rows_is_refused(content: str, tiny_llama_dir: Path,
+                                                                    toy_data_dir: Path, tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    record = tmp_path / "tuning.json"
+    record.write_text(content)
+    code = main(["compare", "--methods", "lora", "--tuned-from", str(record),
+                 *tune_args(tiny_llama_dir, toy_data_dir, tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--tuned-from" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_demo_config_is_the_recorded_tuning_of_the_demo() -> None:
+    """configs/demo.yaml's rates are those configs/demo-tuning.json chose for the demo's own experiment."""
+    import re
+
+    from helpers import ROOT
+    from qpeft.cli import build_parser
+    from qpeft.cli.commands import comparison_rows
+    from qpeft.cli.config_file import expand_config_file
+    from qpeft.cli.parser import experiment_from_args
+    from qpeft.experiment.tuning import read_tuning_record
+
+    makefile = (ROOT / "Makefile").read_text()
+    flags = re.search(r"^DEMO_FLAGS \?= (.*)$", makefile, re.MULTILINE).group(1).split()
+    methods = re.search(r"^DEMO_METHODS \?= (.*)$", makefile, re.MULTILINE).group(1)
+    argv = expand_config_file(["compare", "--config", str(ROOT / "configs" / "demo.yaml"), "--methods", methods,
+                               "--output", "demo", *flags])
+    args = build_parser().parse_args(argv)
+    rows, configs = comparison_rows(args)
+    record = read_tuning_record(ROOT / args.tuned_from, experiment_from_args(args), rows, configs)
+    assert set(record["methods"]) == {"full", "lora", "prefix", "sora", "qaa"}
+    assert all(len(entry["trials"]) == 5 for entry in record["methods"].values())

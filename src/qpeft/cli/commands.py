@@ -57,7 +57,8 @@ def run_compare(args: argparse.Namespace) -> int:
                                 bootstrap_resamples=args.bootstrap_resamples)
     payload = compare(args.output, experiment_from_args(args), methods, configs, args.data_dir,
                       seeds=parse_seeds(args.seeds), analysis=analysis, fresh_process=not args.same_process,
-                      tune=tune_settings_from_args(args) if args.tune else None, method_of=rows)
+                      tune=tune_settings_from_args(args) if args.tune else None, method_of=rows,
+                      tuned_from=args.tuned_from)
     if not payload:  # another process than the main one under a multi-process launcher: the main one reports
         return 0
     write_report(args.output, payload)

@@ -178,6 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--tune", action="store_true",
                          help="first choose every method's learning rates on the validation loss, on one grid "
                               "(as qpeft tune; the chosen trial is the method's run)")
+    compare.add_argument("--tuned-from", type=Path, default=None, metavar="TUNING_JSON",
+                         help="the tuning.json the learning rates were chosen by (a tuned.yaml names it): checked "
+                              "against them, and the report says the rates were tuned")
     add_tuning_flags(compare)
     add_variants_flag(compare)
     add_experiment_flags(compare)

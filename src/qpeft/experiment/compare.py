@@ -24,7 +24,7 @@ from qpeft.experiment.processes import isolated
 from qpeft.experiment.results import BASE, FAILED, FEWSHOT, build_payload, write_results
 from qpeft.experiment.run_dir import RunDir, claimed_folder
 from qpeft.experiment.runs import base_run, evaluate_run, load_run, train_run
-from qpeft.experiment.tuning import WINDOW, check_tuning, chosen_config, trial_dir
+from qpeft.experiment.tuning import WINDOW, check_tuning, chosen_config, read_tuning_record, trial_dir
 from qpeft.experiment.tuning import tune as tune_methods
 from qpeft.methods import REGISTRY, get_method
 from qpeft.models import load_model, load_tokenizer
@@ -51,6 +51,7 @@ def compare(
     fresh_process: bool = True,
     tune: TuneSettings | None = None,
     method_of: dict[str, str] | None = None,
+    tuned_from: Path | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate each method once per seed (finished runs are kept), then analyse and report.
 
@@ -60,6 +61,7 @@ def compare(
     A method that fails is recorded as such (``methods.<m>.status == "failed"``) and the rest run.
     With ``tune`` each method's learning rates are first chosen on the validation loss (``tuning``).
     ``methods`` are row names; ``method_of`` names the method of each that is not one (a variant).
+    ``tuned_from``: the ``tuning.json`` the given learning rates were chosen by (checked against them).
     """
     if not methods:
         raise UsageError("--methods: name at least one method")
@@ -83,10 +85,13 @@ def compare(
     check_experiment(experiment, {name: method_configs.get(name, {}) for name in rows}, data_dir, rows)
     if tune is not None:
         check_tuning(experiment, tune)
+    if tune is not None and tuned_from is not None:
+        raise UsageError("--tune and --tuned-from: tune here, or take the rates of a recorded tuning, not both")
+    recorded = read_tuning_record(tuned_from, experiment, rows, method_configs) if tuned_from else None
     with contextlib.ExitStack() as claims:
         seed_dirs = claim_seed_dirs(claims, output, experiment, seeds)
         return compare_claimed(output, experiment, rows, method_configs, data_dir, seeds, seed_dirs, analysis,
-                               fresh_process, tune)
+                               fresh_process, tune, recorded)
 
 
 def compare_claimed(
@@ -100,6 +105,7 @@ def compare_claimed(
     analysis: AnalysisSettings,
     fresh_process: bool,
     tune: TuneSettings | None,
+    recorded: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """``compare`` once its checks passed and its folders are this process's (``methods``: row -> method).
 
@@ -109,19 +115,19 @@ def compare_claimed(
     run_dirs = {seed: {name: seed_dir / name for name in (BASE, FEWSHOT, *methods)}
                 for seed, seed_dir in seed_dirs.items()}
     untrainable: dict[str, str] = {}
-    tuning_records = None
+    tuning_records = recorded
     if tune is not None:
         first = replace(experiment, seed=seeds[0])
-        tuning_records = tune_methods(output, first, methods, method_configs, data_dir, tune, fresh_process,
-                                      claim=False)
+        tuned = tune_methods(output, first, methods, method_configs, data_dir, tune, fresh_process, claim=False)
+        tuning_records = {"lr_factors": tune.factors(), "methods": tuned, "source": None}
         method_configs = dict(method_configs)
         for name in methods:
-            chosen = chosen_config(methods[name], method_configs.get(name, {}), tuning_records[name])
+            chosen = chosen_config(methods[name], method_configs.get(name, {}), tuned[name])
             if chosen is None:
                 untrainable[name] = "every learning rate of the grid diverged"
                 continue
             method_configs[name] = chosen
-            run_dirs[seeds[0]][name] = trial_dir(output, name, tuning_records[name]["chosen_factor"])
+            run_dirs[seeds[0]][name] = trial_dir(output, name, tuned[name]["chosen_factor"])
     per_seed = {}
     for seed, seed_dir in seed_dirs.items():
         seed_experiment = replace(experiment, seed=seed)
@@ -153,24 +159,26 @@ def compare_claimed(
     # Several seeds share everything but the seed, which the payload lists under "seeds".
     shared = replace(experiment, seed=seeds[0] if len(seeds) == 1 else None)
     payload = build_payload(shared, seeds, configs, per_seed, analysis, run_dirs)
-    add_learning_rates(payload, configs, tuning_records, tune)
+    add_learning_rates(payload, configs, tuning_records)
     write_results(output, payload)
     return payload
 
 
 
 def add_learning_rates(payload: dict[str, Any], configs: dict[str, dict[str, Any]],
-                       records: dict[str, dict[str, Any]] | None, settings: TuneSettings | None) -> None:
+                       tuning: dict[str, Any] | None) -> None:
     """``methods.<m>.learning_rate`` (the rate each trained at), ``tuning.<m>`` (every trial) and whether,
-    and on which grid, the rates were tuned (``learning_rates``): the report says which it was."""
+    on which grid and by which record the rates were tuned (``learning_rates``): the report says which it was."""
     for name, config in configs.items():
         payload["methods"][name]["learning_rate"] = config.get("learning_rate")
-    if records is None:
+    if tuning is None:
         payload["learning_rates"] = {"tuned": False}
         return
+    records = tuning["methods"]
     payload["tuning"] = {name: record["trials"] for name, record in records.items()}
-    payload["learning_rates"] = {"tuned": True, "grid": settings.factors(), "window_share": WINDOW,
-                                 "windows": {name: record["window"] for name, record in records.items()}}
+    payload["learning_rates"] = {"tuned": True, "grid": tuning["lr_factors"], "window_share": WINDOW,
+                                 "record": tuning["source"],
+                                 "windows": {name: record.get("window") for name, record in records.items()}}
 
 
 def baseline_rows(seed_dir: Path, experiment: Experiment, data_dir: str | None) -> dict[str, dict[str, Any]]:

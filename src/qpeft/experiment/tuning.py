@@ -181,7 +181,8 @@ def tune(output: Path, experiment: Experiment, methods: list[str] | dict[str, st
     records = {row: tune_method(output, experiment, row, name, method_configs.get(row, {}), data_dir, settings,
                                 fresh_process) for row, name in rows.items()}
     if is_main_process():
-        write_json(output / TUNING / "tuning.json", {"lr_factors": settings.factors(), "methods": records})
+        write_json(output / TUNING / "tuning.json", {"experiment": experiment.to_dict(),
+                                                      "lr_factors": settings.factors(), "methods": records})
         write_tuned_config(output / TUNING / "tuned.yaml", rows, method_configs, records)
     return records
 
@@ -215,5 +216,46 @@ def write_tuned_config(path: Path, rows: dict[str, str], method_configs: dict[st
             variants[row] = {"method": name, **method_configs.get(row, {}), **rates}
     if variants:
         options["variants"] = variants
+    options["tuned_from"] = str(path.with_name("tuning.json"))
     header = "# Learning rates chosen by qpeft tune on the validation loss (tuning.json holds every trial).\n"
     write_text_atomic(path, header + yaml.safe_dump(options, sort_keys=False))
+
+
+def trained_part(experiment: dict[str, Any]) -> dict[str, Any]:
+    """What a tuning's choice depends on: all of the experiment but its evaluation settings (and its seed: the
+    rates chosen at one seed serve every seed of a comparison)."""
+    return {key: value for key, value in experiment.items() if key not in ("eval", "seed")}
+
+
+def read_tuning_record(path: Path, experiment: Experiment, rows: dict[str, str],
+                       method_configs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """A ``tuning.json`` that a comparison's learning rates come from (``--tuned-from``), checked before training.
+
+    The file is untrusted input: it must be a tuning of this experiment, of every row, and each row must
+    train at the rates it chose; otherwise the report would call rates tuned that were not.
+    """
+    try:
+        record = read_json(path)
+    except (OSError, ValueError) as error:
+        raise UsageError(f"--tuned-from {path}: not a readable JSON file ({error})") from None
+    if not isinstance(record, dict) or not isinstance(record.get("methods"), dict) or \
+            not isinstance(record.get("lr_factors"), list):
+        raise UsageError(f"--tuned-from {path}: not a qpeft tuning record (tuning.json)")
+    recorded = record.get("experiment")
+    if isinstance(recorded, dict) and trained_part(recorded) != trained_part(experiment.to_dict()):
+        raise UsageError(f"--tuned-from {path}: tuned with another model, data or training budget than this "
+                         "comparison's")
+    for row, name in rows.items():
+        entry = record["methods"].get(row)
+        if not isinstance(entry, dict) or not isinstance(entry.get("trials"), list):
+            raise UsageError(f"--tuned-from {path}: holds no tuning of {row!r}")
+        chosen = next((t.get("learning_rates") for t in entry["trials"] if isinstance(t, dict)
+                       and t.get("factor") == entry.get("chosen_factor")), None)
+        given = get_method(name).config_class.from_dict(method_configs.get(row, {})).to_dict()
+        if not isinstance(chosen, dict) or any(
+                not isinstance(chosen.get(field), (int, float)) or not math.isclose(given[field], chosen[field])
+                for field in get_method(name).config_class.learning_rate_fields):
+            raise UsageError(f"--tuned-from {path}: {row} would train at learning rate {given['learning_rate']:.3g}, "
+                             f"not at the rates its tuning chose")
+    return {"lr_factors": record["lr_factors"], "methods": {row: record["methods"][row] for row in rows},
+            "source": str(path)}

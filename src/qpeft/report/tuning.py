@@ -23,8 +23,10 @@ def learning_rate_sentence(payload: dict[str, Any]) -> str:
                 "differences.")
     grid = payload["learning_rates"].get("grid") or []
     points = f"{len(grid)} points, {_factor(grid[0])} to {_factor(grid[-1])} of each method's default" if grid else ""
+    record = payload["learning_rates"].get("record")
+    source = f"; the trials are recorded in {record}" if record else ""
     return (f"Learning rates tuned on validation (grid {points}; every trial a full run at this budget and seed, "
-            "the rate with the lowest validation loss chosen, the test set unused).")
+            f"the rate with the lowest validation loss chosen, the test set unused{source}).")
 
 
 def tuning_rows(payload: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
