@@ -22,7 +22,7 @@ from qpeft.evaluation.latency import paired_latency
 from qpeft.experiment.checks import check_experiment
 from qpeft.experiment.processes import isolated
 from qpeft.experiment.results import BASE, FAILED, FEWSHOT, build_payload, write_results
-from qpeft.experiment.run_dir import RunDir, claimed_folder
+from qpeft.experiment.run_dir import RunDir, claimed_comparison
 from qpeft.experiment.runs import base_run, evaluate_run, load_run, train_run
 from qpeft.experiment.tuning import WINDOW, check_tuning, chosen_config, read_tuning_record, trial_dir
 from qpeft.experiment.tuning import tune as tune_methods
@@ -35,9 +35,6 @@ from qpeft.utils.distributed import is_main_process
 from qpeft.utils.errors import UsageError
 
 log = logging.getLogger(__name__)
-
-#: What a comparison's folder records of its experiment; a folder holding another is refused.
-EXPERIMENT_FILE = "experiment.json"
 
 
 def compare(
@@ -266,10 +263,6 @@ def claim_seed_dirs(claims: contextlib.ExitStack, output: Path, experiment: Expe
     for seed, seed_dir in seed_dirs.items():
         claims.enter_context(claimed_comparison(seed_dir, replace(experiment, seed=seed)))
     return seed_dirs
-
-
-def claimed_comparison(folder: Path, experiment: Experiment) -> contextlib.AbstractContextManager[None]:
-    return claimed_folder(folder, folder / EXPERIMENT_FILE, experiment.to_dict(), "comparison")
 
 
 def analyse_seed(

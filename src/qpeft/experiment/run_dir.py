@@ -17,10 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from qpeft.settings import Experiment
 from qpeft.utils.atomic import read_json, write_json
 from qpeft.utils.distributed import is_main_process, on_main_process
 from qpeft.utils.errors import UsageError
 from qpeft.utils.locks import acquire, holds_only_locks, release
+
+#: What a comparison's folder records of its experiment; a folder holding another is refused.
+EXPERIMENT_FILE = "experiment.json"
 
 
 @dataclass(frozen=True)
@@ -135,3 +139,8 @@ def claimed_folder(folder: Path, record_path: Path, record: dict[str, Any], kind
     finally:
         if is_main_process():
             release(folder)
+
+
+def claimed_comparison(folder: Path, experiment: Experiment) -> contextlib.AbstractContextManager[None]:
+    """``claimed_folder`` for a comparison's folder (``compare``, and ``tune``, which shares it)."""
+    return claimed_folder(folder, folder / EXPERIMENT_FILE, experiment.to_dict(), "comparison")

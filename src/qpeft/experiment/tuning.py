@@ -29,7 +29,7 @@ from typing import Any
 
 from qpeft.experiment.checks import check_experiment
 from qpeft.experiment.processes import isolated
-from qpeft.experiment.run_dir import claimed_folder
+from qpeft.experiment.run_dir import EXPERIMENT_FILE, claimed_comparison, claimed_folder
 from qpeft.experiment.runs import train_run
 from qpeft.methods import get_method
 from qpeft.settings import Experiment, TuneSettings
@@ -42,8 +42,6 @@ from qpeft.utils.locks import FolderInUse
 log = logging.getLogger(__name__)
 
 TUNING = "tuning"
-#: What a comparison's folder records of its experiment (as ``compare`` does), so that both share it.
-EXPERIMENT_FILE = "experiment.json"
 OK, DIVERGED, FAILED = "ok", "diverged", "failed"
 #: A method's good window: the learning rates whose validation loss is within this share of its best.
 WINDOW = 0.05
@@ -158,7 +156,7 @@ def claim_tuning(output: Path, experiment: Experiment, settings: TuneSettings, c
     """
     recorded = output / EXPERIMENT_FILE
     if claim_output and not (recorded.exists() and read_json(recorded) == experiment.to_dict()):
-        with claimed_folder(output, recorded, experiment.to_dict(), "comparison"):
+        with claimed_comparison(output, experiment):
             pass
     folder = output / TUNING
     with claimed_folder(folder, folder / "grid.json", {"lr_factors": settings.factors()}, "tuning"):
