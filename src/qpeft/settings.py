@@ -189,6 +189,12 @@ class AnalysisSettings:
     )
     latency_new_tokens: int = field(default=16, metadata={"help": "tokens generated per prompt when timing latency"})
     latency_repeats: int = field(default=3, metadata={"help": "timed repetitions per model"})
+    robustness: str = field(
+        default="default",
+        metadata={"help": "re-evaluations of methods with inference options: 'default' (each method's own grid; "
+                          "QAA: 100 and 1000 shots, depolarizing 0.01 and 0.05), 'none', or OPTION=VALUE,... "
+                          "one re-evaluation each (e.g. shots=1000,depolarizing=0.01)"},
+    )
     reference: str = field(
         default="lora", metadata={"help": "the row every p-value is against (the base model when it is absent)"}
     )

@@ -98,3 +98,20 @@ def test_a_local_bertscore_model_takes_its_layer_from_the_flag() -> None:
     path, layers = resolve_bertscore_model("all-minilm-l6-v2")
     assert layers == 6
     assert resolve_bertscore_model(path, 4) == (path, 4)
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ("shot=100", "'shot=100' is not OPTION=VALUE with OPTION one of shots, depolarizing, noise_seed"),
+    ("shots", "'shots' is not OPTION=VALUE"),
+    ("shots=many", "shots takes an integer, got 'many'"),
+    ("depolarizing=2", "--qaa-depolarizing must lie in [0, 1], got 2.0"),
+])
+def test_a_bad_robustness_setting_is_refused_before_training(spec: str, message: str, tiny_llama_dir: Path,
+                                                             toy_data_dir: Path, tmp_path: Path, untrained: None,
+                                                             capsys: pytest.CaptureFixture) -> None:
+    output = tmp_path / "out"
+    code = main(["compare", "--output", str(output), "--methods", "lora,qaa", "--same-process",
+                 *cli_args(tiny_llama_dir, toy_data_dir), "--robustness", spec])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
+    assert not output.exists()

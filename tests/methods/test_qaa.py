@@ -15,7 +15,7 @@ from helpers import build_tokenizer, logits, tiny_llama, toy_rows, write_jsonl
 from qpeft.cli import main
 from qpeft.methods import get_method
 from qpeft.methods.base import trainable_parameter_count
-from qpeft.methods.qaa import QAAConfig, QAAEvalOptions, QAALinear, qaa_layers, read_adapter
+from qpeft.methods.qaa import ROBUSTNESS_GRID, QAAConfig, QAAEvalOptions, QAALinear, qaa_layers, read_adapter
 from qpeft.methods.targets import find_target_modules, linear_shape
 from qpeft.quantum import CircuitSpec, simulate, to_qiskit
 from qpeft.utils.errors import UsageError
@@ -360,3 +360,19 @@ def test_compare_re_evaluates_qaa_on_its_robustness_grid(trained_run: tuple[Path
     stamps = {tag: path.stat().st_mtime_ns for tag, path in files.items()}
     assert robustness_figures(run, "qaa", metrics, str(data)) == rows  # finished settings are reused
     assert {tag: path.stat().st_mtime_ns for tag, path in files.items()} == stamps
+
+
+def test_robustness_names_the_settings_re_evaluated(trained_run: tuple[Path, Path]) -> None:
+    from qpeft.experiment.compare import robustness_figures, robustness_settings
+
+    run, data = trained_run
+    assert robustness_settings("qaa", "default") == list(ROBUSTNESS_GRID)
+    assert robustness_settings("qaa", "none") == []
+    assert robustness_settings("lora", "shots=1000") == []  # LoRA has no inference options to vary
+    assert robustness_settings("qaa", " shots=1000, depolarizing=0.02") == [
+        QAAEvalOptions(shots=1000), QAAEvalOptions(depolarizing=0.02)]
+    metrics = json.loads((run / "metrics.json").read_text())
+    rows = robustness_figures(run, "qaa", metrics, str(data), "depolarizing=0.02")
+    assert [(row["shots"], row["depolarizing"]) for row in rows] == [(None, 0.0), (None, 0.02)]
+    assert (run / "metrics_dep0.02.json").exists()
+    assert robustness_figures(run, "qaa", metrics, str(data), "none") == []

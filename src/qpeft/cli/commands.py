@@ -54,7 +54,7 @@ def run_compare(args: argparse.Namespace) -> int:
     rows, configs = comparison_rows(args)
     methods = list(rows)
     analysis = AnalysisSettings(convergence_margin=args.convergence_margin, reference=args.reference,
-                                bootstrap_resamples=args.bootstrap_resamples)
+                                bootstrap_resamples=args.bootstrap_resamples, robustness=args.robustness)
     payload = compare(args.output, experiment_from_args(args), methods, configs, args.data_dir,
                       seeds=parse_seeds(args.seeds), analysis=analysis, fresh_process=not args.same_process,
                       tune=tune_settings_from_args(args) if args.tune else None, method_of=rows,

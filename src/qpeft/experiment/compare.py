@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from statistics import median
 from typing import Any
@@ -27,6 +27,7 @@ from qpeft.experiment.runs import base_run, evaluate_run, load_run, train_run
 from qpeft.experiment.tuning import WINDOW, check_tuning, chosen_config, read_tuning_record, trial_dir
 from qpeft.experiment.tuning import tune as tune_methods
 from qpeft.methods import REGISTRY, get_method
+from qpeft.methods.base import EvalOptions
 from qpeft.models import load_model, load_tokenizer
 from qpeft.settings import AnalysisSettings, Experiment, TuneSettings
 from qpeft.training.trainer import TrainingDiverged
@@ -78,6 +79,8 @@ def compare(
         # for a registered method that is not in this comparison).
         raise UsageError(f"--reference: {analysis.reference!r} is neither a method ({', '.join(REGISTRY)}) "
                          f"nor {BASE} / {FEWSHOT}")
+    for method_name in set(rows.values()):
+        robustness_settings(method_name, analysis.robustness)
     # every method, the data, the models: before the first method trains and before anything is written
     check_experiment(experiment, {name: method_configs.get(name, {}) for name in rows}, data_dir, rows)
     if tune is not None:
@@ -138,7 +141,8 @@ def compare_claimed(
             results[name] = method_row(run_dir, seed_experiment, methods[name], method_configs.get(name, {}),
                                        data_dir, fresh_process)
             if is_main_process() and results[name].get("status") != FAILED:
-                robustness = robustness_figures(run_dir, methods[name], results[name], data_dir)
+                robustness = robustness_figures(run_dir, methods[name], results[name], data_dir,
+                                                analysis.robustness)
                 if robustness:
                     results[name]["robustness"] = robustness
             gc.collect()
@@ -219,19 +223,50 @@ def method_configs_of(run_dirs: dict[str, Path], methods: list[str],
 ROBUSTNESS_METRICS = ("bleu", "rouge1", "rouge2", "rougeL", "bertscore_f1")
 
 
-def robustness_figures(
-    run_dir: Path, name: str, metrics: dict[str, Any], data_dir: str | None
-) -> list[dict[str, Any]]:
-    """The run's quality under each setting of its method's ``robustness_grid()`` (QAA: shots, noise).
+def robustness_settings(method_name: str, spec: str) -> list[EvalOptions]:
+    """The settings ``--robustness`` names for one method: its own grid, none, or ``OPTION=VALUE,...``.
 
-    Empty for methods without a grid. The first row is the run's own evaluation under the
+    A listed setting applies to the methods whose inference options have that name (QAA's
+    ``shots``, ``depolarizing``); a method with no such options is not re-evaluated, and a name
+    that none of the method's options has is refused.
+    """
+    method = get_method(method_name)
+    if spec == "default":
+        return method.robustness_grid()
+    options_class = method.eval_options_class
+    names = {item.name: item for item in fields(options_class)}
+    if spec == "none" or not names:
+        return []
+    settings = []
+    for item in spec.split(","):
+        key, separator, value = item.strip().partition("=")
+        if not separator or key not in names:
+            raise UsageError(f"--robustness: {item.strip()!r} is not OPTION=VALUE with OPTION one of "
+                             f"{', '.join(names)} ({method_name}'s inference options), 'default' or 'none'")
+        kind = int if names[key].type in (int, "int") else float
+        try:
+            options = options_class(**{key: kind(value)})
+        except ValueError:
+            raise UsageError(f"--robustness: {key} takes a{'n integer' if kind is int else ' number'}, "
+                             f"got {value!r}") from None
+        options.validate()
+        settings.append(options)
+    return settings
+
+
+def robustness_figures(
+    run_dir: Path, name: str, metrics: dict[str, Any], data_dir: str | None, spec: str = "default"
+) -> list[dict[str, Any]]:
+    """The run's quality under each setting ``spec`` names for its method (``robustness_settings``).
+
+    Empty for methods without one. The first row is the run's own evaluation under the
     default options; each setting is a re-evaluation of the generated text into
     ``metrics_<tag>.json`` (without the test loss, which under sampled shots costs more than
     the rest together), reused when that file exists, so an interrupted comparison resumes
     where it stopped.
     """
     method = get_method(name)
-    grid = method.robustness_grid()
+    grid = robustness_settings(name, spec)
     if not grid:
         return []
     rows = [{**method.eval_options_class().describe(), **{k: metrics.get(k) for k in ROBUSTNESS_METRICS}}]
