@@ -20,6 +20,7 @@ from qpeft.utils.errors import UsageError
 #: The base model when ``--model`` is not given: SmolLM2-135M-Instruct (a GGUF alias of ``qpeft.models``).
 DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_DATASET = "e2e"
+METRIC_PROFILES = ("auto", "default", "e2e")
 #: The BERTScore model when ``--bertscore-model`` is not given (an alias of ``qpeft.evaluation.metrics``).
 DEFAULT_BERTSCORE_MODEL = "all-minilm-l6-v2"
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -95,6 +96,12 @@ class EvalSettings:
         metadata={"help": "cut each output at its first line break after text begins (blank lines first are "
                           "skipped): on, off or auto (when no training target has one)"},
     )
+    metrics: str = field(
+        default="auto",
+        metadata={"help": "metric profile: default (BLEU, ROUGE, BERTScore), e2e (also the E2E challenge's BLEU, "
+                          "NIST, METEOR, ROUGE-L and CIDEr, as its official script computes them), or auto (e2e "
+                          "on the e2e data set)"},
+    )
     fewshot_examples: int = field(
         default=3, metadata={"help": "solved training examples in the prompt of the base-fewshot row (0: no such row)"}
     )
@@ -107,6 +114,8 @@ class EvalSettings:
             raise UsageError("--max-test-items must be 0 (all) or positive")
         if self.stop_at_newline not in STOP_MODES:
             raise UsageError(f"--stop-at-newline must be one of {', '.join(STOP_MODES)}, got {self.stop_at_newline!r}")
+        if self.metrics not in METRIC_PROFILES:
+            raise UsageError(f"--metrics must be one of {', '.join(METRIC_PROFILES)}, got {self.metrics!r}")
         if self.fewshot_examples < 0:
             raise UsageError(f"--fewshot-examples must be 0 (no few-shot row) or positive, got {self.fewshot_examples}")
         if self.bertscore_num_layers is not None and self.bertscore_num_layers <= 0:
@@ -163,6 +172,12 @@ class Experiment:
         train_settings = TrainSettings(**values.pop("train"))
         eval_settings = EvalSettings(**values.pop("eval"))
         return cls(**values, train=train_settings, eval=eval_settings)
+
+    def metric_profile(self) -> str:
+        """``default`` or ``e2e``: what ``--metrics`` resolves to on this experiment's data set."""
+        if self.eval.metrics == "auto":
+            return "e2e" if self.dataset == DEFAULT_DATASET else "default"
+        return self.eval.metrics
 
     def load_data(self, data_dir: str | None) -> DataSplits:
         return load_splits(

@@ -283,3 +283,16 @@ def test_a_tuned_comparison_reports_its_grid_trials_and_windows() -> None:
     assert "| lora | 0.000632 | diverged |  |" in report and "| lora | 0.0002 | 2.0000 | yes |" in report
     assert "plot-learning-rates" in plot_ids(html_report(payload))
     assert "plot-learning-rates" not in plot_ids(html_report(synthetic_payload(seeds=(0,))))
+
+
+def test_the_e2e_challenge_table_appears_only_with_its_figures() -> None:
+    from qpeft.report.markdown import markdown_report
+
+    payload = synthetic_payload(seeds=(0,), robustness=False)
+    assert "E2E challenge metrics" not in html_report(payload) and "E2E challenge" not in markdown_report(payload)
+    payload["methods"]["qaa"].update(bleu_e2e=56.95, nist_e2e=5.2022, meteor_e2e=None, rougeL_e2e=63.47,
+                                     cider_e2e=2.3737)
+    html, markdown = html_report(payload), markdown_report(payload)
+    assert 'id="table-e2e"' in html
+    row = next(line for line in markdown.split("## E2E challenge metrics")[1].splitlines() if line.startswith("| qaa"))
+    assert row.split("|")[2:7] == [" 56.95 ", " 5.202 ", " – ", " 63.47 ", " 2.374 "]

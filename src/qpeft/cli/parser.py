@@ -15,6 +15,7 @@ from typing import Any
 
 from qpeft.methods import REGISTRY
 from qpeft.settings import (
+    METRIC_PROFILES,
     PRECISIONS,
     STOP_MODES,
     AnalysisSettings,
@@ -126,13 +127,14 @@ def add_eval_flags(parser: argparse.ArgumentParser, defaults: EvalSettings | Non
     add("--bertscore-num-layers", "bertscore_num_layers", type=int)
     add("--stop-at-newline", "stop_at_newline", choices=STOP_MODES)
     add("--fewshot-examples", "fewshot_examples", type=int)
+    add("--metrics", "metrics", choices=METRIC_PROFILES)
 
 
 def eval_overrides(args: argparse.Namespace) -> dict[str, Any]:
     names = {"max_new_tokens": "max_new_tokens", "num_beams": "num_beams", "eval_batch_size": "batch_size",
              "max_test_items": "max_test_items", "bertscore_model": "bertscore_model",
              "bertscore_num_layers": "bertscore_num_layers",
-             "stop_at_newline": "stop_at_newline", "fewshot_examples": "fewshot_examples"}
+             "stop_at_newline": "stop_at_newline", "fewshot_examples": "fewshot_examples", "metrics": "metrics"}
     return {field: getattr(args, flag) for flag, field in names.items() if getattr(args, flag) is not None}
 
 

@@ -15,6 +15,7 @@ from transformers import DataCollatorForSeq2Seq, PreTrainedTokenizerBase, Stoppi
 
 from qpeft.data import Example, TestItem, reference_pairs
 from qpeft.data.prompts import IGNORE_INDEX, encode_examples, encode_prompt
+from qpeft.evaluation.e2e_metrics import e2e_scores
 from qpeft.evaluation.metrics import corpus_scores, per_item_scores
 from qpeft.settings import EvalSettings
 from qpeft.utils.atomic import write_text_atomic
@@ -161,8 +162,11 @@ def evaluate(
     stop_at_newline: bool = False,
     shots: Sequence[Example] = (),
     item_indices: Sequence[int] | None = None,
+    profile: str = "default",
 ) -> dict[str, Any]:
     """Generate once per test item, score against all its references, add the test loss (unless skipped).
+
+    The ``e2e`` profile adds the E2E challenge's five corpus figures (``e2e_metrics.E2E_KEYS``).
 
     ``predictions.jsonl`` keeps each item's index in the test split and its own scores, which
     the comparison's paired bootstrap resamples.
@@ -182,6 +186,9 @@ def evaluate(
         ]
         write_text_atomic(predictions_path, "\n".join(lines) + "\n")
     scores: dict[str, Any] = corpus_scores(predictions, references, item_scores)
+    if profile == "e2e":
+        scores.update(e2e_scores(predictions, references))
+    scores["metric_profile"] = profile
     scores["test_loss"] = (
         test_loss(model, tokenizer, reference_pairs(items), template, max_length, settings.batch_size, shots)
         if settings.test_loss else None

@@ -277,7 +277,8 @@ def robustness_figures(
             scores = read_json(path)
         else:
             log.info("%s: re-evaluating under %s", name, tag)
-            scores = evaluate_run(run_dir, data_dir, {"test_loss": False}, options, tag)
+            # neither the test loss nor the E2E suite: the grid reports ROBUSTNESS_METRICS only
+            scores = evaluate_run(run_dir, data_dir, {"test_loss": False, "metrics": "default"}, options, tag)
         rows.append({**options.describe(), **{k: scores.get(k) for k in ROBUSTNESS_METRICS}})
         gc.collect()
     return rows

@@ -146,6 +146,7 @@ def _evaluate_and_record(
         stop_at_newline=experiment.eval.stops_at_newline(splits.train),
         shots=shots or (),
         item_indices=indices,
+        profile=experiment.metric_profile(),
     )
     metrics = {**scores, "test_indices": indices, **figures}
     write_json(RunDir(run_dir).metrics_path, metrics)
@@ -194,7 +195,7 @@ def evaluate_run(
     scores = evaluate(
         model, tokenizer, items, experiment.train.template, experiment.train.max_length, experiment.eval,
         run.predictions(tag), stop_at_newline=experiment.eval.stops_at_newline(splits.train),
-        shots=shots, item_indices=indices,
+        shots=shots, item_indices=indices, profile=experiment.metric_profile(),
     )
     metrics = {**previous, **scores, "test_indices": indices, "eval_settings": asdict(experiment.eval)}
     write_json(run.tagged_metrics(tag), metrics)

@@ -22,6 +22,8 @@ from qpeft.report.tables import (
     CAPACITY_COLUMNS,
     CAPACITY_NOTE,
     CONVERGENCE_NOTE,
+    E2E_COLUMNS,
+    E2E_NOTE,
     EFFICIENCY_COLUMNS,
     EFFICIENCY_NOTE,
     capacity_errors,
@@ -123,6 +125,11 @@ def html_report(payload: dict[str, Any]) -> str:
     body += "".join(f'<p class="error">{html.escape(e)}</p>' for e in capacity_errors(payload))
     if body:
         sections.append(("capacity", "Capacity", body))
+
+    headers, rows = figure_table(payload, E2E_COLUMNS, list(payload["methods"]), drop_empty=False)
+    if any(cell != "–" for row in rows for cell in row[1:]):
+        body = f'<p class="note">{html.escape(E2E_NOTE)}</p>' + html_table(headers, rows, "table-e2e")
+        sections.append(("e2e", "E2E challenge metrics", body))
 
     headers, rows = robustness_table(payload)
     if rows:

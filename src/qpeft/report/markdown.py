@@ -10,6 +10,8 @@ from qpeft.report.tables import (
     CAPACITY_COLUMNS,
     CAPACITY_NOTE,
     CONVERGENCE_NOTE,
+    E2E_COLUMNS,
+    E2E_NOTE,
     EFFICIENCY_COLUMNS,
     EFFICIENCY_NOTE,
     capacity_errors,
@@ -80,6 +82,9 @@ def markdown_report(payload: dict[str, Any]) -> str:
         summary_table(payload),
         "",
     ]
+    headers, rows = figure_table(payload, E2E_COLUMNS, list(payload["methods"]), drop_empty=False)
+    if any(cell != "–" for row in rows for cell in row[1:]):
+        lines += ["## E2E challenge metrics", "", E2E_NOTE, "", markdown_table(headers, rows), ""]
     headers, rows = tuning_rows(payload)
     if rows:
         lines += ["## Learning rates", "", *(f"- {s}" for s in window_sentences(payload)), "",

@@ -152,6 +152,23 @@ EFFICIENCY_COLUMNS = [
     ("latency_vs_base", "latency vs base", "{:.2f}x"),
 ]
 
+# The E2E challenge's suite (``--metrics e2e``), on the scales of the LoRA paper's E2E table.
+E2E_COLUMNS = [
+    ("bleu_e2e", "BLEU", "{:.2f}"),
+    ("nist_e2e", "NIST", "{:.3f}"),
+    ("meteor_e2e", "METEOR", "{:.2f}"),
+    ("rougeL_e2e", "ROUGE-L", "{:.2f}"),
+    ("cider_e2e", "CIDEr", "{:.3f}"),
+]
+
+E2E_NOTE = (
+    "The E2E challenge's metrics as its official script (tuetschek/e2e-metrics) computes them: BLEU "
+    "case-insensitive, NIST, METEOR 1.5, ROUGE-L (beta 1.2) and CIDEr, each over all references of an item "
+    "(BLEU, METEOR and ROUGE-L 0-100). These, not the table above, are the figures to put beside published E2E "
+    "tables, and only when every test item is scored. A dash: not computed (no Java runtime for METEOR, "
+    "ROUGE-L and CIDEr)."
+)
+
 CAPACITY_COLUMNS = [
     ("capacity_modules", "modules", "{:,.0f}"),
     ("update_jacobian_rank_min", "Jacobian rank min", "{:,.1f}"),
