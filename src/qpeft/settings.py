@@ -34,6 +34,11 @@ class TrainSettings:
     grad_accum: int = field(default=1, metadata={"help": "gradient accumulation: batches per optimizer step"})
     max_length: int = field(default=128, metadata={"help": "tokens per example; longer ones are cut, with a warning"})
     warmup_ratio: float = field(default=0.05, metadata={"help": "share of the steps the linear schedule warms up over"})
+    label_smoothing: float = field(
+        default=0.0,
+        metadata={"help": "epsilon: the training loss is (1 - epsilon) x the target token's negative log-likelihood "
+                          "+ epsilon x its mean over the vocabulary (validation and test losses stay unsmoothed)"},
+    )
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     save_steps: int = field(default=50, metadata={"help": "checkpoint interval in optimizer steps (resume point)"})
     precision: str = field(default="fp32", metadata={"help": "fp32, or bf16 / fp16 mixed precision"})
@@ -59,6 +64,8 @@ class TrainSettings:
                 raise UsageError(f"--{name.replace('_', '-')} must be 0 or positive, got {getattr(self, name)}")
         if self.precision not in PRECISIONS:
             raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}")
+        if not 0 <= self.label_smoothing < 1:
+            raise UsageError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
         if not 0 <= self.warmup_ratio < 1:
             raise UsageError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
 
@@ -72,6 +79,12 @@ class TrainSettings:
 class EvalSettings:
     max_new_tokens: int = field(default=64, metadata={"help": "tokens generated per test item at most"})
     num_beams: int = field(default=1, metadata={"help": "beam width (1: greedy decoding)"})
+    length_penalty: float = field(
+        default=1.0, metadata={"help": "beam search's exponent on the output length (below 1 favours shorter outputs)"}
+    )
+    no_repeat_ngram_size: int = field(
+        default=0, metadata={"help": "never generate an n-gram of this size twice in one output (0: allowed)"}
+    )
     batch_size: int = field(default=16, metadata={"help": "test prompts generated at once"})
     max_test_items: int = field(
         default=0, metadata={"help": "score a random sample of N test items, drawn with the seed (0: all)"}
@@ -110,6 +123,10 @@ class EvalSettings:
         for name in ("max_new_tokens", "num_beams", "batch_size"):
             if getattr(self, name) <= 0:
                 raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.no_repeat_ngram_size < 0:
+            raise UsageError(f"--no-repeat-ngram-size must be 0 (off) or positive, got {self.no_repeat_ngram_size}")
+        if not math.isfinite(self.length_penalty):
+            raise UsageError(f"--length-penalty must be a number, got {self.length_penalty}")
         if self.max_test_items < 0:
             raise UsageError("--max-test-items must be 0 (all) or positive")
         if self.stop_at_newline not in STOP_MODES:

@@ -171,6 +171,18 @@ def test_shipped_paper_config_parses() -> None:
     paper = ROOT / "configs" / "paper.yaml"
     args = build_parser().parse_args(expand_config_file(["compare", "--output", "x", "--config", str(paper)]))
     assert args.model == "gpt2-medium" and args.steps == 26290 and args.num_beams == 10
+    # the LoRA paper's E2E recipe, read back as the experiment and LoRA's configuration
+    from qpeft.cli.parser import experiment_from_args
+
+    experiment = experiment_from_args(args)
+    train, evaluation = experiment.train, experiment.eval
+    assert (train.batch_size, train.label_smoothing, round(train.warmup_ratio * train.steps)) == (8, 0.1, 500)
+    assert (evaluation.num_beams, evaluation.length_penalty, evaluation.no_repeat_ngram_size) == (10, 0.8, 4)
+    assert experiment.metric_profile() == "e2e" and args.seeds == "0,1,2"
+    from qpeft.cli.commands import comparison_rows
+
+    lora = comparison_rows(args)[1]["lora"]
+    assert (lora["r"], lora["alpha"], lora["dropout"], lora["target_modules"]) == (4, 32, 0.1, "c_attn")
 
 
 @pytest.mark.multiprocess

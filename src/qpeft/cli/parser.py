@@ -100,7 +100,7 @@ def add_experiment_flags(parser: argparse.ArgumentParser) -> None:
     budget = parser.add_argument_group("training budget")
     for name in ("steps", "batch_size", "grad_accum", "max_length"):
         add_setting_flag(budget, train, name, type=int)
-    for name in ("warmup_ratio", "weight_decay"):
+    for name in ("warmup_ratio", "weight_decay", "label_smoothing"):
         add_setting_flag(budget, train, name, type=float)
     add_setting_flag(budget, train, "save_steps", type=int)
     add_setting_flag(budget, train, "precision", choices=PRECISIONS)
@@ -121,6 +121,8 @@ def add_eval_flags(parser: argparse.ArgumentParser, defaults: EvalSettings | Non
 
     add("--max-new-tokens", "max_new_tokens", type=int)
     add("--num-beams", "num_beams", type=int)
+    add("--length-penalty", "length_penalty", type=float)
+    add("--no-repeat-ngram-size", "no_repeat_ngram_size", type=int)
     add("--eval-batch-size", "batch_size", type=int)
     add("--max-test-items", "max_test_items", type=int)
     add("--bertscore-model", "bertscore_model")
@@ -131,7 +133,8 @@ def add_eval_flags(parser: argparse.ArgumentParser, defaults: EvalSettings | Non
 
 
 def eval_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    names = {"max_new_tokens": "max_new_tokens", "num_beams": "num_beams", "eval_batch_size": "batch_size",
+    names = {"max_new_tokens": "max_new_tokens", "num_beams": "num_beams", "length_penalty": "length_penalty",
+             "no_repeat_ngram_size": "no_repeat_ngram_size", "eval_batch_size": "batch_size",
              "max_test_items": "max_test_items", "bertscore_model": "bertscore_model",
              "bertscore_num_layers": "bertscore_num_layers",
              "stop_at_newline": "stop_at_newline", "fewshot_examples": "fewshot_examples", "metrics": "metrics"}
@@ -141,7 +144,8 @@ def eval_overrides(args: argparse.Namespace) -> dict[str, Any]:
 def experiment_from_args(args: argparse.Namespace) -> Experiment:
     train = TrainSettings(
         steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum, max_length=args.max_length,
-        warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay, save_steps=args.save_steps,
+        warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
+        save_steps=args.save_steps,
         precision=args.precision, gradient_checkpointing=args.gradient_checkpointing, template=args.template,
         eval_steps=args.eval_steps, validation_items=args.validation_items,
     )

@@ -62,6 +62,8 @@ def generate(
             attention_mask=mask,
             max_new_tokens=settings.max_new_tokens,
             num_beams=settings.num_beams,
+            length_penalty=settings.length_penalty,
+            no_repeat_ngram_size=settings.no_repeat_ngram_size,
             do_sample=False,
             pad_token_id=pad_id,
             eos_token_id=eos_id,

@@ -240,6 +240,11 @@ def read_tuning_record(path: Path, experiment: Experiment, rows: dict[str, str],
             not isinstance(record.get("lr_factors"), list):
         raise UsageError(f"--tuned-from {path}: not a qpeft tuning record (tuning.json)")
     recorded = record.get("experiment")
+    if isinstance(recorded, dict):
+        try:  # a record from before a training option existed was made at that option's default
+            recorded = Experiment.from_dict(recorded).to_dict()
+        except (TypeError, KeyError, ValueError) as error:
+            raise UsageError(f"--tuned-from {path}: its experiment is not one qpeft reads ({error})") from None
     if isinstance(recorded, dict) and trained_part(recorded) != trained_part(experiment.to_dict()):
         raise UsageError(f"--tuned-from {path}: tuned with another model, data or training budget than this "
                          "comparison's")

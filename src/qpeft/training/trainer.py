@@ -9,6 +9,7 @@ Every override of a private Trainer member is in ``MethodTrainer``, in this modu
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +110,27 @@ class EncodedExamples(Dataset):
         return encoded
 
 
+def label_smoothed_loss(epsilon: float) -> Callable[..., torch.Tensor]:
+    """The Trainer's ``compute_loss_func`` for label smoothing ``epsilon``, with the causal shift made here.
+
+    Not the Trainer's own ``label_smoothing_factor``: it shifts the labels only for models whose class
+    it recognises as a causal LM, and a PEFT prompt-learning model (Prefix tuning) is named by its inner
+    ``LlamaModel``, which would score each token against itself. torch's ``cross_entropy`` defines the
+    smoothing: (1 - epsilon) x NLL + epsilon x the mean over the vocabulary of -log p.
+    """
+
+    def loss(outputs: Any, labels: torch.Tensor, num_items_in_batch: Any = None) -> torch.Tensor:
+        logits = outputs["logits"][:, :-1, :].float()
+        targets = labels[:, 1:].to(logits.device)
+        total = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                                  ignore_index=IGNORE_INDEX, label_smoothing=epsilon,
+                                                  reduction="sum")
+        count = num_items_in_batch if num_items_in_batch is not None else targets.ne(IGNORE_INDEX).sum()
+        return total / (count.to(total.device) if torch.is_tensor(count) else count)
+
+    return loss
+
+
 def training_arguments(
     checkpoint_dir: Path, settings: TrainSettings, config: MethodConfig, seed: int
 ) -> TrainingArguments:
@@ -173,6 +195,7 @@ def train(
         train_dataset=train_data,
         data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX),
         callbacks=[logger],
+        compute_loss_func=label_smoothed_loss(settings.label_smoothing) if settings.label_smoothing else None,
         method=method,
         method_config=config,
     )
