@@ -139,6 +139,30 @@ def test_a_diverged_trial_is_recorded_and_never_chosen(tiny_llama_dir: Path, toy
     assert "diverged" in capsys.readouterr().out
 
 
+def test_a_finished_tuning_run_again_draws_no_trial(tiny_llama_dir: Path, toy_data_dir: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    import qpeft.experiment.tuning
+
+    def trained(run_dir: Path, *args: object) -> dict:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return {"validation_loss": 2.0 if run_dir.name == "lr-x1" else 3.0}
+
+    monkeypatch.setattr(qpeft.experiment.tuning, "train_run", trained)
+    output = tmp_path / "tuned"
+    argv = ["tune", "--methods", "lora", "--same-process", *tune_args(tiny_llama_dir, toy_data_dir, output)]
+    assert main(argv) == 0
+    first = trials(output)
+
+    def no_trial(*_args: object) -> None:
+        raise AssertionError("a finished grid point was drawn again")
+
+    monkeypatch.setattr(qpeft.experiment.tuning, "run_trial", no_trial)
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert trials(output) == first and "re-evaluating" not in capsys.readouterr().err
+
+
 def test_tuning_needs_a_validation_loss(tiny_llama_dir: Path, toy_data_dir: Path, tmp_path: Path,
                                         capsys: pytest.CaptureFixture) -> None:
     code = main(["tune", "--methods", "lora", *tune_args(tiny_llama_dir, toy_data_dir, tmp_path / "t"),

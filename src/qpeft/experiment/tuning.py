@@ -113,8 +113,10 @@ def optimize_with_optuna(output: Path, experiment: Experiment, row: str, name: s
     """Draw grid points from the row's shared study until every one has finished."""
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # qpeft logs each trial itself
     factors = settings.factors()
+    if all(read_record(trial_dir(output, row, factor) / "trial.json") for factor in factors):
+        return  # finished before (a rerun): the exhausted grid would only re-draw a finished point, with a warning
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # qpeft logs each trial itself
     storage = settings.storage or optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(Path(output) / TUNING / "optuna.log")))
     study = optuna.create_study(study_name=row, storage=storage, direction="minimize", load_if_exists=True,
