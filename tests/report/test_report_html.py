@@ -296,3 +296,18 @@ def test_the_e2e_challenge_table_appears_only_with_its_figures() -> None:
     assert 'id="table-e2e"' in html
     row = next(line for line in markdown.split("## E2E challenge metrics")[1].splitlines() if line.startswith("| qaa"))
     assert row.split("|")[2:7] == [" 56.95 ", " 5.202 ", " – ", " 63.47 ", " 2.374 "]
+
+
+def test_the_noise_finding_never_calls_the_exact_row_the_worst() -> None:
+    from qpeft.report.findings import findings
+
+    payload = synthetic_payload(seeds=(0,), robustness=False)
+    payload["methods"]["qaa"]["robustness"] = [
+        {"shots": None, "depolarizing": 0.0, "bleu": 52.03}, {"shots": 1000, "depolarizing": 0.0, "bleu": 52.79},
+        {"shots": None, "depolarizing": 0.01, "bleu": 54.69}]
+    sentence = next(s for s in findings(payload) if s.startswith("Under finite shots"))
+    assert "from 52.03 (exact expectations, depolarising p = 0) to between 52.79" in sentence
+    assert "and 54.69 (exact expectations, depolarising p = 0.01), none lower" in sentence
+    payload["methods"]["qaa"]["robustness"][1]["bleu"] = 40.0
+    sentence = next(s for s in findings(payload) if s.startswith("Under finite shots"))
+    assert "to 40.00 at worst (1,000 shots, depolarising p = 0)" in sentence
