@@ -22,12 +22,12 @@ from qpeft.report.tables import (
     CAPACITY_COLUMNS,
     CAPACITY_NOTE,
     CONVERGENCE_NOTE,
-    E2E_COLUMNS,
     E2E_NOTE,
     EFFICIENCY_COLUMNS,
     EFFICIENCY_NOTE,
     capacity_errors,
     convergence_columns,
+    e2e_table,
     figure_table,
     robustness_table,
     significance_rows,
@@ -126,8 +126,8 @@ def html_report(payload: dict[str, Any]) -> str:
     if body:
         sections.append(("capacity", "Capacity", body))
 
-    headers, rows = figure_table(payload, E2E_COLUMNS, list(payload["methods"]), drop_empty=False)
-    if any(cell != "–" for row in rows for cell in row[1:]):
+    headers, rows = e2e_table(payload)
+    if rows:
         body = f'<p class="note">{html.escape(E2E_NOTE)}</p>' + html_table(headers, rows, "table-e2e")
         sections.append(("e2e", "E2E challenge metrics", body))
 

@@ -10,12 +10,12 @@ from qpeft.report.tables import (
     CAPACITY_COLUMNS,
     CAPACITY_NOTE,
     CONVERGENCE_NOTE,
-    E2E_COLUMNS,
     E2E_NOTE,
     EFFICIENCY_COLUMNS,
     EFFICIENCY_NOTE,
     capacity_errors,
     convergence_columns,
+    e2e_table,
     figure_table,
     markdown_table,
     robustness_table,
@@ -82,8 +82,8 @@ def markdown_report(payload: dict[str, Any]) -> str:
         summary_table(payload),
         "",
     ]
-    headers, rows = figure_table(payload, E2E_COLUMNS, list(payload["methods"]), drop_empty=False)
-    if any(cell != "–" for row in rows for cell in row[1:]):
+    headers, rows = e2e_table(payload)
+    if rows:
         lines += ["## E2E challenge metrics", "", E2E_NOTE, "", markdown_table(headers, rows), ""]
     headers, rows = tuning_rows(payload)
     if rows:

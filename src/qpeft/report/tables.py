@@ -169,6 +169,12 @@ E2E_NOTE = (
     "ROUGE-L and CIDEr)."
 )
 
+def e2e_table(payload: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Every row's E2E challenge figures; no rows when no row has one (the default metric profile)."""
+    headers, rows = figure_table(payload, E2E_COLUMNS, list(payload["methods"]), drop_empty=False)
+    return headers, rows if any(cell != "–" for row in rows for cell in row[1:]) else []
+
+
 CAPACITY_COLUMNS = [
     ("capacity_modules", "modules", "{:,.0f}"),
     ("update_jacobian_rank_min", "Jacobian rank min", "{:,.1f}"),
