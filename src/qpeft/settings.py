@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from qpeft.analysis.convergence import DEFAULT_FRACTIONS, DEFAULT_MARGIN, DEFAULT_TAIL
-from qpeft.data import DataSplits, Example, load_splits
+from qpeft.data import BUILTIN_TASKS, TASK_TYPES, DataSplits, Example, load_splits
 from qpeft.utils.errors import UsageError
 
 #: The base model when ``--model`` is not given: SmolLM2-135M-Instruct (a GGUF alias of ``qpeft.models``).
@@ -161,7 +161,15 @@ class Experiment:
         default=DEFAULT_MODEL, metadata={"help": "Hugging Face model id, local directory, or the alias smollm2-135m"}
     )
     dataset: str = field(
-        default=DEFAULT_DATASET, metadata={"help": "e2e, or a .jsonl/.csv file, or a folder with train.* and test.*"}
+        default=DEFAULT_DATASET,
+        metadata={"help": f"{', '.join(BUILTIN_TASKS)} (read from --data-dir), or a .jsonl/.csv file, or a folder "
+                          "with train.* and test.*"},
+    )
+    task: str = field(
+        default="auto",
+        metadata={"help": "generation (BLEU, ROUGE, BERTScore) or classification (accuracy and macro-F1 by ranking "
+                          "every label's likelihood, and the generated text's exact match); auto: the built-in "
+                          "data set's own task, generation for a file or folder"},
     )
     input_column: str = field(default="input", metadata={"help": "input column of a user data set"})
     target_column: str = field(default="target", metadata={"help": "target column of a user data set"})
@@ -175,6 +183,8 @@ class Experiment:
     eval: EvalSettings = field(default_factory=EvalSettings)
 
     def validate(self) -> None:
+        if self.task not in ("auto", *TASK_TYPES):
+            raise UsageError(f"--task must be one of auto, {', '.join(TASK_TYPES)}, got {self.task!r}")
         if not 0 < self.validation_fraction < 1:
             raise UsageError(f"--validation-fraction must be strictly between 0 and 1, got {self.validation_fraction}")
         self.train.validate()
@@ -189,6 +199,12 @@ class Experiment:
         train_settings = TrainSettings(**values.pop("train"))
         eval_settings = EvalSettings(**values.pop("eval"))
         return cls(**values, train=train_settings, eval=eval_settings)
+
+    def task_type(self) -> str:
+        """``generation`` or ``classification``: ``--task``, or the built-in data set's own (generation for a file)."""
+        if self.task == "auto":
+            return BUILTIN_TASKS.get(self.dataset, "generation")
+        return self.task
 
     def metric_profile(self) -> str:
         """``default`` or ``e2e``: what ``--metrics`` resolves to on this experiment's data set."""

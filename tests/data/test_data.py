@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import csv
+import json
 import logging
 from pathlib import Path
 
@@ -169,3 +171,31 @@ def test_a_data_folder_with_one_training_input_is_refused(tmp_path: Path) -> Non
     write_jsonl(tmp_path / "test.jsonl", [{"input": "c", "target": "d"}])
     with pytest.raises(UsageError, match="at least 2 distinct inputs"):
         load_splits(str(tmp_path))
+
+
+# every character the csv and json modules must carry through: line breaks inside a field, doubled quotes,
+# the separators str.splitlines() would break at (U+2028, \x0b, \x1c), emoji, and white space at the edges
+AWKWARD = ["Line one\nLine two", 'He said ""hi"", twice', "a\u2028b\x0bc\x1cd", "emoji 🎉🍝 ok",
+           " padded ", "comma, inside", "crlf\r\nline"]
+
+
+def test_a_csv_round_trip_keeps_every_field_byte_identical(tmp_path: Path) -> None:
+    rows = [{"input": f"{text} #{i}", "target": AWKWARD[(i + 1) % len(AWKWARD)]} for i, text in enumerate(AWKWARD)]
+    path = tmp_path / "awkward.csv"
+    with path.open("w", newline="", encoding="utf-8-sig") as handle:  # with a byte-order mark
+        writer = csv.DictWriter(handle, fieldnames=["input", "target"])
+        writer.writeheader()
+        writer.writerows(rows)
+    assert path.read_bytes().startswith(b"\xef\xbb\xbf")
+    read = files.read_rows(path, "input", "target")
+    assert [(e.input, e.target) for e in read] == [(r["input"], r["target"]) for r in rows]
+    assert [e.input.encode() for e in read] == [r["input"].encode() for r in rows]
+
+
+def test_a_jsonl_round_trip_keeps_every_field_byte_identical(tmp_path: Path) -> None:
+    rows = [{"input": f"{text} #{i}", "target": AWKWARD[(i + 1) % len(AWKWARD)]} for i, text in enumerate(AWKWARD)]
+    path = tmp_path / "awkward.jsonl"
+    # ensure_ascii=False writes U+2028 raw, inside the JSON string, where splitlines() would break the line
+    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    read = files.read_rows(path, "input", "target")
+    assert [(e.input, e.target) for e in read] == [(r["input"], r["target"]) for r in rows]

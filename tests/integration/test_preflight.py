@@ -16,12 +16,19 @@ def no_training(*_args: object, **_kwargs: object) -> None:
     raise AssertionError("a training step ran before the bad input was refused")
 
 
+def no_model(*_args: object, **_kwargs: object) -> None:
+    raise AssertionError("a model was loaded before the bad input was refused")
+
+
 @pytest.fixture()
 def untrained(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Any training call fails the test (it would show as a traceback, not as the expected one line)."""
+    """Any training call or model load fails the test (it would show as a traceback, not as the expected line)."""
+    import qpeft.experiment.compare
     import qpeft.experiment.runs
 
     monkeypatch.setattr(qpeft.experiment.runs, "train", no_training)
+    monkeypatch.setattr(qpeft.experiment.runs, "load_model", no_model)
+    monkeypatch.setattr(qpeft.experiment.compare, "load_model", no_model)
 
 
 def distinct_rows(count: int) -> list[dict[str, str]]:
@@ -38,6 +45,10 @@ def bad_data(kind: str, folder: Path) -> Path:
         path = folder / "dup.csv"
         path.write_text("input,target,target\n" + "".join(f"in {i},a,b\n" for i in range(8)))
         return path
+    if kind == "one-label":
+        return write_jsonl(folder / "one.jsonl", [{**row, "target": "yes"} for row in distinct_rows(8)])
+    if kind == "free-text-labels":
+        return write_jsonl(folder / "free.jsonl", distinct_rows(80))
     raise ValueError(kind)
 
 
@@ -51,6 +62,9 @@ CASES = [
     ([], "two-distinct-inputs", "needs at least 3 distinct inputs"),
     ([], "every-target-empty", "row 1: 'target' is empty"),
     ([], "duplicate-column", "names column 'target' more than once"),
+    (["--task", "classification"], "one-label", "needs at least 2 distinct training targets (labels), found 1"),
+    (["--task", "classification"], "free-text-labels", "is this a generation task (--task generation)?"),
+    (["--dataset", "sst2", "--data-dir", "/no/such/folder"], None, "sst2 files not found under /no/such/folder"),
 ]
 
 

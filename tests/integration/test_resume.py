@@ -21,7 +21,10 @@ FIGURES = ("bleu", "rougeL", "test_loss", "final_train_loss", "trainable_params"
 
 
 def compare_command(model: Path, data: Path, output: Path) -> list[str]:
+    # --same-process: one interpreter start per command instead of three (the kill takes the process group
+    # either way); test_peak_memory_does_not_depend_on_what_ran_before covers the fresh-process runs.
     return [sys.executable, "-m", "qpeft.cli", "compare", "--methods", "lora,full", "--output", str(output),
+            "--same-process", "--fewshot-examples", "0",
             *cli_args(model, data, steps=12, save_steps=3, max_new_tokens=6, eval_batch_size=None)]
 
 

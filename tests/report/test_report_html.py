@@ -270,8 +270,8 @@ def test_an_untuned_comparison_names_no_best_method_and_says_so() -> None:
     payload["analysis"]["reference"] = "lora"
     text = "\n".join(findings(payload))
     assert "Highest BLEU" not in text and "No method is named best" in text
-    assert "Learning rates untuned (method defaults): differences between methods may be learning-rate " \
-           "differences." in text
+    assert "Learning rates untuned (not chosen on validation in this comparison: each method's configured rate, " \
+           "its default unless set): differences between methods may be learning-rate differences." in text
     assert "Learning rates untuned" in markdown_report(payload)
 
 

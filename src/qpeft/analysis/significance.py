@@ -27,7 +27,9 @@ import numpy as np
 
 from qpeft.utils.errors import UsageError
 
-METRICS = ("bleu", "rouge1", "rouge2", "rougeL", "bertscore_f1")
+GENERATION_METRICS = ("bleu", "rouge1", "rouge2", "rougeL", "bertscore_f1")
+CLASSIFICATION_METRICS = ("accuracy", "macro_f1", "exact_match")
+METRICS = GENERATION_METRICS
 # sacrebleu's my_log: the log of a zero precision, floored so that the score becomes 0 without a warning
 _LOG_ZERO = -9999999999.0
 
@@ -186,10 +188,29 @@ def _per_seed(
         points = np.array([BLEU()._compute_score_from_stats(total.tolist()).score for total in stats.sum(0)])
         sums = (counts @ stats.reshape(len(references), -1)).reshape(len(counts), len(runs), -1)
         return points, bleu_from_statistics(sums)
+    if metric == "macro_f1":
+        gold = [refs[0] for refs in references]
+        points = np.array([macro_f1_of_counts(np.ones((1, len(gold))), run.predictions, gold)[0] for run in runs])
+        return points, np.stack([macro_f1_of_counts(counts, run.predictions, gold) for run in runs], axis=1)
     if any(metric not in run.item_scores for run in runs):
         return None
     scores = np.array([run.item_scores[metric] for run in runs], dtype=np.float64)  # seeds, items
     return scores.mean(1), counts @ scores.T / scores.shape[1]
+
+
+def macro_f1_of_counts(counts: np.ndarray, predictions: list[str], gold: list[str]) -> np.ndarray:
+    """Macro-F1 (0-100) of each resample, given how often it draws each item (resamples, items).
+
+    As ``evaluation.classification.macro_f1``: the mean F1 over the labels that occur, as gold or predicted,
+    in the resample; F1 = 2 TP / (predicted + gold) per label.
+    """
+    labels = sorted(set(gold) | set(predictions))
+    predicted = np.array([[p == label for p in predictions] for label in labels], dtype=np.float64)  # labels, items
+    actual = np.array([[g == label for g in gold] for label in labels], dtype=np.float64)
+    hits, shown, present = counts @ (predicted * actual).T, counts @ predicted.T, counts @ actual.T
+    occurring = (shown + present) > 0
+    f1 = np.where(occurring, 200.0 * hits / np.where(occurring, shown + present, 1.0), 0.0)
+    return f1.sum(1) / occurring.sum(1)
 
 
 def _interval(values: np.ndarray, confidence: float) -> list[float]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 from qpeft.cli.parser import (
@@ -18,6 +19,7 @@ from qpeft.experiment.compare import compare
 from qpeft.experiment.results import FAILED
 from qpeft.experiment.run_dir import RunDir
 from qpeft.experiment.runs import evaluate_run, load_run, train_run
+from qpeft.experiment.tasks import compare_tasks, parse_datasets
 from qpeft.experiment.tuning import tune
 from qpeft.experiment.variants import parse_variants, row_configs, rows_of
 from qpeft.methods import REGISTRY, get_method
@@ -25,8 +27,9 @@ from qpeft.methods.qaa.model import read_adapter as read_qaa_adapter
 from qpeft.methods.qaa.qasm import check_version, export_qasm
 from qpeft.methods.sora.export import export_lora
 from qpeft.methods.sora.model import read_adapter as read_sora_adapter
-from qpeft.report import write_report
-from qpeft.report.tables import summary_table
+from qpeft.report import write_cross_task_report, write_report
+from qpeft.report.cross_task import cross_task_rows
+from qpeft.report.tables import markdown_table, summary_table
 from qpeft.settings import AnalysisSettings, Experiment
 
 
@@ -52,21 +55,35 @@ def comparison_rows(args: argparse.Namespace) -> tuple[dict[str, str], dict[str,
 
 def run_compare(args: argparse.Namespace) -> int:
     rows, configs = comparison_rows(args)
-    methods = list(rows)
     analysis = AnalysisSettings(convergence_margin=args.convergence_margin, reference=args.reference,
                                 bootstrap_resamples=args.bootstrap_resamples, robustness=args.robustness)
-    payload = compare(args.output, experiment_from_args(args), methods, configs, args.data_dir,
-                      seeds=parse_seeds(args.seeds), analysis=analysis, fresh_process=not args.same_process,
-                      tune=tune_settings_from_args(args) if args.tune else None, method_of=rows,
-                      tuned_from=args.tuned_from)
-    if not payload:  # another process than the main one under a multi-process launcher: the main one reports
-        return 0
-    write_report(args.output, payload)
-    print(summary_table(payload))
-    print(f"\nreport: {args.output / 'report.md'} and {args.output / 'report.html'}")
-    failed = [name for name, figures in payload["methods"].items() if figures.get("status") == FAILED]
+    experiment = experiment_from_args(args)
+    failed: list[str] = []
+
+    def compare_one(output: Path, task_experiment: Experiment) -> dict[str, Any]:
+        payload = compare(output, task_experiment, list(rows), configs, args.data_dir,
+                          seeds=parse_seeds(args.seeds), analysis=analysis, fresh_process=not args.same_process,
+                          tune=tune_settings_from_args(args) if args.tune else None, method_of=rows,
+                          tuned_from=args.tuned_from)
+        if payload:  # empty on another process than the main one under a multi-process launcher
+            write_report(output, payload)
+            print(summary_table(payload))
+            print(f"\nreport: {output / 'report.md'} and {output / 'report.html'}")
+            failed.extend(name for name, figures in payload["methods"].items() if figures.get("status") == FAILED)
+        return payload
+
+    if args.datasets is None:
+        compare_one(args.output, experiment)
+    else:
+        summary = compare_tasks(args.output, experiment, parse_datasets(args.datasets), rows, configs, args.data_dir,
+                                compare_one)
+        if summary:
+            write_cross_task_report(args.output, summary)
+            print(markdown_table(*cross_task_rows(summary)))
+            print(f"\ncross-task report: {args.output / 'report.md'} and {args.output / 'report.html'}")
     if failed:
-        print(f"qpeft: {', '.join(failed)} failed (see the report); the other rows are complete", file=sys.stderr)
+        print(f"qpeft: {', '.join(sorted(set(failed)))} failed (see the report); the other rows are complete",
+              file=sys.stderr)
         return 1
     return 0
 

@@ -13,6 +13,7 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
+from qpeft.data import TASK_TYPES
 from qpeft.methods import REGISTRY
 from qpeft.settings import (
     METRIC_PROFILES,
@@ -91,6 +92,7 @@ def add_experiment_flags(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group("model and data")
     add_setting_flag(data, experiment, "model")
     add_setting_flag(data, experiment, "dataset")
+    add_setting_flag(data, experiment, "task", choices=["auto", *TASK_TYPES])
     data.add_argument("--data-dir", default=None, help="folder holding e2e/ (default: $QPEFT_DATA_DIR)")
     add_setting_flag(data, experiment, "input_column")
     add_setting_flag(data, experiment, "target_column")
@@ -150,7 +152,8 @@ def experiment_from_args(args: argparse.Namespace) -> Experiment:
         eval_steps=args.eval_steps, validation_items=args.validation_items,
     )
     return Experiment(
-        model=args.model, dataset=args.dataset, input_column=args.input_column, target_column=args.target_column,
+        model=args.model, dataset=args.dataset, task=args.task, input_column=args.input_column,
+        target_column=args.target_column,
         validation_fraction=args.validation_fraction, seed=args.seed, train=train,
         eval=EvalSettings(**eval_overrides(args)),
     )
@@ -174,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--seeds", default=None, metavar="S1,S2,...",
                          help="run everything once per seed (into OUTPUT/seed-<s>/) and report mean and standard "
                               "deviation; overrides --seed")
+    compare.add_argument("--datasets", default=None, metavar="D1,D2,...",
+                         help="run the same comparison on each data set into OUTPUT/<task>/ and write a cross-task "
+                              "summary (OUTPUT/summary.json, report.md, report.html); overrides --dataset")
     analysis = AnalysisSettings()
     add_setting_flag(compare, analysis, "convergence_margin", type=float, metavar="FRACTION")
     add_setting_flag(compare, analysis, "reference")

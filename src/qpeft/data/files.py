@@ -18,8 +18,9 @@ def read_rows(path: Path, input_column: str, target_column: str) -> list[Example
     if path.suffix not in SUFFIXES:
         raise UsageError(f"{path}: unsupported file type (use .jsonl or .csv)")
     try:
-        # utf-8-sig: a byte-order mark (Excel writes one) is not part of the first column's name
-        text = path.read_text(encoding="utf-8-sig")
+        # utf-8-sig: a byte-order mark (Excel writes one) is not part of the first column's name. Decoded from
+        # the bytes: read_text() would turn a quoted field's "\r\n" into "\n" before the csv module sees it.
+        text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as error:
         raise UsageError(f"{path}: not valid UTF-8 (byte {error.start})") from None
     records = _jsonl_records(path, text) if path.suffix == ".jsonl" else _csv_records(path, text)
@@ -37,13 +38,14 @@ def read_rows(path: Path, input_column: str, target_column: str) -> list[Example
             if not text.strip():
                 # an empty target teaches only the end of text, and an empty reference scores nothing
                 raise UsageError(f"{path}: row {number}: {column!r} is empty")
-        rows.append(Example(source.strip(), target.strip()))
+        rows.append(Example(source, target))  # as written: the data layer never changes a row
     return rows
 
 
 def _jsonl_records(path: Path, text: str) -> list[tuple[int, dict]]:
     records = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    # "\n" only: str.splitlines() also breaks at U+2028, \x1c and others, which JSON strings may hold raw
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:

@@ -132,25 +132,36 @@ def mean_target_loss(
     model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, encoded: list[dict[str, list[int]]], batch_size: int
 ) -> float:
     """Mean cross-entropy per target token of already encoded examples (the test and validation loss)."""
+    losses = target_losses(model, tokenizer, encoded, batch_size)
+    count = sum(tokens for _, tokens in losses)
+    return sum(total for total, _ in losses) / count if count else math.nan
+
+
+@torch.no_grad()
+def target_losses(
+    model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, encoded: list[dict[str, list[int]]], batch_size: int
+) -> list[tuple[float, int]]:
+    """(summed cross-entropy of its target tokens, their number) per encoded example, in the given order."""
     was_training = model.training
     model.eval()
     device = model_device(model)
     collate = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX)
-    total, count = 0.0, 0
-    # Batches of similar length waste little on padding; the sum over tokens does not depend on the order.
-    by_length = sorted(encoded, key=lambda example: len(example["input_ids"]))
-    for start in range(0, len(by_length), batch_size):
-        batch = {k: v.to(device) for k, v in collate(by_length[start : start + batch_size]).items()}
+    # Batches of similar length waste little on padding; the results go back to the given order.
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]["input_ids"]))
+    losses: list[tuple[float, int]] = [(0.0, 0)] * len(encoded)
+    for start in range(0, len(order), batch_size):
+        chosen = order[start : start + batch_size]
+        batch = {k: v.to(device) for k, v in collate([encoded[i] for i in chosen]).items()}
         labels = batch.pop("labels")
         logits = model(**batch).logits[:, :-1].float()
         targets = labels[:, 1:]
-        loss = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+        per_token = torch.nn.functional.cross_entropy(
+            logits.transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none"
         )
-        total += loss.item()
-        count += int((targets != IGNORE_INDEX).sum())
+        for row, index in enumerate(chosen):
+            losses[index] = (per_token[row].sum().item(), int((targets[row] != IGNORE_INDEX).sum()))
     model.train(was_training)
-    return total / count if count else math.nan
+    return losses
 
 
 def evaluate(
@@ -180,23 +191,44 @@ def evaluate(
     item_scores = per_item_scores(predictions, references, bertscore_model, settings.bertscore_num_layers)
     if predictions_path is not None:
         indices = list(item_indices) if item_indices is not None else list(range(len(items)))
-        lines = [
-            json.dumps({"index": index, "input": item.input, "prediction": prediction,
-                        "references": list(item.references),
-                        "scores": {name: values[i] for name, values in item_scores.items()}})
+        write_predictions(predictions_path, [
+            {"index": index, "input": item.input, "prediction": prediction, "references": list(item.references),
+             "scores": {name: values[i] for name, values in item_scores.items()}}
             for i, (index, item, prediction) in enumerate(zip(indices, items, predictions, strict=True))
-        ]
-        write_text_atomic(predictions_path, "\n".join(lines) + "\n")
+        ])
     scores: dict[str, Any] = corpus_scores(predictions, references, item_scores)
     if profile == "e2e":
         scores.update(e2e_scores(predictions, references))
     scores["metric_profile"] = profile
-    scores["test_loss"] = (
-        test_loss(model, tokenizer, reference_pairs(items), template, max_length, settings.batch_size, shots)
-        if settings.test_loss else None
-    )
-    scores["test_items"] = len(items)
-    scores["stop_at_newline"] = stop_at_newline
-    scores["max_new_tokens_reached_pct"] = 100.0 * timing["unfinished"] / max(len(items), 1)
-    scores["generation_ms_per_token"] = 1000.0 * timing["generation_seconds"] / max(timing["generated_tokens"], 1)
-    return scores
+    scores["test_loss"] = optional_test_loss(model, tokenizer, items, template, max_length, settings, shots)
+    return {**scores, **generation_figures(timing, len(items), stop_at_newline)}
+
+
+def optional_test_loss(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    items: list[TestItem],
+    template: str,
+    max_length: int,
+    settings: EvalSettings,
+    shots: Sequence[Example] = (),
+) -> float | None:
+    """The test loss over every (input, reference) pair, or None when ``settings.test_loss`` skips it."""
+    if not settings.test_loss:
+        return None
+    return test_loss(model, tokenizer, reference_pairs(items), template, max_length, settings.batch_size, shots)
+
+
+def generation_figures(timing: dict[str, float], items: int, stop_at_newline: bool) -> dict[str, Any]:
+    """What every evaluation records of its generation: items, the stop rule, cut outputs, time per token."""
+    return {
+        "test_items": items,
+        "stop_at_newline": stop_at_newline,
+        "max_new_tokens_reached_pct": 100.0 * timing["unfinished"] / max(items, 1),
+        "generation_ms_per_token": 1000.0 * timing["generation_seconds"] / max(timing["generated_tokens"], 1),
+    }
+
+
+def write_predictions(path: Path, rows: list[dict[str, Any]]) -> None:
+    """``predictions.jsonl``: one JSON object per test item."""
+    write_text_atomic(path, "\n".join(json.dumps(row) for row in rows) + "\n")

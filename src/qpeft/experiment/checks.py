@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from qpeft.data import DataSplits
+from qpeft.evaluation.classification import label_set
 from qpeft.evaluation.metrics import check_bertscore_model
 from qpeft.methods import get_method
 from qpeft.methods.base import MethodConfig
@@ -44,7 +45,9 @@ def check_experiment(experiment: Experiment, methods: dict[str, dict[str, Any]],
         check_method((method_of or {}).get(name, name), config, experiment)
     splits = experiment.load_data(data_dir)
     check_splits(splits, experiment.dataset)
+    if experiment.task_type() == "classification":
+        label_set(splits.train)
     check_model(experiment.model)
-    if experiment.eval.bertscore_model != "none":
+    if experiment.task_type() == "generation" and experiment.eval.bertscore_model != "none":
         check_bertscore_model(experiment.eval.bertscore_model, experiment.eval.bertscore_num_layers)
     return splits

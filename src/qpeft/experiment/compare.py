@@ -17,6 +17,7 @@ import torch
 
 from qpeft.analysis.capacity import summarise_capacity
 from qpeft.analysis.convergence import convergence_figures, loss_curve, read_log
+from qpeft.analysis.significance import CLASSIFICATION_METRICS, GENERATION_METRICS
 from qpeft.data.prompts import encode_prompt
 from qpeft.evaluation.latency import paired_latency
 from qpeft.experiment.checks import check_experiment
@@ -220,7 +221,7 @@ def method_configs_of(run_dirs: dict[str, Path], methods: list[str],
     return configs
 
 
-ROBUSTNESS_METRICS = ("bleu", "rouge1", "rouge2", "rougeL", "bertscore_f1")
+ROBUSTNESS_METRICS = (*GENERATION_METRICS, *CLASSIFICATION_METRICS)
 
 
 def robustness_settings(method_name: str, spec: str) -> list[EvalOptions]:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from qpeft.analysis.seeds import aggregate_methods
-from qpeft.analysis.significance import SystemScores, bootstrap_comparison
+from qpeft.analysis.significance import CLASSIFICATION_METRICS, GENERATION_METRICS, SystemScores, bootstrap_comparison
 from qpeft.settings import AnalysisSettings, Experiment
 from qpeft.utils.atomic import write_csv, write_json
 from qpeft.utils.errors import UsageError
@@ -23,8 +23,11 @@ FEWSHOT = "base-fewshot"  # the untrained base model with k solved training exam
 BASELINES = (BASE, FEWSHOT)
 FAILED = "failed"  # the ``status`` of a method that diverged or raised; its row stays in the results
 
+#: Each task's quality figures, its main one first (the one the findings rank by and the cross-task summary shows).
+TASK_METRICS = {"generation": GENERATION_METRICS, "classification": CLASSIFICATION_METRICS}
+
 RESULT_COLUMNS = [
-    "status", "bleu", "rouge1", "rouge2", "rougeL", "bertscore_f1", "test_loss", "validation_loss",
+    "status", *GENERATION_METRICS, *CLASSIFICATION_METRICS, "majority_accuracy", "test_loss", "validation_loss",
     "max_new_tokens_reached_pct", "trainable_params", "trainable_pct", "peak_memory_mb", "train_tokens_per_s",
     "train_seconds", "final_train_loss", "adapter_bytes", "generation_ms_per_token",
 ]
@@ -62,11 +65,13 @@ def build_payload(
     ``run_dirs`` holds, per seed, each row's run folder (whose predictions the bootstrap reads).
     """
     means, spread = aggregate_methods({seed: values["methods"] for seed, values in per_seed.items()})
-    statistics = quality_statistics(run_dirs, per_seed, analysis) if run_dirs else {}
+    task = experiment.task_type()
+    statistics = quality_statistics(run_dirs, per_seed, analysis, TASK_METRICS[task]) if run_dirs else {}
     for name, values in statistics.get("methods", {}).items():
         means[name].update(values)
     return {
         "experiment": experiment.to_dict(),
+        "task": task,
         "seeds": list(seeds),
         "method_configs": method_configs,
         "versions": versions(),
@@ -86,7 +91,8 @@ def test_sample_record(methods: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def quality_statistics(
-    run_dirs: dict[int, dict[str, Path]], per_seed: dict[str, dict[str, Any]], settings: AnalysisSettings
+    run_dirs: dict[int, dict[str, Path]], per_seed: dict[str, dict[str, Any]], settings: AnalysisSettings,
+    metrics: tuple[str, ...] = GENERATION_METRICS,
 ) -> dict[str, Any]:
     """``ci`` and ``p_vs_reference`` per row from a paired bootstrap over the test items (and seeds).
 
@@ -114,7 +120,7 @@ def quality_statistics(
     reference = settings.reference if settings.reference in systems else BASE
     stats = bootstrap_comparison(systems, references, reference_method=reference,
                                  resamples=settings.bootstrap_resamples, seed=min(run_dirs),
-                                 confidence=settings.confidence)
+                                 confidence=settings.confidence, metrics=metrics)
     return {"reference": reference, "methods": {name: {"ci": values["ci"], "p_vs_reference": values["p_vs_reference"]}
                                                 for name, values in stats.items()}}
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import random
 import shutil
+from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import torch
 
 from qpeft.data import DataSplits, Example, TestItem
+from qpeft.evaluation.classification import evaluate_classification
 from qpeft.evaluation.generate import evaluate
 from qpeft.experiment.checks import check_experiment, check_method
 from qpeft.experiment.results import BASE, BASELINES, FEWSHOT
@@ -20,7 +22,7 @@ from qpeft.experiment.run_dir import RunDir
 from qpeft.methods import get_method
 from qpeft.methods.base import EvalOptions
 from qpeft.models import load_model, load_tokenizer
-from qpeft.settings import Experiment
+from qpeft.settings import EvalSettings, Experiment
 from qpeft.training.trainer import train
 from qpeft.utils.atomic import write_json
 from qpeft.utils.distributed import is_main_process, wait_for_everyone
@@ -135,23 +137,34 @@ def _evaluate_and_record(
         # (on the demo, a sixth of its time) for a loss under another prompt than the methods'.
         settings = replace(settings, test_loss=False)
         figures = {**figures, "test_loss_note": "not computed for the few-shot row (k + 1 times as long prompts)"}
-    scores = evaluate(
-        model,
-        tokenizer,
-        items,
-        experiment.train.template,
-        experiment.train.max_length,
-        settings,
-        RunDir(run_dir).predictions(),
-        stop_at_newline=experiment.eval.stops_at_newline(splits.train),
-        shots=shots or (),
-        item_indices=indices,
-        profile=experiment.metric_profile(),
-    )
+    scores = score_test_set(model, tokenizer, experiment, settings, splits, items, indices,
+                            RunDir(run_dir).predictions(), shots or ())
     metrics = {**scores, "test_indices": indices, **figures}
     write_json(RunDir(run_dir).metrics_path, metrics)
     wait_for_everyone()
     return metrics
+
+
+def score_test_set(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    experiment: Experiment,
+    settings: EvalSettings,
+    splits: DataSplits,
+    items: list[TestItem],
+    indices: list[int],
+    predictions_path: Path,
+    shots: Sequence[Example],
+) -> dict[str, Any]:
+    """The test scores of the experiment's task: generation metrics, or rank classification's."""
+    stop_at_newline = experiment.eval.stops_at_newline(splits.train)
+    template, max_length = experiment.train.template, experiment.train.max_length
+    if experiment.task_type() == "classification":
+        return evaluate_classification(model, tokenizer, items, splits.train, template, max_length, settings,
+                                       predictions_path, stop_at_newline, shots, indices)
+    return evaluate(model, tokenizer, items, template, max_length, settings, predictions_path,
+                    stop_at_newline=stop_at_newline, shots=shots, item_indices=indices,
+                    profile=experiment.metric_profile())
 
 
 def load_run(run_dir: Path) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
@@ -192,11 +205,8 @@ def evaluate_run(
     previous = run.metrics()
     items, indices = test_sample(experiment, splits)
     shots = fewshot_shots(splits, experiment) if config["method"] == FEWSHOT else ()
-    scores = evaluate(
-        model, tokenizer, items, experiment.train.template, experiment.train.max_length, experiment.eval,
-        run.predictions(tag), stop_at_newline=experiment.eval.stops_at_newline(splits.train),
-        shots=shots, item_indices=indices, profile=experiment.metric_profile(),
-    )
+    scores = score_test_set(model, tokenizer, experiment, experiment.eval, splits, items, indices,
+                            run.predictions(tag), shots)
     metrics = {**previous, **scores, "test_indices": indices, "eval_settings": asdict(experiment.eval)}
     write_json(run.tagged_metrics(tag), metrics)
     return metrics

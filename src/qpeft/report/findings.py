@@ -9,7 +9,7 @@ import math
 from typing import Any
 
 from qpeft.report.payload import multi_seed, robustness_sets, trained, value
-from qpeft.report.tables import QUALITY_METRICS, interval_text, p_value_text
+from qpeft.report.tables import interval_text, main_metric, p_value_text, quality_metrics
 from qpeft.report.tuning import is_tuned, learning_rate_sentence
 
 
@@ -66,17 +66,18 @@ def _quality_findings(payload: dict[str, Any]) -> list[str]:
     sentences = [f"**{name}** failed and has no scores: {figures.get('error', '')}"
                  for name, figures in payload["methods"].items() if figures.get("status") == "failed"]
     rows = [name for name in payload["methods"] if payload["methods"][name].get("status") != "failed"]
-    ranked = _ranked(payload, "bleu", rows)[::-1]
+    key, label = main_metric(payload)
+    ranked = _ranked(payload, key, rows)[::-1]
     if not ranked:
         return sentences
     if not is_tuned(payload):
         # At untuned learning rates a "best method" may be the method with the luckiest default rate.
         return [*sentences, learning_rate_sentence(payload) + " No method is named best; the paired tests below "
                 "compare rows at the rates they trained at.", *_reference_findings(payload)]
-    best, best_bleu = ranked[0]
+    best, best_value = ranked[0]
     ci = payload["methods"][best].get("ci", {})
-    text = f"Highest BLEU: **{best}**, {best_bleu:.2f}{interval_text(ci.get('bleu'))}"
-    overlapping = [name for name, _ in ranked[1:] if _overlaps(payload, best, name, "bleu")]
+    text = f"Highest {label}: **{best}**, {best_value:.2f}{interval_text(ci.get(key))}"
+    overlapping = [name for name, _ in ranked[1:] if _overlaps(payload, best, name, key)]
     if overlapping:
         text += f"; its interval overlaps {_join(overlapping)}'s, so this ranking alone does not separate them"
     sentences.append(text + ".")
@@ -87,7 +88,7 @@ def _reference_findings(payload: dict[str, Any]) -> list[str]:
     reference = payload.get("analysis", {}).get("reference")
     if not reference:
         return []
-    return [s for key, label in QUALITY_METRICS if (s := _against_reference(payload, reference, key, label))]
+    return [s for key, label in quality_metrics(payload) if (s := _against_reference(payload, reference, key, label))]
 
 
 def _overlaps(payload: dict[str, Any], first: str, second: str, key: str) -> bool:
@@ -133,28 +134,31 @@ def _efficiency_finding(payload: dict[str, Any]) -> str:
     full_count = value(payload, "full", "trainable_params")
     if cheapest != "full" and full_count and count:
         text += f", {full_count / count:,.0f}x fewer than full fine-tuning"
-    cheap_bleu = value(payload, cheapest, "bleu")
-    if cheap_bleu is not None:
-        interval = interval_text(payload["methods"][cheapest].get("ci", {}).get("bleu"))
-        text += f"; its BLEU is {cheap_bleu:.2f}{interval} (the paired tests say how it stands against the others)"
+    key, label = main_metric(payload)
+    cheap_score = value(payload, cheapest, key)
+    if cheap_score is not None:
+        interval = interval_text(payload["methods"][cheapest].get("ci", {}).get(key))
+        text += f"; its {label} is {cheap_score:.2f}{interval} (the paired tests say how it stands against the others)"
     return text + "."
 
 
 def _cost_against_full(payload: dict[str, Any]) -> str:
-    full_bleu = value(payload, "full", "bleu")
-    if full_bleu is None:
+    key, label = main_metric(payload)
+    full_score = value(payload, "full", key)
+    if full_score is None:
         return ""
     parts = []
     for name in trained(payload):
-        bleu, share = value(payload, name, "bleu"), value(payload, name, "trainable_pct")
-        if name == "full" or bleu is None or share is None:
+        score, share = value(payload, name, key), value(payload, name, "trainable_pct")
+        if name == "full" or score is None or share is None:
             continue
-        interval = interval_text(payload["methods"][name].get("ci", {}).get("bleu"))
-        parts.append(f"{name} {bleu:.2f}{interval} with {share:.4g}% of the parameters")
+        interval = interval_text(payload["methods"][name].get("ci", {}).get(key))
+        parts.append(f"{name} {score:.2f}{interval} with {share:.4g}% of the parameters")
     if not parts:
         return ""
-    full_interval = interval_text(payload["methods"]["full"].get("ci", {}).get("bleu"))
-    return f"BLEU beside full fine-tuning's {full_bleu:.2f}{full_interval} (100% of the parameters): {_join(parts)}."
+    full_interval = interval_text(payload["methods"]["full"].get("ci", {}).get(key))
+    return (f"{label} beside full fine-tuning's {full_score:.2f}{full_interval} (100% of the parameters): "
+            f"{_join(parts)}.")
 
 
 def _convergence_finding(payload: dict[str, Any]) -> str:
@@ -337,31 +341,32 @@ def _effective_rank_sentence(payload: dict[str, Any]) -> str:
 
 
 def _robustness_findings(payload: dict[str, Any]) -> list[str]:
+    key, label = main_metric(payload)
     sentences = []
     for name, rows in robustness_sets(payload).items():
-        scored = [r for r in rows if isinstance(r.get("bleu"), (int, float))]
+        scored = [r for r in rows if isinstance(r.get(key), (int, float))]
         if not scored:
             continue
         clean = [r for r in scored if not r.get("shots") and not r.get("depolarizing")]
         noisy = [r for r in scored if r.get("shots") or r.get("depolarizing")]
         if not noisy:
             continue
-        reference = clean[0] if clean else max(scored, key=lambda r: r["bleu"])
+        reference = clean[0] if clean else max(scored, key=lambda r: r[key])
         # the noisy settings alone: the exact row is the reference, not a candidate for "at worst"
-        worst, best = min(noisy, key=lambda r: r["bleu"]), max(noisy, key=lambda r: r["bleu"])
-        if worst["bleu"] < reference["bleu"]:
-            spread = f"{worst['bleu']:.2f} at worst ({_setting(worst)})"
+        worst, best = min(noisy, key=lambda r: r[key]), max(noisy, key=lambda r: r[key])
+        if worst[key] < reference[key]:
+            spread = f"{worst[key]:.2f} at worst ({_setting(worst)})"
         elif worst is best:
-            spread = f"{worst['bleu']:.2f} ({_setting(worst)}), not lower"
+            spread = f"{worst[key]:.2f} ({_setting(worst)}), not lower"
         else:
-            spread = (f"between {worst['bleu']:.2f} ({_setting(worst)}) and {best['bleu']:.2f} ({_setting(best)}), "
+            spread = (f"between {worst[key]:.2f} ({_setting(worst)}) and {best[key]:.2f} ({_setting(best)}), "
                       "none lower")
-        text = (f"Under finite shots and depolarising noise, {name}'s BLEU went from {reference['bleu']:.2f} "
+        text = (f"Under finite shots and depolarising noise, {name}'s {label} went from {reference[key]:.2f} "
                 f"({_setting(reference)}) to {spread} (one re-evaluation of the same items each, without an "
                 "interval: a difference this small may be the sample's)")
-        trained_bleu = value(payload, name, "bleu")
-        if trained_bleu is not None and not clean:
-            text += f"; noiselessly it scored {trained_bleu:.2f}"
+        trained_score = value(payload, name, key)
+        if trained_score is not None and not clean:
+            text += f"; noiselessly it scored {trained_score:.2f}"
         sentences.append(text + ".")
     return sentences
 

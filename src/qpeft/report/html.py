@@ -38,7 +38,7 @@ from qpeft.report.tuning import learning_rate_sentence, tuning_rows, window_sent
 CSS = (Path(__file__).with_name("report.css")).read_text()
 
 
-def _inline(text: str) -> str:
+def inline_markdown(text: str) -> str:
     """Markdown-ish sentence to HTML: escape, then **bold** and `code`."""
     escaped = html.escape(text)
     escaped = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", escaped)
@@ -74,8 +74,8 @@ def _description(payload: dict[str, Any]) -> str:
             f"{train['steps']:,} steps of batch {train['batch_size']} × {train['grad_accum']} "
             f"(max {train['max_length']} tokens); {test_items if test_items is not None else '?'} test items, "
             f"{decoding} decoding, at most {evaluation['max_new_tokens']} new tokens. Scores are on a 0–100 "
-            f"scale against every reference of a test item. {_inline(baselines_sentence(payload))} "
-            f"{_inline(sample_sentence(payload))} {_inline(learning_rate_sentence(payload))}")
+            f"scale against every reference of a test item. {inline_markdown(baselines_sentence(payload))} "
+            f"{inline_markdown(sample_sentence(payload))} {inline_markdown(learning_rate_sentence(payload))}")
 
 
 def html_report(payload: dict[str, Any]) -> str:
@@ -84,7 +84,7 @@ def html_report(payload: dict[str, Any]) -> str:
     names = trained(payload)
     sections: list[tuple[str, str, str]] = []  # (id, title, body)
 
-    items = "".join(f"<li>{_inline(s)}</li>" for s in findings(payload))
+    items = "".join(f"<li>{inline_markdown(s)}</li>" for s in findings(payload))
     if items:
         sections.append(("findings", "Findings", f'<ul class="findings">{items}</ul>'))
     sections.append(("summary", "Summary", html_table(*summary_rows(payload), "table-summary")))
@@ -94,7 +94,7 @@ def html_report(payload: dict[str, Any]) -> str:
 
     headers, rows = tuning_rows(payload)
     if rows:
-        windows = "".join(f"<li>{_inline(s)}</li>" for s in window_sentences(payload))
+        windows = "".join(f"<li>{inline_markdown(s)}</li>" for s in window_sentences(payload))
         sections.append(("learning-rates", "Learning rates",
                          _figure_html("plot-learning-rates", images["plot-learning-rates"])
                          + f'<ul class="findings">{windows}</ul>' + html_table(headers, rows, "table-tuning")))

@@ -25,6 +25,11 @@ def std(payload: dict[str, Any], method: str, key: str) -> float | None:
     return float(result) if isinstance(result, (int, float)) and math.isfinite(result) else None
 
 
+def task_of(payload: dict[str, Any]) -> str:
+    """``generation`` or ``classification`` (a payload from before tasks had types is generation)."""
+    return payload.get("task") or "generation"
+
+
 def multi_seed(payload: dict[str, Any]) -> bool:
     return len(payload.get("seeds", [])) > 1
 

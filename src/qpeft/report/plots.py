@@ -23,7 +23,7 @@ from qpeft.analysis.convergence import smooth
 from qpeft.experiment.results import BASE, BASELINES, FEWSHOT
 from qpeft.report.payload import number, robustness_sets, std
 from qpeft.report.payload import trained as trained_methods
-from qpeft.report.tables import QUALITY_METRICS
+from qpeft.report.tables import quality_metrics
 
 STYLE = {
     "font.size": 9,
@@ -182,7 +182,7 @@ def quality_vs_share(payload: dict[str, Any]) -> bytes | None:
     """Each quality score against the trainable share of parameters (log x); the base model as a line."""
     methods = payload["methods"]
     trained = [m for m in trained_methods(payload) if (number(methods[m].get("trainable_pct")) or 0) > 0]
-    metrics = [(key, label) for key, label in QUALITY_METRICS
+    metrics = [(key, label) for key, label in quality_metrics(payload)
                if any(number(methods[m].get(key)) is not None for m in trained)]
     if not trained or not metrics:
         return None
@@ -347,7 +347,7 @@ def _rank_boxes(axis: Any, rows: list[tuple[str, list[float]]], colors: dict[str
 def noise_curves(payload: dict[str, Any]) -> bytes | None:
     """Quality against depolarising noise, one line per shot count (exact expectations when shots is null or 0)."""
     sets = robustness_sets(payload)
-    metrics = [(key, label) for key, label in QUALITY_METRICS
+    metrics = [(key, label) for key, label in quality_metrics(payload)
                if any(number(r.get(key)) is not None for rows in sets.values() for r in rows)]
     if not sets or not metrics:
         return None

@@ -6,19 +6,35 @@ import re
 from typing import Any
 
 from qpeft.analysis.convergence import fraction_key
-from qpeft.experiment.results import FAILED
-from qpeft.report.payload import multi_seed, robustness_sets, value
+from qpeft.experiment.results import FAILED, TASK_METRICS
+from qpeft.report.payload import multi_seed, robustness_sets, task_of, value
 
-#: The quality figures the findings, the noise table and the noise plot show, with their labels.
-QUALITY_METRICS = [("bleu", "BLEU"), ("rougeL", "ROUGE-L"), ("bertscore_f1", "BERTScore F1")]
+METRIC_LABELS = {
+    "bleu": "BLEU", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "bertscore_f1": "BERTScore F1",
+    "accuracy": "accuracy", "macro_f1": "macro-F1", "exact_match": "exact match",
+}
+#: Per task, the quality figures the findings, the noise table and the plots show (the main one first).
+HEADLINE_METRICS = {"generation": ("bleu", "rougeL", "bertscore_f1"),
+                    "classification": ("accuracy", "macro_f1", "exact_match")}
 
-# (column, header, format)
-TABLE = [
-    ("bleu", "BLEU", "{:.2f}"),
-    ("rouge1", "ROUGE-1", "{:.2f}"),
-    ("rouge2", "ROUGE-2", "{:.2f}"),
-    ("rougeL", "ROUGE-L", "{:.2f}"),
-    ("bertscore_f1", "BERTScore F1", "{:.2f}"),
+
+def quality_columns(payload: dict[str, Any]) -> tuple[str, ...]:
+    """Every quality figure of the payload's task (the summary table's and the paired tests' columns)."""
+    return TASK_METRICS[task_of(payload)]
+
+
+def quality_metrics(payload: dict[str, Any]) -> list[tuple[str, str]]:
+    """(key, label) of the task's headline quality figures, the main one first."""
+    return [(key, METRIC_LABELS[key]) for key in HEADLINE_METRICS[task_of(payload)]]
+
+
+def main_metric(payload: dict[str, Any]) -> tuple[str, str]:
+    """(key, label) of the figure a comparison is ranked by: BLEU for generation, accuracy for classification."""
+    return quality_metrics(payload)[0]
+
+
+# (column, header, format) of the summary table after the quality columns
+OTHER_COLUMNS = [
     ("test_loss", "test loss", "{:.3f}"),
     ("validation_loss", "val. loss", "{:.3f}"),
     ("max_new_tokens_reached_pct", "cut at max tokens %", "{:.0f}"),
@@ -33,7 +49,9 @@ TABLE = [
 ]
 
 
-QUALITY_COLUMNS = ("bleu", "rouge1", "rouge2", "rougeL", "bertscore_f1")
+def summary_columns(payload: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """The summary table's (column, header, format): the task's quality figures, then the rest."""
+    return [(key, METRIC_LABELS[key], "{:.2f}") for key in quality_columns(payload)] + OTHER_COLUMNS
 
 
 def format_cell(column: str, value: Any, fmt: str) -> str:
@@ -57,18 +75,19 @@ def summary_rows(payload: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     A failed method's row says so instead of showing numbers.
     """
     spread = payload.get("aggregate", {}) if len(payload.get("seeds", [])) > 1 else {}
-    headers = ["method", *(header for _, header, _ in TABLE)]
+    table, quality = summary_columns(payload), quality_columns(payload)
+    headers = ["method", *(header for _, header, _ in table)]
     rows = []
     for name, figures in payload["methods"].items():
         if figures.get("status") == FAILED:
-            rows.append([name, f"failed: {figures.get('error', '')}", *([""] * (len(TABLE) - 1))])
+            rows.append([name, f"failed: {figures.get('error', '')}", *([""] * (len(table) - 1))])
             continue
         cells = []
-        for column, _, fmt in TABLE:
+        for column, _, fmt in table:
             raw = figures.get(column)
             cell = format_cell(column, raw, fmt) if isinstance(raw, (int, float)) else "–"
             cell = with_std(cell, column, fmt, spread.get(name, {}))
-            if column in QUALITY_COLUMNS and cell != "–":
+            if column in quality and cell != "–":
                 cell += interval_text(figures.get("ci", {}).get(column), fmt)
             cells.append(cell)
         rows.append([name, *cells])
@@ -78,16 +97,16 @@ def summary_rows(payload: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 def significance_rows(payload: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """p-values of the paired bootstrap against the reference row, one row per other method (empty without)."""
     reference = payload.get("analysis", {}).get("reference")
-    labels = dict((column, header) for column, header, _ in TABLE)
+    columns = quality_columns(payload)
     rows = []
     for name, figures in payload["methods"].items():
         p_values = figures.get("p_vs_reference") or {}
         if name == reference or not p_values:
             continue
-        rows.append([name, *(p_value_text(p_values.get(column)) for column in QUALITY_COLUMNS)])
+        rows.append([name, *(p_value_text(p_values.get(column)) for column in columns)])
     if not rows:
         return [], []
-    return [f"method vs {reference}", *(labels[c] for c in QUALITY_COLUMNS)], rows
+    return [f"method vs {reference}", *(METRIC_LABELS[c] for c in columns)], rows
 
 
 def p_value_text(p: Any) -> str:
@@ -209,7 +228,7 @@ def figure_table(payload: dict[str, Any], columns: list[tuple[str, str, str]], n
 
 def robustness_table(payload: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     sets = robustness_sets(payload)
-    metrics = [(k, label) for k, label in QUALITY_METRICS
+    metrics = [(k, label) for k, label in quality_metrics(payload)
                if any(isinstance(r.get(k), (int, float)) for rows in sets.values() for r in rows)]
     headers = ["method", "shots", "depolarising p", *(label for _, label in metrics)]
     rows = []

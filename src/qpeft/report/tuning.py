@@ -19,8 +19,8 @@ def _factor(factor: float) -> str:
 def learning_rate_sentence(payload: dict[str, Any]) -> str:
     """The one sentence every report carries: were the learning rates tuned, and how."""
     if not is_tuned(payload):
-        return ("Learning rates untuned (method defaults): differences between methods may be learning-rate "
-                "differences.")
+        return ("Learning rates untuned (not chosen on validation in this comparison: each method's configured "
+                "rate, its default unless set): differences between methods may be learning-rate differences.")
     grid = payload["learning_rates"].get("grid") or []
     points = f"{len(grid)} points, {_factor(grid[0])} to {_factor(grid[-1])} of each method's default" if grid else ""
     record = payload["learning_rates"].get("record")
