@@ -199,3 +199,17 @@ def test_a_jsonl_round_trip_keeps_every_field_byte_identical(tmp_path: Path) -> 
     path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
     read = files.read_rows(path, "input", "target")
     assert [(e.input, e.target) for e in read] == [(r["input"], r["target"]) for r in rows]
+
+
+def test_only_dart_s_published_test_file_may_hold_an_empty_reference(tmp_path: Path,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    for name in ("dart", "sst2"):
+        (tmp_path / name).mkdir()
+        write_jsonl(tmp_path / name / "train.jsonl", toy_rows(20, 1))
+        write_jsonl(tmp_path / name / "test.jsonl", [{"input": "a", "target": "one"}, {"input": "a", "target": ""}])
+    with caplog.at_level(logging.WARNING):
+        splits = load_splits("dart", str(tmp_path))
+    assert [item.references for item in splits.test] == [("one",)]
+    assert "left out 1 row(s) with an empty target (row 2)" in caplog.text
+    with pytest.raises(UsageError, match="row 2: 'target' is empty"):
+        load_splits("sst2", str(tmp_path))

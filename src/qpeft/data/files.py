@@ -5,16 +5,23 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 from pathlib import Path
 
 from qpeft.data.types import DataSplits, Example, group_by_input, split_by_input
 from qpeft.utils.errors import UsageError
 
+log = logging.getLogger(__name__)
+
 SUFFIXES = (".jsonl", ".csv")
 
 
-def read_rows(path: Path, input_column: str, target_column: str) -> list[Example]:
-    """Read (input, target) rows; any malformed content is a one-line UsageError."""
+def read_rows(path: Path, input_column: str, target_column: str, skip_empty_targets: bool = False) -> list[Example]:
+    """Read (input, target) rows; any malformed content is a one-line UsageError.
+
+    An empty target is an error, unless ``skip_empty_targets`` (for a published test file known to hold
+    some): then those rows are left out and a warning names them.
+    """
     if path.suffix not in SUFFIXES:
         raise UsageError(f"{path}: unsupported file type (use .jsonl or .csv)")
     try:
@@ -26,7 +33,7 @@ def read_rows(path: Path, input_column: str, target_column: str) -> list[Example
     records = _jsonl_records(path, text) if path.suffix == ".jsonl" else _csv_records(path, text)
     if not records:
         raise UsageError(f"{path}: no rows")
-    rows = []
+    rows, skipped = [], []
     for number, record in records:
         missing = [c for c in (input_column, target_column) if c not in record]
         if missing:
@@ -34,11 +41,17 @@ def read_rows(path: Path, input_column: str, target_column: str) -> list[Example
         source, target = record[input_column], record[target_column]
         if not isinstance(source, str) or not isinstance(target, str):
             raise UsageError(f"{path}: row {number}: {input_column!r} and {target_column!r} must be text")
+        if skip_empty_targets and not target.strip():
+            skipped.append(number)
+            continue
         for column, text in ((input_column, source), (target_column, target)):
             if not text.strip():
                 # an empty target teaches only the end of text, and an empty reference scores nothing
                 raise UsageError(f"{path}: row {number}: {column!r} is empty")
         rows.append(Example(source, target))  # as written: the data layer never changes a row
+    if skipped:
+        log.warning("%s: left out %d row(s) with an empty target (row %s)", path, len(skipped),
+                    ", ".join(map(str, skipped)))
     return rows
 
 
@@ -96,13 +109,14 @@ def _find_split_file(folder: Path, split: str) -> Path | None:
     return None
 
 
-def load(path: Path, input_column: str, target_column: str, validation_fraction: float, seed: int) -> DataSplits:
+def load(path: Path, input_column: str, target_column: str, validation_fraction: float, seed: int,
+         skip_empty_test_targets: bool = False) -> DataSplits:
     if path.is_dir():
         train_file, test_file = _find_split_file(path, "train"), _find_split_file(path, "test")
         if train_file is None or test_file is None:
             raise UsageError(f"{path}: a data folder needs train.jsonl|csv and test.jsonl|csv")
         rows = read_rows(train_file, input_column, target_column)
-        test_rows = read_rows(test_file, input_column, target_column)
+        test_rows = read_rows(test_file, input_column, target_column, skip_empty_test_targets)
         if len({row.input for row in rows}) < 2:
             raise UsageError(f"{train_file}: needs at least 2 distinct inputs to hold one out for validation")
         train, validation = split_by_input(rows, (1 - validation_fraction, validation_fraction), seed)
