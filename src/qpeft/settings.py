@@ -160,6 +160,12 @@ class Experiment:
     model: str = field(
         default=DEFAULT_MODEL, metadata={"help": "Hugging Face model id, local directory, or the alias smollm2-135m"}
     )
+    split_qkv: bool = field(
+        default=False,
+        metadata={"help": "split GPT-2's fused c_attn into c_attn.q, c_attn.k and c_attn.v (the same outputs), so that "
+                          "methods can adapt queries and values alone, as the LoRA paper does; target modules 'auto' "
+                          "then means c_attn.q, c_attn.v"},
+    )
     dataset: str = field(
         default=DEFAULT_DATASET,
         metadata={"help": f"{', '.join(BUILTIN_TASKS)} (read from --data-dir), or a .jsonl/.csv file, or a folder "

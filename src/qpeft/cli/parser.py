@@ -91,6 +91,7 @@ def add_experiment_flags(parser: argparse.ArgumentParser) -> None:
     experiment, train = Experiment(), TrainSettings()
     data = parser.add_argument_group("model and data")
     add_setting_flag(data, experiment, "model")
+    add_setting_flag(data, experiment, "split_qkv", action="store_true")
     add_setting_flag(data, experiment, "dataset")
     add_setting_flag(data, experiment, "task", choices=["auto", *TASK_TYPES])
     data.add_argument("--data-dir", default=None, help="folder holding e2e/ (default: $QPEFT_DATA_DIR)")
@@ -152,8 +153,8 @@ def experiment_from_args(args: argparse.Namespace) -> Experiment:
         eval_steps=args.eval_steps, validation_items=args.validation_items,
     )
     return Experiment(
-        model=args.model, dataset=args.dataset, task=args.task, input_column=args.input_column,
-        target_column=args.target_column,
+        model=args.model, split_qkv=args.split_qkv, dataset=args.dataset, task=args.task,
+        input_column=args.input_column, target_column=args.target_column,
         validation_fraction=args.validation_fraction, seed=args.seed, train=train,
         eval=EvalSettings(**eval_overrides(args)),
     )

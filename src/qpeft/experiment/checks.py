@@ -14,7 +14,7 @@ from qpeft.evaluation.classification import label_set
 from qpeft.evaluation.metrics import check_bertscore_model
 from qpeft.methods import get_method
 from qpeft.methods.base import MethodConfig
-from qpeft.models import check_model
+from qpeft.models import check_model, check_split_qkv
 from qpeft.settings import Experiment
 from qpeft.training.trainer import check_compatible
 from qpeft.utils.errors import UsageError
@@ -48,6 +48,8 @@ def check_experiment(experiment: Experiment, methods: dict[str, dict[str, Any]],
     if experiment.task_type() == "classification":
         label_set(splits.train)
     check_model(experiment.model)
+    if experiment.split_qkv:
+        check_split_qkv(experiment.model)
     if experiment.task_type() == "generation" and experiment.eval.bertscore_model != "none":
         check_bertscore_model(experiment.eval.bertscore_model, experiment.eval.bertscore_num_layers)
     return splits

@@ -361,7 +361,7 @@ def measure_models(
     capacity hook fails gets no entries and its error, and the rest goes on.
     """
     ids = sample_prompt_ids(experiment, data_dir, settings.sample_prompts)
-    base_model = load_model(experiment.model)
+    base_model = load_model(experiment.model, split_qkv=experiment.split_qkv)
     if torch.cuda.is_available():
         base_model = base_model.to("cuda")
     base_model.eval()

@@ -54,7 +54,7 @@ def train_run(
     config = check_method(method_name, method_config, experiment)
     full_config = run_config(experiment, method_name, config.to_dict())
     tokenizer = load_tokenizer(experiment.model)
-    model = load_model(experiment.model)
+    model = load_model(experiment.model, split_qkv=experiment.split_qkv)
     run = RunDir(run_dir)
     with run.claimed(full_config) as finished:
         if finished:
@@ -91,7 +91,7 @@ def base_run(run_dir: Path, experiment: Experiment, data_dir: str | None, fewsho
     """
     splits = check_experiment(experiment, {}, data_dir)
     tokenizer = load_tokenizer(experiment.model)
-    model = load_model(experiment.model)
+    model = load_model(experiment.model, split_qkv=experiment.split_qkv)
     with RunDir(run_dir).claimed(run_config(experiment, FEWSHOT if fewshot else BASE, {})) as finished:
         if finished:
             return RunDir(run_dir).metrics()
@@ -173,7 +173,7 @@ def load_run(run_dir: Path) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
     config = run.config()
     experiment = Experiment.from_dict(config["experiment"])
     tokenizer = load_tokenizer(experiment.model)
-    model = load_model(experiment.model)
+    model = load_model(experiment.model, split_qkv=experiment.split_qkv)
     if config["method"] not in BASELINES:
         model = get_method(config["method"]).load(model, run.trained_adapter())
     if torch.cuda.is_available():

@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM
 from transformers.pytorch_utils import Conv1D
 
 from qpeft.methods.base import Method, MethodConfig
+from qpeft.methods.fused_qkv import fused_qkv_state_dict, has_split_qkv, split_fused_qkv
 from qpeft.methods.serialization import CONFIG_FILE, check_float, one_line, tensor_headers
 from qpeft.methods.targets import find_target_modules
 from qpeft.utils.errors import UsageError
@@ -34,7 +35,8 @@ class FullFineTuning(Method):
         return model
 
     def save(self, model: nn.Module, config: MethodConfig, out_dir: Path) -> None:
-        model.save_pretrained(out_dir, safe_serialization=True)
+        # a split c_attn (--split-qkv) is written fused: the folder is a plain checkpoint of the architecture
+        model.save_pretrained(out_dir, safe_serialization=True, state_dict=fused_qkv_state_dict(model))
 
     def load(self, base_model: nn.Module, adapter_dir: Path) -> nn.Module:
         """The fine-tuned model of ``adapter_dir``, which must be whole and of the base model's shape.
@@ -55,6 +57,8 @@ class FullFineTuning(Method):
             if report[kind]:
                 raise UsageError(f"{adapter_dir} does not match its config.json: {kind.replace('_', ' ')} "
                                  f"{sorted(report[kind])[:3]}")
+        if has_split_qkv(base_model):
+            split_fused_qkv(model)
         check_same_shapes(model, base_model, adapter_dir)
         return model
 

@@ -1,8 +1,9 @@
 """Which linear modules an adapter wraps: the same rules for LoRA, SoRA and QAA.
 
 ``auto`` takes PEFT's per-architecture default (``q_proj``/``v_proj`` for Llama,
-``c_attn`` for GPT-2); ``all-linear`` every Linear/Conv1D outside the output head;
-otherwise a comma-separated list of module-name suffixes.
+``c_attn`` for GPT-2; ``c_attn.q``/``c_attn.v`` for GPT-2 with ``--split-qkv``); ``all-linear``
+every Linear/Conv1D outside the output head; otherwise a comma-separated list of module-name
+suffixes.
 """
 
 from __future__ import annotations
@@ -13,9 +14,12 @@ from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPP
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from qpeft.methods.fused_qkv import has_split_qkv
 from qpeft.utils.errors import UsageError
 
 LINEAR_TYPES = (nn.Linear, Conv1D)
+#: ``auto`` on a model whose fused ``c_attn`` was split (``models.split_fused_qkv``): queries and values.
+SPLIT_QKV_DEFAULT = ("c_attn.q", "c_attn.v")
 
 
 def peft_target_modules(model: nn.Module, spec: str) -> list[str] | str:
@@ -23,6 +27,8 @@ def peft_target_modules(model: nn.Module, spec: str) -> list[str] | str:
     if spec == "all-linear":
         return spec
     if spec == "auto":
+        if has_split_qkv(model):
+            return list(SPLIT_QKV_DEFAULT)  # queries and values, as PEFT's default for Llama's q_proj, v_proj
         model_type = getattr(getattr(model, "config", None), "model_type", None)
         default = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(model_type)
         if default is None:
