@@ -181,8 +181,29 @@ def test_shipped_paper_config_parses() -> None:
     assert experiment.metric_profile() == "e2e" and args.seeds == "0,1,2"
     from qpeft.cli.commands import comparison_rows
 
+    assert experiment.split_qkv  # queries and values as modules of their own
+    configs = comparison_rows(args)[1]
+    lora = configs["lora"]
+    assert (lora["r"], lora["alpha"], lora["dropout"], lora["target_modules"]) == (4, 32, 0.1, "c_attn.q,c_attn.v")
+    assert configs["sora"]["target_modules"] == configs["qaa"]["target_modules"] == "c_attn.q,c_attn.v"
+
+
+def test_the_reduced_paper_config_keeps_the_recipe_on_smollm2() -> None:
+    from qpeft.cli import build_parser
+    from qpeft.cli.commands import comparison_rows
+    from qpeft.cli.config_file import expand_config_file
+    from qpeft.cli.parser import experiment_from_args
+
+    argv = expand_config_file(["compare", "--output", "x", "--config", str(ROOT / "configs" / "paper-cpu.yaml")])
+    args = build_parser().parse_args(argv)
+    experiment = experiment_from_args(args)
+    train, evaluation = experiment.train, experiment.eval
+    assert experiment.model == "smollm2-135m" and not experiment.split_qkv
+    assert (train.batch_size, train.label_smoothing, train.warmup_ratio, train.weight_decay) == (8, 0.1, 0.019, 0.01)
+    assert (evaluation.num_beams, evaluation.length_penalty, evaluation.no_repeat_ngram_size) == (10, 0.8, 4)
+    assert experiment.metric_profile() == "e2e"
     lora = comparison_rows(args)[1]["lora"]
-    assert (lora["r"], lora["alpha"], lora["dropout"], lora["target_modules"]) == (4, 32, 0.1, "c_attn")
+    assert (lora["r"], lora["alpha"], lora["dropout"], lora["target_modules"]) == (4, 32, 0.1, "q_proj,v_proj")
 
 
 @pytest.mark.multiprocess

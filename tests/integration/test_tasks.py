@@ -21,14 +21,17 @@ def task_data(tmp_path: Path) -> Path:
     write_jsonl(root / "dart" / "train.jsonl", toy_rows(40, seed=1))
     write_jsonl(root / "dart" / "test.jsonl", toy_rows(5, seed=2))
     (root / "sst2").mkdir()
-    sentences = [(f"the food at {row['input']} was fine", LABELS[i % 2]) for i, row in enumerate(toy_rows(48, 3))]
+    sentences = [(f"visit {i}: the food at {row['input']} was fine", LABELS[i % 2])
+                 for i, row in enumerate(toy_rows(48, 3))]
     write_jsonl(root / "sst2" / "train.jsonl", [{"input": s, "target": t} for s, t in sentences[:40]])
     write_jsonl(root / "sst2" / "test.jsonl", [{"input": s, "target": t} for s, t in sentences[40:]])
     return root
 
 
-def tasks_command(model: Path, data: Path, output: Path, datasets: str = "dart,sst2") -> list[str]:
-    return ["compare", "--methods", "lora", "--same-process", "--output", str(output), "--fewshot-examples", "0",
+def tasks_command(model: Path, data: Path, output: Path, datasets: str = "dart,sst2",
+                  methods: str = "lora", fewshot: int = 0) -> list[str]:
+    return ["compare", "--methods", methods, "--same-process", "--output", str(output),
+            "--fewshot-examples", str(fewshot),
             "--datasets", datasets, "--data-dir", str(data), "--robustness", "none",
             *cli_args(model, data, steps=2, save_steps=2, max_new_tokens=6, eval_batch_size=None)]
 
@@ -36,7 +39,7 @@ def tasks_command(model: Path, data: Path, output: Path, datasets: str = "dart,s
 def test_a_two_task_comparison_writes_both_task_folders_and_the_cross_task_summary(
         tiny_llama_dir: Path, task_data: Path, tmp_path: Path) -> None:
     output = tmp_path / "out"
-    assert main(tasks_command(tiny_llama_dir, task_data, output)) == 0
+    assert main(tasks_command(tiny_llama_dir, task_data, output, methods="lora,full", fewshot=2)) == 0
     for task in ("dart", "sst2"):
         assert (output / task / "results.json").exists() and (output / task / "report.html").exists()
     classification = json.loads((output / "sst2" / "results.json").read_text())
@@ -50,8 +53,21 @@ def test_a_two_task_comparison_writes_both_task_folders_and_the_cross_task_summa
     summary = json.loads((output / "summary.json").read_text())
     assert {name: task["metric"] for name, task in summary["tasks"].items()} == {"dart": "bleu", "sst2": "accuracy"}
     assert summary["tasks"]["sst2"]["rows"]["lora"]["score"] == pytest.approx(lora["accuracy"])
-    assert set(summary["mean_rank"]) == {"base", "lora"}
-    assert sorted(summary["mean_rank"].values()) in ([1.0, 2.0], [1.5, 1.5])
+    full = classification["methods"]["full"]["accuracy"]
+    assert summary["tasks"]["sst2"]["rows"]["lora"]["vs_full"] == pytest.approx(lora["accuracy"] / full)
+    assert summary["tasks"]["sst2"]["majority_accuracy"] == pytest.approx(50.0)  # 4 of each label in the test
+    ranks = [task["rows"]["lora"]["rank"] for task in summary["tasks"].values()]
+    assert summary["mean_rank"]["lora"] == pytest.approx(sum(ranks) / 2)
+    assert set(summary["mean_rank"]) == {"base", "base-fewshot", "lora", "full"}
+    assert sum(task["rows"][name]["rank"] for name in summary["mean_rank"]
+               for task in summary["tasks"].values()) == pytest.approx(2 * (1 + 2 + 3 + 4))
+    # the few-shot row is rank-classified too, with the solved examples before every prompt
+    fewshot = classification["methods"]["base-fewshot"]
+    assert len(fewshot["fewshot_inputs"]) == 2 and 0 <= fewshot["accuracy"] <= 100
+    # a classification run re-evaluates to the same figures
+    assert main(["evaluate", str(output / "sst2" / "lora"), "--tag", "again", "--data-dir", str(task_data)]) == 0
+    again = json.loads((output / "sst2" / "lora" / "metrics_again.json").read_text())
+    assert (again["accuracy"], again["macro_f1"]) == pytest.approx((lora["accuracy"], lora["macro_f1"]))
     report = (output / "report.html").read_text()
     assert 'id="heatmap"' in report and "sst2 (accuracy)" in report and "dart (BLEU)" in report
 

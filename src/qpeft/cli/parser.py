@@ -94,7 +94,8 @@ def add_experiment_flags(parser: argparse.ArgumentParser) -> None:
     add_setting_flag(data, experiment, "split_qkv", action="store_true")
     add_setting_flag(data, experiment, "dataset")
     add_setting_flag(data, experiment, "task", choices=["auto", *TASK_TYPES])
-    data.add_argument("--data-dir", default=None, help="folder holding e2e/ (default: $QPEFT_DATA_DIR)")
+    data.add_argument("--data-dir", default=None,
+                      help="folder holding the built-in data sets e2e/, dart/, sst2/, rte/ (default: $QPEFT_DATA_DIR)")
     add_setting_flag(data, experiment, "input_column")
     add_setting_flag(data, experiment, "target_column")
     add_setting_flag(data, experiment, "validation_fraction", type=float)
@@ -210,7 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("evaluate", help="(re)evaluate a trained run")
     evaluate.add_argument("run_dir", type=Path)
-    evaluate.add_argument("--data-dir", default=None)
+    evaluate.add_argument("--data-dir", default=None,
+                          help="folder holding the built-in data sets (default: $QPEFT_DATA_DIR)")
     evaluate.add_argument("--tag", default="", help="write metrics_<tag>.json instead of metrics.json")
     add_eval_flags(evaluate, None)
 

@@ -69,8 +69,8 @@ def cross_task_findings(summary: dict[str, Any]) -> list[str]:
         at_chance = [name for name, verdict in summary["verdicts"].items() if task in verdict["not_above_majority"]]
         if at_chance:
             sentences.append(f"On {task}, the accuracy interval of {', '.join(at_chance)} does not clear "
-                             f"{summary_of_task['majority_accuracy']:.2f}, the accuracy of always answering the "
-                             "most common training label: not shown to be above chance.")
+                             f"{summary_of_task['majority_accuracy']:.2f}, the accuracy of always giving the most "
+                             "common label of the scored items: not shown to be above chance.")
     if general:
         sentences.append(f"Not shown below {reference} on any task: {', '.join(general)} (as far as these test "
                          "sets can tell; not apart is not the same as equal).")
