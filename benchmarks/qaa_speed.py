@@ -6,6 +6,8 @@
    q_proj and v_proj against LoRA r = 8 on the same modules, same batch (8 x 64 tokens). Both
    models live in one process and take turns (ABAB..., the order flipping every round) after a
    warm-up; the median of the timed steps is reported.
+   Then greedy generation with both trained models, 8 prompts of 16 tokens, 16 new tokens, timed
+   in turns (``evaluation.latency.paired_latency``): ``qaa_over_lora_generation_latency``.
 3. Peak memory of that step: each method trains in a fresh subprocess (started before the
    timing runs load their models), which reports
    - the kernel's peak resident set over the training steps: VmHWM, reset through
@@ -39,6 +41,7 @@ from pathlib import Path
 
 import torch
 
+from qpeft.evaluation.latency import paired_latency
 from qpeft.methods import get_method
 from qpeft.methods.lora import LoRAConfig
 from qpeft.methods.qaa import QAAConfig
@@ -87,7 +90,8 @@ def step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, ids: torch.Te
     return time.perf_counter() - started
 
 
-def step_times(repeats: int, warmup: int) -> dict[str, list[float]]:
+def step_times(repeats: int, warmup: int) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """Training step seconds per method (interleaved), then both models' generation latency (paired)."""
     runs = {name: build(name) for name in ("lora", "qaa")}
     if torch.cuda.is_available():
         runs = {name: (model.cuda(), optimizer) for name, (model, optimizer) in runs.items()}
@@ -99,7 +103,9 @@ def step_times(repeats: int, warmup: int) -> dict[str, list[float]]:
             seconds = step(*runs[name], ids)
             if index >= warmup:
                 times[name].append(seconds)
-    return times
+    # greedy generation of 16 tokens after 8 prompts of 16 tokens, QAA and LoRA in turns (ms per token)
+    qaa_ms, lora_ms = paired_latency(runs["qaa"][0], runs["lora"][0], ids[:, :16], 16, max(repeats, 5))
+    return times, {"qaa_ms_per_token": qaa_ms, "lora_ms_per_token": lora_ms}
 
 
 # Memory: one method per fresh process ---------------------------------------------------------
@@ -231,7 +237,7 @@ def main() -> None:
           f"PennyLane {sim['pennylane_seconds'] * 1e3:.0f} ms: {sim['sim_vs_pennylane_speedup']:.0f}x; "
           f"max |difference| {sim['max_abs_diff_vs_pennylane']:.1e}")
 
-    times = step_times(repeats, warmup)
+    times, latency = step_times(repeats, warmup)
     medians = {name: statistics.median(values) for name, values in times.items()}
     ratio = medians["qaa"] / medians["lora"]
     print(f"2. {MODEL}, q_proj + v_proj, batch {BATCH} x {TOKENS}, {torch.get_num_threads()} threads, median of "
@@ -239,6 +245,10 @@ def main() -> None:
           f"QAA L=2 {medians['qaa']:.3f} s: QAA / LoRA {ratio:.3f}")
     for name, values in times.items():
         print(f"   {name} steps (s): {' '.join(f'{v:.3f}' for v in values)}")
+
+    latency_ratio = latency["qaa_ms_per_token"] / latency["lora_ms_per_token"]
+    print(f"   generation, greedy, 8 prompts x 16 new tokens, in turns: LoRA {latency['lora_ms_per_token']:.2f} ms, "
+          f"QAA {latency['qaa_ms_per_token']:.2f} ms per token: QAA / LoRA {latency_ratio:.3f}")
 
     if "cuda_max_allocated_mb" in memory["lora"]:
         key = "cuda_max_allocated_mb"
@@ -261,6 +271,9 @@ def main() -> None:
         "max_abs_diff_vs_pennylane": sim["max_abs_diff_vs_pennylane"],
         "qaa_over_lora_step_time": round(ratio, 4),
         "qaa_over_lora_peak_memory": round(ratios[key], 4),
+        "qaa_over_lora_generation_latency": round(latency_ratio, 4),
+        "generation_ms_per_token": {name.removesuffix("_ms_per_token"): round(value, 3)
+                                    for name, value in latency.items()},
         "peak_memory_measure": key,
         "qaa_over_lora_training_rss_increase": round(ratios["training_rss_increase_mb"], 4),
         "qaa_over_lora_saved_for_backward": round(ratios["saved_for_backward_mb"], 4),

@@ -35,8 +35,9 @@ def assert_close(ours, reference, atol):
 
 
 def paths(spec: CircuitSpec) -> list[dict]:
-    """Every way simulate can run this circuit on CPU: both memory-lean kernels, plain autograd."""
-    kernels = ["torch", "fused"] if spec.ansatz == "ry" else ["torch"]
+    """Every way simulate can run this circuit on CPU: both memory-lean kernels, the accelerators' one-matrix
+    kernel, plain autograd."""
+    kernels = ["torch", "fused", "unitary"] if spec.ansatz == "ry" else ["torch", "unitary"]
     return [{"kernel": kernel} for kernel in kernels] + [{"memory_lean": False}]
 
 
@@ -108,6 +109,9 @@ def test_memory_lean_keeps_nothing_that_grows_with_tokens():
             x = torch.randn(tokens, 576, dtype=torch.float64, requires_grad=True)
             sizes.append(saved_bytes(lambda x=x, kwargs=kwargs: simulate(x, angles, spec, **kwargs), x, angles))
         per_token = (sizes[1] - sizes[0]) / 100
+        if kwargs.get("kernel") == "unitary":  # plain autograd around one matmul: the input and output states
+            assert 2 * spec.dim * 8 <= per_token <= 2 * spec.dim * 8 + 128  # and a few numbers per token
+            continue
         lean = kwargs.get("memory_lean", True)
         assert per_token == 0 if lean else per_token >= 4 * spec.dim * 8  # plain: several 2**n states
 
@@ -182,3 +186,13 @@ def test_without_a_compiler_the_pytorch_kernel_runs(monkeypatch, tmp_path):
             simulate(x, angles, spec, kernel="fused")
     finally:
         fused_cpu._library.cache_clear()
+
+
+def test_the_kernel_rule_takes_the_fused_kernel_for_real_circuits_on_cpu_only():
+    from qpeft.quantum.simulator import auto_kernel
+
+    cpu = torch.zeros(3, 8, dtype=torch.float64)
+    assert auto_kernel(cpu, CircuitSpec(3, 2)) == ("fused" if fused_cpu.available(torch.float64) else "torch")
+    assert auto_kernel(cpu, CircuitSpec(3, 2, "ry_rz")) == "torch"  # complex amplitudes: the PyTorch kernel
+    # any other device (meta stands in for CUDA here): the PyTorch kernel, never the one-matrix kernel by itself
+    assert auto_kernel(torch.zeros(3, 8, device="meta"), CircuitSpec(3, 2)) == "torch"

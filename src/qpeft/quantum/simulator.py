@@ -1,8 +1,9 @@
 """``simulate``: the exact readout of the QAA circuit, on the kernel that fits.
 
-It checks the inputs and picks a memory-lean kernel: ``fused_cpu`` (the compiled C kernel, real
-RY circuits on CPU) or ``statevector`` (batched PyTorch, any circuit, any device). The kernels
-sit below this module and never import it.
+It checks the inputs and picks a kernel (``auto_kernel``): ``fused_cpu`` (the compiled C kernel,
+real RY circuits on CPU), ``statevector`` (batched PyTorch, any circuit, any device; memory-lean)
+or, when asked for, ``unitary`` (the circuit's 2**n x 2**n matrix applied to every token at once,
+for accelerators). The kernels sit below this module and never import it.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from qpeft.quantum.statevector import (
     run_circuit,
     safe_norm_sq,
 )
+from qpeft.quantum.unitary import simulate_unitary
 from qpeft.utils.errors import UsageError
 
-KERNELS = ("auto", "torch", "fused")
+KERNELS = ("auto", "torch", "fused", "unitary")
 
 
 def simulate(
@@ -36,7 +38,8 @@ def simulate(
     is plain autograd (which also supports higher derivatives). ``kernel`` picks the
     memory-lean simulator: ``"fused"``, the compiled CPU kernel (``fused_cpu``; real RY circuits
     on CPU), ``"torch"``, the batched tensor ops of ``statevector`` (any circuit, any device), or
-    ``"auto"``, the fused kernel wherever it applies.
+    ``"auto"``, the fused kernel wherever it applies. ``"unitary"`` builds the circuit's matrix and
+    applies it to all tokens in one matrix multiply (``unitary``; plain autograd, any device).
     """
     if x.shape[-1] > spec.dim:
         raise UsageError(f"input width {x.shape[-1]} exceeds 2**{spec.n_qubits} = {spec.dim} amplitudes")
@@ -47,6 +50,8 @@ def simulate(
     dtype = compute_dtype(x, angles)
     with torch.autocast(x.device.type, enabled=False):
         x2 = x.reshape(-1, x.shape[-1]).to(dtype)
+        if kernel == "unitary":
+            return simulate_unitary(x2, angles.to(dtype), spec).reshape(*x.shape[:-1], spec.output_dim)
         fused = _fused_kernel(x2, spec, kernel) if memory_lean else None
         if fused is not None:
             out = fused.FusedCircuit.apply(x2, angles.to(dtype), spec)
@@ -59,6 +64,16 @@ def simulate(
     return out.T.contiguous().reshape(*x.shape[:-1], spec.output_dim)
 
 
+def auto_kernel(x2: Tensor, spec: CircuitSpec) -> str:
+    """The kernel ``kernel="auto"`` runs: ``fused`` for real RY circuits on CPU where it is built, else ``torch``.
+
+    ``unitary`` is never chosen by itself: on a 2-core CPU it is the slowest of the three beyond a few qubits
+    (``benchmarks/qaa_kernels.py``), and on CUDA no measurement has yet shown it faster than ``torch``
+    (``benchmarks/gpu_check.sh`` times both; the rule changes with its figures).
+    """
+    return "fused" if fused_cpu.supports(x2, spec) and fused_cpu.available(x2.dtype) else "torch"
+
+
 def _fused_kernel(x2: Tensor, spec: CircuitSpec, kernel: str):
     """The ``fused_cpu`` module when ``kernel`` asks for it (or "auto" and it applies), else None."""
     if kernel == "torch":
@@ -69,4 +84,4 @@ def _fused_kernel(x2: Tensor, spec: CircuitSpec, kernel: str):
         if not fused_cpu.available(x2.dtype):
             raise UsageError("the fused simulator kernel needs a C compiler (cc, or $CC)")
         return fused_cpu
-    return fused_cpu if fused_cpu.supports(x2, spec) and fused_cpu.available(x2.dtype) else None
+    return fused_cpu if auto_kernel(x2, spec) == "fused" else None
