@@ -196,3 +196,21 @@ def test_the_kernel_rule_takes_the_fused_kernel_for_real_circuits_on_cpu_only():
     assert auto_kernel(cpu, CircuitSpec(3, 2, "ry_rz")) == "torch"  # complex amplitudes: the PyTorch kernel
     # any other device (meta stands in for CUDA here): the PyTorch kernel, never the one-matrix kernel by itself
     assert auto_kernel(torch.zeros(3, 8, device="meta"), CircuitSpec(3, 2)) == "torch"
+
+
+def test_the_fused_kernel_reuses_its_half_angle_tables_only_while_the_angles_are_unchanged():
+    spec = CircuitSpec(4, 2)
+    x, _ = inputs(spec, seed=5)
+    angles = torch.nn.Parameter(torch.randn(spec.angle_shape, dtype=torch.float64))
+    seen = []
+    with torch.no_grad():
+        for change in (None, "in place", "through .data"):
+            if change == "in place":
+                angles.add_(0.5)  # an optimizer step
+            elif change == "through .data":
+                angles.data.mul_(-1.5)  # in place without the Parameter's version counter (as gradcheck does)
+            got = simulate(x, angles, spec, kernel="fused")
+            assert torch.allclose(got, simulate(x, angles.detach().clone(), spec, kernel="torch"), atol=1e-12)
+            assert torch.equal(got, simulate(x, angles, spec, kernel="fused"))  # the tables reused: the same result
+            seen.append(got)
+    assert not torch.allclose(seen[0], seen[1]) and not torch.allclose(seen[1], seen[2])

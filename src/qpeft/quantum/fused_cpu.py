@@ -266,13 +266,29 @@ class FusedCircuit(torch.autograd.Function):
         return grad_x, torch.from_numpy(grad_angles.sum(0)).to(angles.dtype), None
 
 
+def _half_angle_tables(angles: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """cos and sin of angles / 2 in ``dtype``, kept on the angles tensor while its values stay the same.
+
+    Generation calls the kernel once per token and module with the same angles, and recomputing these tables
+    cost a fifth of such a call. Reuse is decided by comparing the values (a few dozen numbers): a version
+    counter would miss edits through ``.data``, which gradcheck and some user code make.
+    """
+    values = angles.detach()
+    cached = getattr(angles, "_qpeft_half_angle_tables", None)
+    if cached is not None and cached[1] == dtype and torch.equal(cached[0], values):
+        return cached[2], cached[3]
+    half = values.to(torch.float64) / 2
+    cos, sin = torch.cos(half).to(dtype).contiguous(), torch.sin(half).to(dtype).contiguous()
+    angles._qpeft_half_angle_tables = (values.clone(), dtype, cos, sin)
+    return cos, sin
+
+
 def _circuit(x: Tensor, angles: Tensor, spec: CircuitSpec) -> tuple[ctypes.CDLL, _Circuit, list]:
     """The compiled kernel, the C description of the circuit, and the arrays it points into (keep them alive)."""
     library = _library(_REAL[x.dtype])
     if library is None:
         raise RuntimeError("the fused QAA kernel is not available (no C compiler)")
-    half = angles.detach().to(torch.float64) / 2
-    cos, sin = torch.cos(half).to(x.dtype).contiguous(), torch.sin(half).to(x.dtype).contiguous()
+    cos, sin = _half_angle_tables(angles, x.dtype)
     forward_map, inverse = ring_permutation(spec.n_qubits, torch.device("cpu"))
     keep = [x, cos, sin, inverse, forward_map]
     circuit = _Circuit(x.shape[0], x.shape[1], spec.n_layers, spec.n_qubits, *(_pointer(t) for t in keep),

@@ -8,6 +8,8 @@ for accelerators). The kernels sit below this module and never import it.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import Tensor
 
@@ -48,7 +50,7 @@ def simulate(
     if kernel not in KERNELS:
         raise UsageError(f"unknown simulator kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
     dtype = compute_dtype(x, angles)
-    with torch.autocast(x.device.type, enabled=False):
+    with autocast_off(x.device.type):
         x2 = x.reshape(-1, x.shape[-1]).to(dtype)
         if kernel == "unitary":
             return simulate_unitary(x2, angles.to(dtype), spec).reshape(*x.shape[:-1], spec.output_dim)
@@ -62,6 +64,14 @@ def simulate(
         else:
             out = run_circuit(x2, spec, layer_schedule(factors, spec, x2.shape[1]))[1] / safe_norm_sq(x2)
     return out.T.contiguous().reshape(*x.shape[:-1], spec.output_dim)
+
+
+def autocast_off(device_type: str) -> contextlib.AbstractContextManager:
+    """``torch.autocast(enabled=False)`` where autocast is on; otherwise nothing (entering it costs a few
+    microseconds, and generation enters it once per token and module)."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def auto_kernel(x2: Tensor, spec: CircuitSpec) -> str:

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from qpeft.methods.base import AdapterLayer
 from qpeft.methods.qaa.config import ANGLE_INITS, QAAConfig
 from qpeft.quantum import CircuitSpec, n_qubits_for_width, simulate, simulate_noisy
+from qpeft.quantum.simulator import autocast_off
 from qpeft.utils.errors import UsageError
 
 #: Standard deviation of the "normal" angle initialisation (radians).
@@ -100,7 +101,7 @@ class QAALinear(nn.Module, AdapterLayer):
 
     def forward(self, x: Tensor, *args: object, **kwargs: object) -> Tensor:
         result = self.base_layer(x, *args, **kwargs)
-        with torch.autocast(x.device.type, enabled=False):
+        with autocast_off(x.device.type):
             if self.noise is not None:
                 update = self._update(self._noisy_readout(x), x)
             elif self.inference_form:
@@ -111,8 +112,9 @@ class QAALinear(nn.Module, AdapterLayer):
 
     def _update(self, z: Tensor, x: Tensor) -> Tensor:
         """s (W_up z + b) in the readout's dtype (zero where x is zero)."""
-        up = self.qaa_up.to(z.dtype) * self.scale
-        bias = None if self.qaa_bias is None else self.qaa_bias.to(z.dtype) * self.scale
+        up, bias = self.qaa_up.to(z.dtype), None if self.qaa_bias is None else self.qaa_bias.to(z.dtype)
+        if self.scale != 1.0:
+            up, bias = up * self.scale, None if bias is None else bias * self.scale
         return _affine(z, up, bias, x)
 
     def update(self, x: Tensor) -> Tensor:
