@@ -112,9 +112,9 @@ def load_model(name: str, dtype: torch.dtype = torch.float32, split_qkv: bool = 
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = model.config.eos_token_id
-    if split_qkv and not split_fused_qkv(model):
-        raise UsageError(f"--split-qkv: model {name!r} has no fused query/key/value projection (GPT-2's c_attn); "
-                         "its queries and values are separate modules already")
+    if split_qkv:
+        check_split_qkv(name)
+        split_fused_qkv(model)
     return model
 
 

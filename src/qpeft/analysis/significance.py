@@ -29,6 +29,8 @@ from qpeft.utils.errors import UsageError
 
 GENERATION_METRICS = ("bleu", "rouge1", "rouge2", "rougeL", "bertscore_f1")
 CLASSIFICATION_METRICS = ("accuracy", "macro_f1", "exact_match")
+#: Each task's quality figures, its main one first (the one findings rank by and the cross-task summary shows).
+TASK_METRICS = {"generation": GENERATION_METRICS, "classification": CLASSIFICATION_METRICS}
 METRICS = GENERATION_METRICS
 # sacrebleu's my_log: the log of a zero precision, floored so that the score becomes 0 without a warning
 _LOG_ZERO = -9999999999.0

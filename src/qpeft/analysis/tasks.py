@@ -10,9 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from qpeft.analysis.seeds import is_number
-from qpeft.analysis.significance import CLASSIFICATION_METRICS, GENERATION_METRICS, significant
+from qpeft.analysis.significance import TASK_METRICS, significant
 
-MAIN_METRIC = {"generation": GENERATION_METRICS[0], "classification": CLASSIFICATION_METRICS[0]}
 FULL = "full"  # the row every figure is relative to (full fine-tuning), when the comparison has it
 FAILED = "failed"  # experiment.results.FAILED (the analysis sits below the experiment and cannot import it)
 
@@ -25,7 +24,7 @@ def task_rows(payload: dict[str, Any]) -> dict[str, Any]:
     """One task's summary: its main metric, and per row the figure, its interval, its p-value against the
     reference row and its ratio to full fine-tuning's figure."""
     task = payload.get("task") or "generation"
-    key = MAIN_METRIC[task]
+    key = TASK_METRICS[task][0]
     methods = payload["methods"]
     full = number(methods.get(FULL, {}).get(key)) if methods.get(FULL, {}).get("status") != FAILED else None
     rows: dict[str, dict[str, Any]] = {}

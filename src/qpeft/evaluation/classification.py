@@ -29,7 +29,6 @@ from qpeft.utils.errors import UsageError
 
 #: More distinct training targets than this is not a label set: ranking them all per item would take long.
 MAX_LABELS = 50
-CLASSIFICATION_KEYS = ("accuracy", "macro_f1", "exact_match")
 # Long enough for any prompt and label: a label cut at --max-length would be scored on fewer tokens than the others.
 UNLIMITED_LENGTH = 1 << 30
 

@@ -12,7 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from qpeft.analysis.seeds import aggregate_methods
-from qpeft.analysis.significance import CLASSIFICATION_METRICS, GENERATION_METRICS, SystemScores, bootstrap_comparison
+from qpeft.analysis.significance import (
+    CLASSIFICATION_METRICS,
+    GENERATION_METRICS,
+    TASK_METRICS,
+    SystemScores,
+    bootstrap_comparison,
+)
 from qpeft.settings import AnalysisSettings, Experiment
 from qpeft.utils.atomic import write_csv, write_json
 from qpeft.utils.errors import UsageError
@@ -22,9 +28,6 @@ BASE = "base"  # the untrained base model, zero-shot, evaluated as a row of its 
 FEWSHOT = "base-fewshot"  # the untrained base model with k solved training examples in every prompt
 BASELINES = (BASE, FEWSHOT)
 FAILED = "failed"  # the ``status`` of a method that diverged or raised; its row stays in the results
-
-#: Each task's quality figures, its main one first (the one the findings rank by and the cross-task summary shows).
-TASK_METRICS = {"generation": GENERATION_METRICS, "classification": CLASSIFICATION_METRICS}
 
 RESULT_COLUMNS = [
     "status", *GENERATION_METRICS, *CLASSIFICATION_METRICS, "majority_accuracy", "test_loss", "validation_loss",

@@ -4,13 +4,12 @@ methods × tasks heat-map, and what the paired tests allow to be said about gene
 
 from __future__ import annotations
 
-import base64
 import html
 import io
 from typing import Any
 
-from qpeft.experiment.results import BASELINES
-from qpeft.report.html import CSS, html_table, inline_markdown
+from qpeft.experiment.results import BASELINES, FAILED
+from qpeft.report.html import CSS, figure_html, html_table, inline_markdown
 from qpeft.report.tables import METRIC_LABELS, interval_text, markdown_table
 
 HEATMAP_CAPTION = ("Each row's main figure (BLEU or accuracy) per task, as a share of full fine-tuning's "
@@ -18,8 +17,8 @@ HEATMAP_CAPTION = ("Each row's main figure (BLEU or accuracy) per task, as a sha
 
 
 def _score_cell(row: dict[str, Any]) -> str:
-    if row.get("status") == "failed":
-        return "failed"
+    if row.get("status") == FAILED:
+        return FAILED
     if row.get("score") is None:
         return "–"
     text = f"{row['score']:.2f}{interval_text(row.get('ci'))}"
@@ -42,10 +41,6 @@ def cross_task_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]
     return headers, rows
 
 
-def _task_list(tasks: list[str]) -> str:
-    return ", ".join(tasks)
-
-
 def cross_task_findings(summary: dict[str, Any]) -> list[str]:
     """Sentences that say no more than the paired tests and the intervals do."""
     sentences = []
@@ -57,7 +52,7 @@ def cross_task_findings(summary: dict[str, Any]) -> list[str]:
     reference = next(iter(references)) if len(references) == 1 else "each task's reference row"
     general, specific = [], []
     for name, verdict in summary["verdicts"].items():
-        parts = [f"{label} on {_task_list(verdict[key])}" for key, label in
+        parts = [f"{label} on {', '.join(verdict[key])}" for key, label in
                  (("better", "above"), ("worse", "below"), ("not_apart", "not apart"), ("failed", "failed"))
                  if verdict[key]]
         if parts:
@@ -127,13 +122,7 @@ def cross_task_markdown(summary: dict[str, Any]) -> str:
 
 
 def cross_task_html(summary: dict[str, Any]) -> str:
-    png = heatmap_png(summary)
-    figure = ""
-    if png is not None:
-        data = base64.b64encode(png).decode("ascii")
-        figure = (f'<figure><img id="heatmap" class="plot" alt="{html.escape(HEATMAP_CAPTION)}" '
-                  f'src="data:image/png;base64,{data}"><figcaption>{html.escape(HEATMAP_CAPTION)}</figcaption>'
-                  "</figure>")
+    figure = figure_html("heatmap", heatmap_png(summary), HEATMAP_CAPTION)
     findings = "".join(f"<li>{inline_markdown(sentence)}</li>" for sentence in cross_task_findings(summary))
     links = ", ".join(f'<a href="{html.escape(name)}/report.html">{html.escape(name)}</a>' for name in summary["tasks"])
     return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>qpeft multi-task comparison"

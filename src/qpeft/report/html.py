@@ -56,11 +56,16 @@ def html_table(headers: list[str], rows: list[list[str]], table_id: str) -> str:
 
 
 def _figure_html(plot_id: str, png: bytes | None) -> str:
+    return figure_html(plot_id, png, PLOTS[plot_id].caption)
+
+
+def figure_html(element_id: str, png: bytes | None, caption: str) -> str:
+    """A PNG inline as base64 with its caption, or nothing without one."""
     if png is None:
         return ""
     data = base64.b64encode(png).decode("ascii")
-    caption = html.escape(PLOTS[plot_id].caption)
-    return (f'<figure><img id="{plot_id}" class="plot" alt="{caption}" '
+    caption = html.escape(caption)
+    return (f'<figure><img id="{element_id}" class="plot" alt="{caption}" '
             f'src="data:image/png;base64,{data}"><figcaption>{caption}</figcaption></figure>')
 
 

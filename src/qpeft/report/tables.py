@@ -30,7 +30,8 @@ def quality_metrics(payload: dict[str, Any]) -> list[tuple[str, str]]:
 
 def main_metric(payload: dict[str, Any]) -> tuple[str, str]:
     """(key, label) of the figure a comparison is ranked by: BLEU for generation, accuracy for classification."""
-    return quality_metrics(payload)[0]
+    key = quality_columns(payload)[0]
+    return key, METRIC_LABELS[key]
 
 
 # (column, header, format) of the summary table after the quality columns
