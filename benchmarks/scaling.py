@@ -27,6 +27,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import qpeft
+from qaa_speed import saved_bytes
 from qpeft.quantum import CircuitSpec, simulate
 
 METHODS = ("full", "lora", "sora", "prefix", "qaa")
@@ -42,45 +43,28 @@ def random_llama(width: int, seed: int = 0) -> LlamaForCausalLM:
     return LlamaForCausalLM(config)
 
 
-def saved_bytes(loss_of, parameters: set[int]) -> tuple[torch.Tensor, int]:
-    """The loss and the bytes of the distinct storages autograd saves for its backward, parameters excluded."""
-    storages: dict[int, int] = {}
-
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
-        pointer = tensor.untyped_storage().data_ptr()
-        if pointer not in parameters:
-            storages[pointer] = tensor.untyped_storage().nbytes()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        loss = loss_of()
-    return loss, sum(storages.values())
-
-
 def measure(method: str, width: int, repeats: int = 3) -> dict:
     model = qpeft.prepare(random_llama(width), method)
     optimizer = qpeft.optimizer(model, max_steps=100)
     ids = torch.randint(3, VOCAB, (BATCH, TOKENS), generator=torch.Generator().manual_seed(1))
     parameters = {id(p): p for p in model.parameters()}
     trainable = [p for p in parameters.values() if p.requires_grad]
-    storages = {p.untyped_storage().data_ptr() for p in parameters.values()}
 
-    def step() -> tuple[float, int]:
+    def step() -> float:
         started = time.perf_counter()
-        loss, activations = saved_bytes(lambda: model(input_ids=ids, labels=ids).loss, storages)
-        loss.backward()
+        model(input_ids=ids, labels=ids).loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        return time.perf_counter() - started, activations
+        return time.perf_counter() - started
 
     step()  # warm-up (and AdamW's state exists from here on)
-    timings = [step() for _ in range(repeats)]
-    activations = max(a for _, a in timings)
+    seconds = statistics.median(step() for _ in range(repeats))
+    activations = saved_bytes(model, ids)  # in a step of its own: its hook would slow a timed one
     model_bytes = sum(p.numel() * p.element_size() for p in parameters.values())
     trained_bytes = sum(p.numel() * p.element_size() for p in trainable)
     return {
         "trainable_params": sum(p.numel() for p in trainable),
-        "step_seconds": statistics.median(t for t, _ in timings),
+        "step_seconds": seconds,
         # parameters + gradients and two AdamW moments of the trainable ones + saved activations (not parameters)
         "training_memory_mb": (model_bytes + 3 * trained_bytes + activations) / 2**20,
     }
