@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from qpeft.analysis.tasks import cross_task_summary, ranks
-from qpeft.report.cross_task import cross_task_findings, cross_task_rows
+from qpeft.report.cross_task import cross_task_findings, cross_task_rows, heatmap_values
 
 
 def task_payload(task: str, scores: dict[str, float], p_values: dict[str, float], majority: float | None = None,
@@ -50,3 +50,12 @@ def test_the_summary_relates_every_row_to_full_and_says_only_what_the_tests_allo
     assert headers == ["method", "gen (BLEU)", "cls (accuracy)", "mean rank"]
     assert rows[-1] == ["majority label", "–", "51.00", "–"]
     assert ["lora", "40.00 [35.00, 45.00] (0.80× full)", "80.00 [75.00, 85.00] (1.00× full)", "1.75"] in rows
+
+
+def test_the_heat_map_is_on_one_scale_full_fine_tunings_only_where_every_task_has_it() -> None:
+    with_full = task_payload("generation", {"base": 10.0, "full": 50.0, "lora": 40.0}, {})
+    without = task_payload("generation", {"base": 10.0, "lora": 40.0}, {})
+    values, against_full = heatmap_values(cross_task_summary({"a": with_full, "b": with_full}))
+    assert against_full and values[2] == [pytest.approx(0.8), pytest.approx(0.8)]  # rows: base, full, lora
+    values, against_full = heatmap_values(cross_task_summary({"a": with_full, "b": without}))
+    assert not against_full and values[2] == [pytest.approx(0.8), pytest.approx(1.0)]  # of each task's best row

@@ -13,7 +13,7 @@ from qpeft.report.html import CSS, figure_html, html_table, inline_markdown
 from qpeft.report.tables import METRIC_LABELS, interval_text, markdown_table
 
 HEATMAP_CAPTION = ("Each row's main figure (BLEU or accuracy) per task, as a share of full fine-tuning's "
-                   "(of the task's best row when there is no full fine-tuning row); the cells print the figure.")
+                   "(of the task's best row when a task has no full fine-tuning figure); the cells print the figure.")
 
 
 def _score_cell(row: dict[str, Any]) -> str:
@@ -74,36 +74,44 @@ def cross_task_findings(summary: dict[str, Any]) -> list[str]:
     return sentences
 
 
+def heatmap_values(summary: dict[str, Any]) -> tuple[list[list[float]], bool]:
+    """(methods × tasks shares, whether they are of full fine-tuning's figure): full fine-tuning's when every
+    scored cell has that ratio, else each task's best row's, so that one colour scale means one thing."""
+    tasks = list(summary["tasks"])
+    cells = [[summary["tasks"][task]["rows"].get(name, {}) for task in tasks] for name in summary["rows"]]
+    scored = [cell for row in cells for cell in row if cell.get("score") is not None]
+    against_full = bool(scored) and all(cell.get("vs_full") is not None for cell in scored)
+    best = {task: max((r["score"] for r in summary["tasks"][task]["rows"].values() if r.get("score") is not None),
+                      default=None) for task in tasks}
+    values = [[float("nan") if cell.get("score") is None else cell["vs_full"] if against_full
+               else cell["score"] / best[task] if best[task] else float("nan")
+               for cell, task in zip(row, tasks, strict=True)] for row in cells]
+    return values, against_full
+
+
 def heatmap_png(summary: dict[str, Any]) -> bytes | None:
-    """The methods × tasks heat-map: colour the ratio to full fine-tuning (or to the task's best row)."""
+    """The methods × tasks heat-map: each figure as a share of full fine-tuning's when every task has one, else
+    as a share of the task's best row (one scale for the whole map, named on its colour bar)."""
     from matplotlib.figure import Figure
 
     tasks, names = list(summary["tasks"]), summary["rows"]
     if not tasks or not names:
         return None
-    values, labels = [], []
-    for name in names:
-        row_values, row_labels = [], []
-        for task in tasks:
-            rows = summary["tasks"][task]["rows"]
-            score = rows.get(name, {}).get("score")
-            best = max((r["score"] for r in rows.values() if r.get("score") is not None), default=None)
-            ratio = rows.get(name, {}).get("vs_full")
-            if ratio is None and score is not None and best:
-                ratio = score / best
-            row_values.append(ratio if ratio is not None else float("nan"))
-            row_labels.append(f"{score:.1f}" if score is not None else "–")
-        values.append(row_values)
-        labels.append(row_labels)
+    cells = [[summary["tasks"][task]["rows"].get(name, {}) for task in tasks] for name in names]
+    values, against_full = heatmap_values(summary)
     figure = Figure(figsize=(1.4 * len(tasks) + 2.4, 0.45 * len(names) + 1.4))
     axis = figure.add_subplot()
     image = axis.imshow(values, cmap="viridis", aspect="auto")
     axis.set_xticks(range(len(tasks)), tasks)
     axis.set_yticks(range(len(names)), names)
-    for i, row in enumerate(labels):
-        for j, text in enumerate(row):
-            axis.text(j, i, text, ha="center", va="center", color="white", fontsize=8)
-    figure.colorbar(image, ax=axis, label="share of full fine-tuning's figure")
+    low, high = image.get_clim()
+    for i, row in enumerate(cells):
+        for j, cell in enumerate(row):
+            bright = values[i][j] == values[i][j] and values[i][j] > low + 0.6 * (high - low)  # nan is not bright
+            axis.text(j, i, f"{cell['score']:.1f}" if cell.get("score") is not None else "–", ha="center",
+                      va="center", color="black" if bright else "white", fontsize=8)
+    label = "share of full fine-tuning's figure" if against_full else "share of the task's best row's figure"
+    figure.colorbar(image, ax=axis, label=label)
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110)
