@@ -41,18 +41,19 @@ def generate(
     With ``stop_at_newline`` a row stops at the first line break after its text has begun (line
     breaks before any text are skipped) and the text is cut there. ``shots`` are solved examples
     put before every prompt (the few-shot baseline).
-    Returns the completions and timing: seconds, generated tokens, and how many outputs
-    used every one of ``max_new_tokens`` without stopping (they were cut, not finished).
+    Returns the completions and timing: seconds, generated and prompt tokens (without padding),
+    and how many outputs used every one of ``max_new_tokens`` without stopping (they were cut, not finished).
     """
     model.eval()
     device = model_device(model)
     pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
-    outputs, new_tokens, unfinished, started = [], 0, 0, time.perf_counter()
+    outputs, new_tokens, prompt_tokens, unfinished, started = [], 0, 0, 0, time.perf_counter()
     batches = range(0, len(inputs), settings.batch_size)
     for start in tqdm(batches, desc="generating", unit="batch", disable=not progress):
         batch = inputs[start : start + settings.batch_size]
         prompts = [encode_prompt(text, tokenizer, template, shots) for text in batch]
         width = max(len(p) for p in prompts)
+        prompt_tokens += sum(len(p) for p in prompts)
         # Left padding keeps every prompt's last token at the end, where generation continues.
         ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=device)
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
@@ -75,7 +76,8 @@ def generate(
             unfinished += not finished and length >= settings.max_new_tokens
             outputs.append(text)
     seconds = time.perf_counter() - started
-    return outputs, {"generation_seconds": seconds, "generated_tokens": new_tokens, "unfinished": unfinished}
+    return outputs, {"generation_seconds": seconds, "generated_tokens": new_tokens, "prompt_tokens": prompt_tokens,
+                     "unfinished": unfinished}
 
 
 def decode_completion(
@@ -220,9 +222,12 @@ def optional_test_loss(
 
 
 def generation_figures(timing: dict[str, float], items: int, stop_at_newline: bool) -> dict[str, Any]:
-    """What every evaluation records of its generation: items, the stop rule, cut outputs, time per token."""
+    """What every evaluation records of its generation: items, the stop rule, cut outputs, time per token, and
+    the mean prompt and generated tokens per item (what a hardware time estimate multiplies)."""
     return {
         "test_items": items,
+        "prompt_tokens_mean": timing["prompt_tokens"] / max(items, 1),
+        "generated_tokens_mean": timing["generated_tokens"] / max(items, 1),
         "stop_at_newline": stop_at_newline,
         "max_new_tokens_reached_pct": 100.0 * timing["unfinished"] / max(items, 1),
         "generation_ms_per_token": 1000.0 * timing["generation_seconds"] / max(timing["generated_tokens"], 1),

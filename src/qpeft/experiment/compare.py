@@ -228,7 +228,8 @@ def robustness_settings(method_name: str, spec: str) -> list[EvalOptions]:
     """The settings ``--robustness`` names for one method: its own grid, none, or ``OPTION=VALUE,...``.
 
     A listed setting applies to the methods whose inference options have that name (QAA's
-    ``shots``, ``depolarizing``); a method with no such options is not re-evaluated, and a name
+    ``shots``, ``depolarizing``, ``gate_errors`` as 1q/2q/readout, ``device``); a method with no such
+    options is not re-evaluated, and a name
     that none of the method's options has is refused.
     """
     method = get_method(method_name)
@@ -244,7 +245,7 @@ def robustness_settings(method_name: str, spec: str) -> list[EvalOptions]:
         if not separator or key not in names:
             raise UsageError(f"--robustness: {item.strip()!r} is not OPTION=VALUE with OPTION one of "
                              f"{', '.join(names)} ({method_name}'s inference options), 'default' or 'none'")
-        kind = int if names[key].type in (int, "int") else float
+        kind = {"int": int, "float": float}.get(getattr(names[key].type, "__name__", names[key].type), str)
         try:
             options = options_class(**{key: kind(value)})
         except ValueError:

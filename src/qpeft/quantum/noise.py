@@ -1,4 +1,4 @@
-"""The QAA circuit as hardware would run it: finite shots and depolarising noise (inference only).
+"""The QAA circuit as hardware would run it: finite shots, depolarising noise and the hardware model (inference only).
 
 Noise convention (one for all of qpeft): depolarising strength ``p`` in [0, 1] is the channel
 rho -> (1 - p) rho + p I/2 on every qubit after every layer (after its CNOT ring); p = 1
@@ -153,6 +153,22 @@ def _depolarize(rho: Tensor, n: int, p: float) -> Tensor:
     return rho
 
 
+def hardware_probs(probs: Tensor, n: int, fidelity: float, readout_error: float) -> Tensor:
+    """Basis probabilities (..., 2**n) under the global-depolarising approximation and readout bit flips.
+
+    The state stays ideal with probability ``fidelity`` F and is otherwise maximally mixed, so every
+    Z-string expectation <Z_T> with T non-empty is scaled by F; a bit flip of probability e on each
+    measured qubit scales it by (1 - 2e)**|T|. Probabilities go to the Z-string basis and back by
+    Walsh-Hadamard transforms (the empty string, the total, is kept: zero inputs stay zero).
+    """
+    dim = 2**n
+    flat = probs.reshape(-1, dim)
+    weights = _popcount(torch.arange(dim, device=probs.device), n).to(probs.dtype)
+    damping = fidelity * (1 - 2 * readout_error) ** weights
+    damping[0] = 1.0
+    return (_walsh_hadamard(_walsh_hadamard(flat) * damping) / dim).reshape(probs.shape)
+
+
 def simulate_noisy(
     x: Tensor,
     angles: Tensor,
@@ -160,19 +176,36 @@ def simulate_noisy(
     *,
     shots: int | None = None,
     depolarizing: float = 0.0,
+    fidelity: float = 1.0,
+    readout_error: float = 0.0,
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """Readout (..., spec.output_dim) under depolarising noise and/or finite shots, without gradients.
+    """Readout (..., spec.output_dim) under noise and/or finite shots, without gradients.
 
-    With ``shots=None`` and ``depolarizing=0`` it is exactly ``simulate``.
+    Two noise models, one at a time: ``depolarizing`` (every qubit after every layer) or the
+    hardware model's global-depolarising approximation (``fidelity`` F of the whole circuit and
+    ``readout_error``, from ``qpeft.quantum.hardware``). With ``shots=None`` and no noise it is
+    exactly ``simulate``.
     """
+    hardware = fidelity != 1.0 or readout_error != 0.0
+    if depolarizing and hardware:
+        raise UsageError("choose one noise model: depolarizing, or the hardware model's fidelity and readout error")
+    if not 0 <= fidelity <= 1 or not 0 <= readout_error <= 0.5:
+        raise UsageError(f"fidelity must lie in [0, 1] and readout error in [0, 0.5], got {fidelity}, {readout_error}")
     with torch.no_grad():
         if shots is None and not depolarizing:
-            return simulate(x, angles, spec)
+            z_or_probs = simulate(x, angles, spec)
+            if not hardware:
+                return z_or_probs
+            if spec.readout == "z":  # <Z_q> scaled by F (1 - 2e): the transform below on the n one-qubit strings
+                return z_or_probs * (fidelity * (1 - 2 * readout_error))
+            return hardware_probs(z_or_probs, spec.n_qubits, fidelity, readout_error)
         if depolarizing:
             probs = depolarized_probs(x, angles, spec, depolarizing)
         else:
             probs = simulate(x, angles, dataclasses.replace(spec, readout="probs"))
+            if hardware:
+                probs = hardware_probs(probs, spec.n_qubits, fidelity, readout_error)
         if shots is not None:
             return sample_readout(probs, spec, shots, generator)
         if spec.readout == "probs":

@@ -9,7 +9,9 @@ from typing import Any
 
 from qpeft.methods.base import EvalOptions, MethodConfig
 from qpeft.quantum.circuit import ANSATZE, READOUTS
+from qpeft.quantum.hardware import PROFILES, GateErrors, device_profile
 from qpeft.utils.errors import UsageError
+from qpeft.utils.extras import QUANTUM_INSTALL, is_available
 
 #: How the circuit angles start (``angle_init``).
 ANGLE_INITS = ("uniform", "normal", "zeros")
@@ -74,13 +76,21 @@ class QAAConfig(MethodConfig):
 
 @dataclass
 class QAAEvalOptions(EvalOptions):
-    """How the circuits are read at evaluation: ``qpeft evaluate --qaa-shots N --qaa-depolarizing p``."""
+    """How the circuits are read at evaluation: ``qpeft evaluate --qaa-shots N`` with at most one noise model,
+    ``--qaa-depolarizing p``, ``--qaa-gate-errors 1q,2q,readout`` or ``--qaa-device PROFILE``."""
 
     shots: int = field(
         default=0, metadata={"help": "0: exact expectation values; N: estimated from N measurements per token"}
     )
     depolarizing: float = field(
         default=0.0, metadata={"help": "strength p of rho -> (1 - p) rho + p I/2 on every qubit after every layer"}
+    )
+    gate_errors: str = field(
+        default="", metadata={"help": "hardware noise on every gate of the device's circuit, state preparation "
+                                      "included: error rates 1q,2q,readout (or 1q/2q/readout), all-to-all qubits"}
+    )
+    device: str = field(
+        default="", metadata={"help": f"hardware noise of a device profile: {', '.join(PROFILES)}"}
     )
     noise_seed: int = field(
         default=0, metadata={"help": "seed of the shot draws (each adapted module gets noise_seed + its index)"}
@@ -91,21 +101,50 @@ class QAAEvalOptions(EvalOptions):
             raise UsageError(f"--qaa-shots must be a non-negative integer (0: exact), got {self.shots!r}")
         if not 0.0 <= self.depolarizing <= 1.0:
             raise UsageError(f"--qaa-depolarizing must lie in [0, 1], got {self.depolarizing}")
+        models = [flag for flag, given in (("--qaa-depolarizing", self.depolarizing), ("--qaa-gate-errors",
+                  self.gate_errors), ("--qaa-device", self.device)) if given]
+        if len(models) > 1:
+            raise UsageError(f"choose one noise model, not {' and '.join(models)}")
+        if self.hardware() is not None and not is_available("qiskit"):
+            raise UsageError(f"the hardware noise model counts the device's gates with Qiskit: {QUANTUM_INSTALL}")
+
+    def hardware(self) -> tuple[GateErrors, str] | None:
+        """The hardware model's error rates and connectivity, or None without one."""
+        if self.device:
+            profile = device_profile(self.device)
+            return profile.errors, profile.connectivity
+        if self.gate_errors:
+            return GateErrors.parse(self.gate_errors.replace("/", ",")), "all-to-all"
+        return None
 
     def describe(self) -> dict[str, Any]:
-        return {"shots": self.shots or None, "depolarizing": float(self.depolarizing), "noise_seed": self.noise_seed}
+        hardware = self.hardware()
+        return {"shots": self.shots or None, "depolarizing": float(self.depolarizing),
+                "gate_errors": hardware[0].as_list() if hardware else None, "device": self.device or None,
+                "noise_seed": self.noise_seed}
 
     def tag(self) -> str:
+        hardware = self.hardware()
         parts = [f"shots{self.shots}"] if self.shots else []
         parts += [f"dep{self.depolarizing:g}"] if self.depolarizing else []
+        parts += [f"device-{self.device}"] if self.device else []
+        parts += ["gates" + "-".join(f"{e:g}" for e in hardware[0].as_list())] if hardware and not self.device else []
         parts += [f"seed{self.noise_seed}"] if self.noise_seed else []
         return "_".join(parts) or "exact"
 
 
-#: What ``qpeft compare`` re-evaluates a QAA run under (each is a full test-set evaluation).
+def gate_error_sweep(two_qubit: tuple[float, ...] = (1e-2, 1e-3, 1e-4, 1e-5)) -> tuple[QAAEvalOptions, ...]:
+    """Hardware settings as two-qubit error rates fall: single-qubit a tenth of it, readout equal to it."""
+    return tuple(QAAEvalOptions(gate_errors=f"{e / 10:g},{e:g},{e:g}") for e in two_qubit)
+
+
+#: What ``qpeft compare`` re-evaluates a QAA run under (each is a full test-set evaluation): shot counts
+#: without noise (which of them leaves the predictions unchanged), the hardware model as error rates fall,
+#: and each device profile.
 ROBUSTNESS_GRID = (
     QAAEvalOptions(shots=100),
     QAAEvalOptions(shots=1000),
-    QAAEvalOptions(depolarizing=0.01),
-    QAAEvalOptions(depolarizing=0.05),
+    QAAEvalOptions(shots=10000),
+    *gate_error_sweep(),
+    *(QAAEvalOptions(device=name) for name in PROFILES),
 )

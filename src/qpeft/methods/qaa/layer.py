@@ -8,8 +8,9 @@ on the amplitude-embedded x. Three forward paths:
 - inference form (``to_inference()``, what ``QAA.load`` gives): without autograd, the scale
   folded into cached copies of W_up and b once. This is not a merge in PEFT's sense: the update
   is non-linear in x and never folds into the base weight;
-- noisy (``set_noise``): ``simulate_noisy`` with finite shots and/or depolarising noise, drawn
-  from the layer's own seeded generator, so that an evaluation is reproducible.
+- noisy (``set_noise``): ``simulate_noisy`` with finite shots and/or one noise model (depolarising,
+  or the hardware model's fidelity and readout error), shots drawn from the layer's own seeded
+  generator, so that an evaluation is reproducible.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from torch import Tensor, nn
 from qpeft.methods.base import AdapterLayer
 from qpeft.methods.qaa.config import ANGLE_INITS, QAAConfig
 from qpeft.quantum import CircuitSpec, n_qubits_for_width, simulate, simulate_noisy
+from qpeft.quantum.hardware import GateErrors, circuit_fidelity, device_circuit, gate_counts
 from qpeft.quantum.simulator import autocast_off
 from qpeft.utils.errors import UsageError
 
@@ -33,11 +35,14 @@ NORMAL_ANGLE_STD = 0.1
 
 @dataclass
 class NoiseSettings:
-    """Shots (None: exact expectation values) and depolarising strength of a layer's noisy path."""
+    """A layer's noisy path: shots (None: exact expectation values), depolarising strength, or the hardware
+    model's circuit fidelity and readout error (``qpeft.quantum.hardware``)."""
 
     shots: int | None
     depolarizing: float
     seed: int
+    fidelity: float = 1.0
+    readout_error: float = 0.0
 
 
 class QAALinear(nn.Module, AdapterLayer):
@@ -149,9 +154,22 @@ class QAALinear(nn.Module, AdapterLayer):
         return _affine(z, self.inference_up.to(z.dtype), None if self.inference_bias is None else
                        self.inference_bias.to(z.dtype), x)
 
-    def set_noise(self, shots: int | None, depolarizing: float, seed: int) -> None:
-        """Evaluate with finite shots and/or depolarising noise (None and 0.0 together: back to exact)."""
-        self.noise = None if shots is None and not depolarizing else NoiseSettings(shots, depolarizing, seed)
+    def set_noise(self, shots: int | None, depolarizing: float, seed: int,
+                  hardware: tuple[GateErrors, str] | None = None) -> None:
+        """Evaluate with finite shots and/or a noise model (None, 0.0 and no hardware together: back to exact).
+
+        ``hardware`` (error rates, connectivity): the whole circuit a device would run for this layer,
+        its state preparation included, with its gates counted by Qiskit once per circuit shape.
+        """
+        fidelity, readout_error = 1.0, 0.0
+        if hardware is not None:
+            errors, connectivity = hardware
+            spec = self.spec
+            fidelity = circuit_fidelity(gate_counts(device_circuit(spec.n_qubits, spec.n_layers, spec.ansatz,
+                                                                   connectivity)), errors)
+            readout_error = errors.readout
+        exact = shots is None and not depolarizing and hardware is None
+        self.noise = None if exact else NoiseSettings(shots, depolarizing, seed, fidelity, readout_error)
         self._generator = None
 
     def _noisy_readout(self, x: Tensor) -> Tensor:
@@ -159,8 +177,10 @@ class QAALinear(nn.Module, AdapterLayer):
         if self._generator is None or self._generator.device != x.device:
             self._generator = torch.Generator(device=x.device).manual_seed(self.noise.seed)
         x32 = x.float() if x.dtype != torch.float64 else x
-        return simulate_noisy(x32, self.qaa_angles.detach().to(x32.dtype), self.spec, shots=self.noise.shots,
-                              depolarizing=self.noise.depolarizing, generator=self._generator)
+        noise = self.noise
+        return simulate_noisy(x32, self.qaa_angles.detach().to(x32.dtype), self.spec, shots=noise.shots,
+                              depolarizing=noise.depolarizing, fidelity=noise.fidelity,
+                              readout_error=noise.readout_error, generator=self._generator)
 
     def jacobian_bound(self) -> int:
         """Largest possible rank of the update's Jacobian in x.

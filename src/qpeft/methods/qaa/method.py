@@ -5,6 +5,7 @@ Its config, eval options and robustness grid are in ``config``, the adapter on a
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,9 @@ from qpeft.methods.qaa.config import ROBUSTNESS_GRID, QAAConfig, QAAEvalOptions
 from qpeft.methods.qaa.model import adapter_from_model, from_pretrained, inject, qaa_layers, write_adapter
 from qpeft.methods.qaa.resources import resource_figures
 from qpeft.utils.errors import UsageError
+from qpeft.utils.extras import QUANTUM_INSTALL, is_available
+
+log = logging.getLogger(__name__)
 
 
 class QAA(Method):
@@ -78,10 +82,15 @@ class QAA(Method):
         if not layers:
             raise UsageError("this model carries no QAA adapter")
         for index, (_, layer) in enumerate(layers):
-            layer.set_noise(options.shots or None, float(options.depolarizing), options.noise_seed + index)
+            layer.set_noise(options.shots or None, float(options.depolarizing), options.noise_seed + index,
+                            options.hardware())
 
     def robustness_grid(self) -> list[EvalOptions]:
-        return list(ROBUSTNESS_GRID)
+        """The grid; its hardware settings only where Qiskit, which counts the device's gates, is installed."""
+        if is_available("qiskit"):
+            return list(ROBUSTNESS_GRID)
+        log.info("QAA's hardware-noise re-evaluations skipped: they count gates with Qiskit (%s)", QUANTUM_INSTALL)
+        return [options for options in ROBUSTNESS_GRID if options.hardware() is None]
 
     def capacity(
         self, model: nn.Module, base_model: nn.Module, sample_ids: torch.Tensor
