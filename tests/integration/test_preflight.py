@@ -115,7 +115,10 @@ def test_a_local_bertscore_model_takes_its_layer_from_the_flag() -> None:
 
 
 @pytest.mark.parametrize(("spec", "message"), [
-    ("shot=100", "'shot=100' is not OPTION=VALUE with OPTION one of shots, depolarizing, noise_seed"),
+    ("shot=100", "'shot=100' is not OPTION=VALUE with OPTION one of shots, depolarizing, gate_errors, device, "
+                 "noise_seed"),
+    ("device=ibm-eagle", "unknown QAA device profile 'ibm-eagle'; choose one of ibm-heron, quantinuum-h2"),
+    ("gate_errors=1e-3/1e-2", "--qaa-gate-errors takes three numbers 1q,2q,readout"),
     ("shots", "'shots' is not OPTION=VALUE"),
     ("shots=many", "shots takes an integer, got 'many'"),
     ("depolarizing=2", "--qaa-depolarizing must lie in [0, 1], got 2.0"),

@@ -304,6 +304,52 @@ def test_shot_evaluation_is_seeded(trained_run: tuple[Path, Path]) -> None:
     assert json.loads((run / "metrics_dep.json").read_text())["test_loss"] != exact["test_loss"]
 
 
+def test_hardware_noise_evaluation_from_the_cli(trained_run: tuple[Path, Path],
+                                               capsys: pytest.CaptureFixture) -> None:
+    run, data = trained_run
+    exact = json.loads((run / "metrics.json").read_text())
+    assert main(["evaluate", str(run), "--data-dir", str(data), "--qaa-gate-errors", "0,0,0", "--tag", "hw0"]) == 0
+    assert json.loads((run / "metrics_hw0.json").read_text())["test_loss"] == pytest.approx(exact["test_loss"],
+                                                                                             rel=1e-5)
+    predictions = [json.loads(line)["prediction"] for line in (run / "predictions.jsonl").read_text().splitlines()]
+    at_zero = [json.loads(line)["prediction"] for line in (run / "predictions_hw0.jsonl").read_text().splitlines()]
+    assert at_zero == predictions
+    assert main(["evaluate", str(run), "--data-dir", str(data), "--qaa-device", "quantinuum-h2", "--tag", "h2"]) == 0
+    assert json.loads((run / "metrics_h2.json").read_text())["test_loss"] != pytest.approx(exact["test_loss"],
+                                                                                            rel=1e-5)
+    capsys.readouterr()
+    for flags, message in ((["--qaa-device", "ibm-eagle"], "unknown QAA device profile 'ibm-eagle'"),
+                           (["--qaa-device", "ibm-heron", "--qaa-depolarizing", "0.1"],
+                            "choose one noise model, not --qaa-depolarizing and --qaa-device"),
+                           (["--qaa-gate-errors", "1e-3,2"], "takes three numbers")):
+        assert main(["evaluate", str(run), "--data-dir", str(data), *flags, "--tag", "bad"]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and message in err, err
+    assert not (run / "metrics_bad.json").exists()
+
+
+def test_hardware_noise_on_a_layer_scales_its_readout_by_the_circuit_fidelity() -> None:
+    from qpeft.quantum.hardware import GateErrors, circuit_fidelity, device_circuit, gate_counts
+
+    torch.manual_seed(4)
+    base = torch.nn.Linear(20, 6)
+    layer = QAALinear(base, 2)
+    with torch.no_grad():
+        layer.qaa_up.normal_()
+    x = torch.randn(3, 20)
+    exact_z = simulate(x, layer.qaa_angles.detach(), layer.spec)
+    errors = GateErrors(1e-4, 1e-3, 1e-2)
+    layer.set_noise(None, 0.0, 0, (errors, "all-to-all"))
+    fidelity = circuit_fidelity(gate_counts(device_circuit(5, 2, "ry")), errors)
+    assert 0.9 < fidelity < 1
+    with torch.no_grad():
+        # <Z_q> times F and (1 - 2 * 0.01) for the readout flips; the bias is zero
+        torch.testing.assert_close(layer(x) - base(x), (exact_z * fidelity * 0.98) @ layer.qaa_up.T)
+    layer.set_noise(None, 0.0, 0, (GateErrors(0, 0, 0), "all-to-all"))
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x) - base(x), exact_z @ layer.qaa_up.T)
+
+
 def test_sampled_readout_converges_to_the_exact_update() -> None:
     torch.manual_seed(3)
     base = torch.nn.Linear(20, 6)
@@ -347,13 +393,19 @@ def test_compare_re_evaluates_qaa_on_its_robustness_grid(trained_run: tuple[Path
     assert robustness_figures(run, "lora", {}, str(data)) == []  # no grid, no re-evaluation
     metrics = json.loads((run / "metrics.json").read_text())
     rows = robustness_figures(run, "qaa", metrics, str(data))
-    assert [(row["shots"], row["depolarizing"]) for row in rows] == [
-        (None, 0.0), (100, 0.0), (1000, 0.0), (None, 0.01), (None, 0.05)]
-    assert rows[0]["bleu"] == metrics["bleu"]
+    assert [(row["shots"], row["gate_errors"], row["device"]) for row in rows] == [
+        (None, None, None), (100, None, None), (1000, None, None), (10000, None, None),
+        (None, [1e-3, 1e-2, 1e-2], None), (None, [1e-4, 1e-3, 1e-3], None), (None, [1e-5, 1e-4, 1e-4], None),
+        (None, [1e-6, 1e-5, 1e-5], None), (None, [4.6e-4, 1.8e-3, 9.5e-3], "ibm-heron"),
+        (None, [1.8e-5, 1.0e-3, 1.6e-3], "quantinuum-h2")]
+    assert rows[0]["bleu"] == metrics["bleu"] and rows[0]["predictions_unchanged_pct"] == 100.0
     for row in rows:
         assert {"bleu", "rouge1", "rouge2", "rougeL", "bertscore_f1"} <= set(row)
-        assert isinstance(row["bleu"], float)
-    files = {tag: run / f"metrics_{tag}.json" for tag in ("shots100", "shots1000", "dep0.01", "dep0.05")}
+        assert isinstance(row["bleu"], float) and 0 <= row["predictions_unchanged_pct"] <= 100
+    # 10,000 shots sit closer to the exact readout than 100: at least as many predictions unchanged
+    assert rows[3]["predictions_unchanged_pct"] >= rows[1]["predictions_unchanged_pct"]
+    tags = ("shots100", "shots1000", "gates0.001-0.01-0.01", "device-ibm-heron", "device-quantinuum-h2")
+    files = {tag: run / f"metrics_{tag}.json" for tag in tags}
     assert all(path.exists() for path in files.values())
     # the grid skips the test loss: the re-evaluations must not carry the exact run's over
     assert all(json.loads(path.read_text())["test_loss"] is None for path in files.values())
@@ -372,7 +424,8 @@ def test_robustness_names_the_settings_re_evaluated(trained_run: tuple[Path, Pat
     assert robustness_settings("qaa", " shots=1000, depolarizing=0.02") == [
         QAAEvalOptions(shots=1000), QAAEvalOptions(depolarizing=0.02)]
     metrics = json.loads((run / "metrics.json").read_text())
-    rows = robustness_figures(run, "qaa", metrics, str(data), "depolarizing=0.02")
-    assert [(row["shots"], row["depolarizing"]) for row in rows] == [(None, 0.0), (None, 0.02)]
-    assert (run / "metrics_dep0.02.json").exists()
+    rows = robustness_figures(run, "qaa", metrics, str(data), "depolarizing=0.02, device=ibm-heron")
+    assert [(row["shots"], row["depolarizing"], row["device"]) for row in rows] == [
+        (None, 0.0, None), (None, 0.02, None), (None, 0.0, "ibm-heron")]
+    assert (run / "metrics_dep0.02.json").exists() and (run / "metrics_device-ibm-heron.json").exists()
     assert robustness_figures(run, "qaa", metrics, str(data), "none") == []

@@ -23,7 +23,7 @@ from qpeft.report.markdown import markdown_report
 from qpeft.settings import AnalysisSettings, EvalSettings, Experiment, TrainSettings
 
 ALL_PLOTS = {"plot-loss", "plot-grad-norm", "plot-quality", "plot-efficiency", "plot-capacity-spectra",
-             "plot-capacity-rank", "plot-noise"}
+             "plot-capacity-rank", "plot-noise", "plot-hardware"}
 
 # method -> (BLEU, ROUGE-L, trainable params, peak MB, tokens/s, latency ratio, loss floor, decay steps)
 PROFILES = {
@@ -69,9 +69,18 @@ def synthetic_seed(seed: int, robustness: bool) -> dict[str, Any]:
             if robustness:
                 figures[name]["robustness"] = [
                     {"shots": shots, "depolarizing": p, "bleu": bleu - 100 * p - (0 if shots is None else 2000 / shots)
-                     + jitter, "rougeL": rouge - 80 * p + jitter, "bertscore_f1": 90.0 - 5 * p}
+                     + jitter, "rougeL": rouge - 80 * p + jitter, "bertscore_f1": 90.0 - 5 * p,
+                     "predictions_unchanged_pct": 100.0 if (shots or 10**6) >= 1000 and p == 0 else 50.0}
                     for shots in (None, 1000, 100) for p in (0.0, 0.01, 0.05)
+                ] + [
+                    {"shots": None, "depolarizing": 0.0, "gate_errors": [e / 10, e, e], "device": device,
+                     "bleu": 5.0 + (bleu - 5.0) / (1 + 300 * e) + jitter, "rougeL": rouge - 1000 * e,
+                     "bertscore_f1": 90.0 - 100 * e, "predictions_unchanged_pct": 100.0 / (1 + 1000 * e)}
+                    for e, device in ((1e-2, None), (1e-3, None), (1e-4, None), (1.8e-3, "ibm-heron"))
                 ]
+                figures[name].update({"prompt_tokens_mean": 40.0, "generated_tokens_mean": 20.0, "qaa_hardware": {
+                    "ibm-heron": {"seconds_per_token_per_shot": 0.027, "fidelity_min": 0.0017,
+                                  "circuit_runs_per_token": 60}}})
         else:
             capacity[name] = {}
         figures[name].update(summarise_capacity(capacity[name]))
@@ -127,13 +136,13 @@ def test_zero_shots_means_exact_expectations() -> None:
     for row in payload["methods"]["qaa"]["robustness"]:
         row["shots"] = row["shots"] or 0  # QAAEvalOptions writes shots=0 for exact expectation values
     html = html_report(payload)
-    assert "exact expectations, depolarising p = 0" in html
+    assert "(exact expectations) to" in html
     assert "<td>0</td><td>0</td>" not in html.split('id="table-noise"')[1]
 
 
 def test_noise_section_only_with_robustness_data() -> None:
     html = html_report(synthetic_payload(robustness=False))
-    assert plot_ids(html) == ALL_PLOTS - {"plot-noise"}
+    assert plot_ids(html) == ALL_PLOTS - {"plot-noise", "plot-hardware"}
     assert 'id="noise"' not in html
 
 
@@ -199,7 +208,8 @@ def test_findings_claim_a_difference_only_where_the_paired_test_finds_one() -> N
 
 def test_markdown_report_has_the_analysis_sections() -> None:
     report = markdown_report(synthetic_payload())
-    for heading in ("## Findings", "## Convergence", "## Efficiency", "## Capacity", "## Under shots and noise"):
+    for heading in ("## Findings", "## Convergence", "## Efficiency", "## Capacity",
+                    "## Under shots, noise and hardware"):
         assert heading in report, heading
     assert "seeds 0, 1, 2 (mean ± sample std over seeds)" in report
 
@@ -306,8 +316,8 @@ def test_the_noise_finding_never_calls_the_exact_row_the_worst() -> None:
         {"shots": None, "depolarizing": 0.0, "bleu": 52.03}, {"shots": 1000, "depolarizing": 0.0, "bleu": 52.79},
         {"shots": None, "depolarizing": 0.01, "bleu": 54.69}]
     sentence = next(s for s in findings(payload) if s.startswith("Under finite shots"))
-    assert "from 52.03 (exact expectations, depolarising p = 0) to between 52.79" in sentence
+    assert "from 52.03 (exact expectations) to between 52.79" in sentence
     assert "and 54.69 (exact expectations, depolarising p = 0.01), none lower" in sentence
     payload["methods"]["qaa"]["robustness"][1]["bleu"] = 40.0
     sentence = next(s for s in findings(payload) if s.startswith("Under finite shots"))
-    assert "to 40.00 at worst (1,000 shots, depolarising p = 0)" in sentence
+    assert "to 40.00 at worst (1,000 shots)" in sentence

@@ -22,7 +22,7 @@ from qpeft.data.prompts import encode_prompt
 from qpeft.evaluation.latency import paired_latency
 from qpeft.experiment.checks import check_experiment
 from qpeft.experiment.processes import isolated
-from qpeft.experiment.results import BASE, FAILED, FEWSHOT, build_payload, write_results
+from qpeft.experiment.results import BASE, FAILED, FEWSHOT, build_payload, read_predictions, write_results
 from qpeft.experiment.run_dir import RunDir, claimed_comparison
 from qpeft.experiment.runs import base_run, evaluate_run, load_run, train_run
 from qpeft.experiment.tuning import WINDOW, check_tuning, chosen_config, read_tuning_record, trial_dir
@@ -229,8 +229,7 @@ def robustness_settings(method_name: str, spec: str) -> list[EvalOptions]:
 
     A listed setting applies to the methods whose inference options have that name (QAA's
     ``shots``, ``depolarizing``, ``gate_errors`` as 1q/2q/readout, ``device``); a method with no such
-    options is not re-evaluated, and a name
-    that none of the method's options has is refused.
+    options is not re-evaluated, and a name that none of the method's options has is refused.
     """
     method = get_method(method_name)
     if spec == "default":
@@ -271,19 +270,32 @@ def robustness_figures(
     grid = robustness_settings(name, spec)
     if not grid:
         return []
-    rows = [{**method.eval_options_class().describe(), **{k: metrics.get(k) for k in ROBUSTNESS_METRICS}}]
+    run = RunDir(run_dir)
+    rows = [{**method.eval_options_class().describe(), **{k: metrics.get(k) for k in ROBUSTNESS_METRICS},
+             "predictions_unchanged_pct": 100.0}]
     for options in grid:
         tag = options.tag()
-        path = RunDir(run_dir).tagged_metrics(tag)
+        path = run.tagged_metrics(tag)
         if path.exists():
             scores = read_json(path)
         else:
             log.info("%s: re-evaluating under %s", name, tag)
             # neither the test loss nor the E2E suite: the grid reports ROBUSTNESS_METRICS only
             scores = evaluate_run(run_dir, data_dir, {"test_loss": False, "metrics": "default"}, options, tag)
-        rows.append({**options.describe(), **{k: scores.get(k) for k in ROBUSTNESS_METRICS}})
+        rows.append({**options.describe(), **{k: scores.get(k) for k in ROBUSTNESS_METRICS},
+                     "predictions_unchanged_pct": unchanged_pct(run.predictions(), run.predictions(tag))})
         gc.collect()
     return rows
+
+
+def unchanged_pct(reference: Path, other: Path) -> float | None:
+    """Share of test items (in %) whose prediction in ``other`` is the same text as in ``reference``."""
+    if not (reference.exists() and other.exists()):
+        return None
+    first = {row["index"]: row["prediction"] for row in read_predictions(reference)}
+    second = {row["index"]: row["prediction"] for row in read_predictions(other)}
+    shared = first.keys() & second.keys()
+    return 100.0 * sum(first[i] == second[i] for i in shared) / len(shared) if shared else None
 
 
 def claim_seed_dirs(claims: contextlib.ExitStack, output: Path, experiment: Experiment,

@@ -8,8 +8,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from qpeft.report.hardware import hardware_findings
 from qpeft.report.payload import multi_seed, robustness_sets, trained, value
-from qpeft.report.tables import interval_text, main_metric, p_value_text, quality_metrics
+from qpeft.report.tables import interval_text, main_metric, noise_label, p_value_text, quality_metrics
 from qpeft.report.tuning import is_tuned, learning_rate_sentence
 
 
@@ -341,12 +342,11 @@ def _effective_rank_sentence(payload: dict[str, Any]) -> str:
 
 
 def _robustness_findings(payload: dict[str, Any]) -> list[str]:
+    """How the quality moved under shots and the simple depolarising model, then the hardware model's findings."""
     key, label = main_metric(payload)
     sentences = []
     for name, rows in robustness_sets(payload).items():
-        scored = [r for r in rows if isinstance(r.get(key), (int, float))]
-        if not scored:
-            continue
+        scored = [r for r in rows if isinstance(r.get(key), (int, float)) and not r.get("gate_errors")]
         clean = [r for r in scored if not r.get("shots") and not r.get("depolarizing")]
         noisy = [r for r in scored if r.get("shots") or r.get("depolarizing")]
         if not noisy:
@@ -361,16 +361,18 @@ def _robustness_findings(payload: dict[str, Any]) -> list[str]:
         else:
             spread = (f"between {worst[key]:.2f} ({_setting(worst)}) and {best[key]:.2f} ({_setting(best)}), "
                       "none lower")
-        text = (f"Under finite shots and depolarising noise, {name}'s {label} went from {reference[key]:.2f} "
+        kinds = "finite shots" + (" and depolarising noise" if any(r.get("depolarizing") for r in noisy) else "")
+        text = (f"Under {kinds}, {name}'s {label} went from {reference[key]:.2f} "
                 f"({_setting(reference)}) to {spread} (one re-evaluation of the same items each, without an "
                 "interval: a difference this small may be the sample's)")
         trained_score = value(payload, name, key)
         if trained_score is not None and not clean:
             text += f"; noiselessly it scored {trained_score:.2f}"
         sentences.append(text + ".")
-    return sentences
+    return sentences + hardware_findings(payload, key, label)
 
 
 def _setting(row: dict[str, Any]) -> str:
     shots = "exact expectations" if not row.get("shots") else f"{row['shots']:,} shots"  # null or 0: exact
-    return f"{shots}, depolarising p = {row.get('depolarizing') or 0:g}"
+    noise = noise_label(row)
+    return shots if noise == "none" else f"{shots}, {noise}"

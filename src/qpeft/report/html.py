@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from qpeft.report.findings import findings
+from qpeft.report.hardware import HARDWARE_LIMITS
 from qpeft.report.markdown import baselines_sentence, sample_sentence
 from qpeft.report.payload import seeds_phrase, trained
 from qpeft.report.plots import PLOTS
@@ -138,8 +139,10 @@ def html_report(payload: dict[str, Any]) -> str:
 
     headers, rows = robustness_table(payload)
     if rows:
-        body = _figure_html("plot-noise", images["plot-noise"]) + html_table(headers, rows, "table-noise")
-        sections.append(("noise", "Quantum adapter under shots and noise", body))
+        body = (_figure_html("plot-noise", images["plot-noise"])
+                + _figure_html("plot-hardware", images["plot-hardware"]) + html_table(headers, rows, "table-noise")
+                + f'<p class="note">{html.escape(HARDWARE_LIMITS)}</p>')
+        sections.append(("noise", "Quantum adapter under shots, noise and hardware", body))
 
     setup = {key: payload.get(key) for key in ("experiment", "seeds", "method_configs", "analysis", "versions")}
     sections.append(("setup", "Set-up",

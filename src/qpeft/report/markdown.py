@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from qpeft.report.findings import findings
+from qpeft.report.hardware import HARDWARE_LIMITS
 from qpeft.report.payload import seeds_phrase, trained
 from qpeft.report.tables import (
     CAPACITY_COLUMNS,
@@ -124,5 +125,5 @@ def markdown_sections(payload: dict[str, Any]) -> list[str]:
     lines += [f"- {e}" for e in capacity_errors(payload)] + ([""] if capacity_errors(payload) else [])
     headers, rows = robustness_table(payload)
     if rows:
-        lines += ["## Under shots and noise", "", markdown_table(headers, rows), ""]
+        lines += ["## Under shots, noise and hardware", "", markdown_table(headers, rows), "", HARDWARE_LIMITS, ""]
     return lines

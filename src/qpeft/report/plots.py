@@ -21,6 +21,7 @@ from typing import Any
 
 from qpeft.analysis.convergence import smooth
 from qpeft.experiment.results import BASE, BASELINES, FEWSHOT
+from qpeft.report.hardware import error_curve
 from qpeft.report.payload import number, robustness_sets, std
 from qpeft.report.payload import trained as trained_methods
 from qpeft.report.tables import quality_metrics
@@ -345,8 +346,13 @@ def _rank_boxes(axis: Any, rows: list[tuple[str, list[float]]], colors: dict[str
 
 @styled
 def noise_curves(payload: dict[str, Any]) -> bytes | None:
-    """Quality against depolarising noise, one line per shot count (exact expectations when shots is null or 0)."""
-    sets = robustness_sets(payload)
+    """Quality against depolarising noise, one line per shot count (exact expectations when shots is null or 0).
+
+    Only where some row has depolarising noise; the hardware model's rows have their own plot.
+    """
+    sets = {name: [r for r in rows if not r.get("gate_errors")] for name, rows in robustness_sets(payload).items()}
+    if not any(r.get("depolarizing") for rows in sets.values() for r in rows):
+        return None
     metrics = [(key, label) for key, label in quality_metrics(payload)
                if any(number(r.get(key)) is not None for rows in sets.values() for r in rows)]
     if not sets or not metrics:
@@ -385,6 +391,46 @@ def noise_curves(payload: dict[str, Any]) -> bytes | None:
         axis.set_xlabel("depolarising probability p")
         axis.set_ylabel(label)
         axis.set_title(f"{label} under shots and noise")
+    _legend_outside(axes[-1])
+    return _png(figure)
+
+
+@styled
+def hardware_curves(payload: dict[str, Any]) -> bytes | None:
+    """Quality against the two-qubit error rate of the hardware model (log x), with the exact and base-model
+    lines and each device profile as a labelled point at its own two-qubit rate."""
+    sets = robustness_sets(payload)
+    metrics = [(key, label) for key, label in quality_metrics(payload)
+               if any(error_curve(rows, key) for rows in sets.values())]
+    if not metrics:
+        return None
+    figure, axes = _figure(3.6 * len(metrics) + 0.6, 3.4, len(metrics))
+    colors = method_colors(list(sets))
+    for axis, (key, label) in zip(axes, metrics, strict=True):
+        for name, rows in sets.items():
+            curve = error_curve(rows, key)
+            if not curve:
+                continue
+            axis.plot([e for e, _ in curve], [s for _, s in curve], marker="o", color=colors[name],
+                      label=f"{name}, per-gate errors")
+            exact = number(rows[0].get(key))
+            if exact is not None:
+                axis.axhline(exact, color=colors[name], linestyle=":", linewidth=1, label=f"{name}, exact")
+            for row in rows:
+                score = number(row.get(key))
+                if row.get("device") and score is not None and isinstance(row.get("gate_errors"), list):
+                    axis.plot([row["gate_errors"][1]], [score], marker="*", markersize=10, color=colors[name],
+                              linestyle="none")
+                    axis.annotate(row["device"], (row["gate_errors"][1], score), textcoords="offset points",
+                                  xytext=(4, 4), fontsize=7)
+        base = number(payload["methods"].get(BASE, {}).get(key))
+        if base is not None:
+            axis.axhline(base, color=BASE_COLOR, linestyle="--", linewidth=1, label="base (untrained)")
+        axis.set_xscale("log")
+        axis.invert_xaxis()  # better hardware to the right
+        axis.set_xlabel("two-qubit gate error rate (single-qubit a tenth, readout equal)")
+        axis.set_ylabel(label)
+        axis.set_title(f"{label} on noisy hardware")
     _legend_outside(axes[-1])
     return _png(figure)
 
@@ -460,5 +506,10 @@ PLOTS = {
     "plot-noise": Plot(noise_curves, (
         "Quality of the quantum adapter evaluated with finite measurement shots and depolarising noise; "
         "'exact' is the noiseless expectation."
+    )),
+    "plot-hardware": Plot(hardware_curves, (
+        "Quality of the quantum adapter with noise on every gate of the circuit a device runs, state "
+        "preparation included, as the error rates fall (to the right); stars: device profiles' median rates; "
+        "dotted: exact; dashed: the untrained base model."
     )),
 }

@@ -231,13 +231,13 @@ def robustness_table(payload: dict[str, Any]) -> tuple[list[str], list[list[str]
     sets = robustness_sets(payload)
     metrics = [(k, label) for k, label in quality_metrics(payload)
                if any(isinstance(r.get(k), (int, float)) for rows in sets.values() for r in rows)]
-    headers = ["method", "shots", "depolarising p", *(label for _, label in metrics)]
+    headers = ["method", "shots", "noise", *(label for _, label in metrics), "predictions unchanged"]
     rows = []
     for name, entries in sets.items():
         spread = payload.get("aggregate", {}).get(name, {}).get("robustness") if multi_seed(payload) else None
         for i, row in enumerate(entries):
             shots = "exact" if not row.get("shots") else f"{row['shots']:,}"
-            cells = [name, shots, f"{row.get('depolarizing') or 0:g}"]
+            cells = [name, shots, noise_label(row)]
             for key, _ in metrics:
                 number = row.get(key)
                 cell = f"{number:.2f}" if isinstance(number, (int, float)) else "–"
@@ -245,8 +245,22 @@ def robustness_table(payload: dict[str, Any]) -> tuple[list[str], list[list[str]
                 if isinstance(stats, dict) and isinstance(stats.get("std"), (int, float)) and stats["std"] > 0:
                     cell += f" ± {stats['std']:.2f}"
                 cells.append(cell)
+            unchanged = row.get("predictions_unchanged_pct")
+            cells.append(f"{unchanged:.0f}%" if isinstance(unchanged, (int, float)) else "–")
             rows.append(cells)
     return headers, rows
+
+
+def noise_label(row: dict[str, Any]) -> str:
+    """A robustness row's noise model in words: a device profile, per-gate error rates, depolarising, or none."""
+    errors = row.get("gate_errors")
+    if row.get("device"):
+        return f"device {row['device']}"
+    if isinstance(errors, list) and len(errors) == 3:
+        return "gate errors 1q {:g}, 2q {:g}, readout {:g}".format(*errors)
+    if row.get("depolarizing"):
+        return f"depolarising p = {row['depolarizing']:g}"
+    return "none"
 
 
 def capacity_errors(payload: dict[str, Any]) -> list[str]:

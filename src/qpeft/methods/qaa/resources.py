@@ -8,7 +8,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from qpeft.methods.qaa.layer import QAALinear
-from qpeft.quantum import resources
+from qpeft.quantum import PROFILES, resources
+from qpeft.quantum.hardware import device_figures
 from qpeft.utils.extras import QUANTUM_INSTALL, is_available
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,31 @@ def resource_figures(layers: dict[str, QAALinear], step_tokens: float | None) ->
         "qaa_circuit_runs_per_step": total.get("circuit_runs_per_step"),
         "qaa_state_prep_cnots_per_step": total.get("state_prep_cnots_per_step"),
         "qaa_resources": {"total": total, "per_adapter": per_adapter},
+        "qaa_hardware": hardware_figures(layers),
     }
+
+
+def hardware_figures(layers: dict[str, QAALinear]) -> dict[str, dict[str, Any]]:
+    """Per device profile: the circuits' fidelity and what one token costs in time, per shot.
+
+    One token runs every adapter's circuit, one after another (each needs the previous layer's
+    output), each ``shots`` times: ``seconds_per_token_per_shot`` is the sum of their shot times,
+    so a token at S shots takes S times as long. Queueing, compilation and classical transfer
+    between circuits are not counted.
+    """
+    figures = {}
+    for name, profile in PROFILES.items():
+        with quiet_qiskit():
+            per_layer = [device_figures(layer.spec, profile) for layer in layers.values()]
+        figures[name] = {
+            **profile.describe(),
+            "two_qubit_gates_per_circuit_max": max(f["two_qubit_gates"] for f in per_layer),
+            "fidelity_min": min(f["fidelity"] for f in per_layer),
+            "fidelity_max": max(f["fidelity"] for f in per_layer),
+            "circuit_runs_per_token": len(per_layer),
+            "seconds_per_token_per_shot": sum(f["shot_seconds"] for f in per_layer),
+        }
+    return figures
 
 
 def unavailable_figures() -> dict[str, Any]:
