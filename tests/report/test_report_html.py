@@ -272,7 +272,7 @@ def test_the_browser_check_does_see_errors(tmp_path: Path) -> None:
     dom, console = render(with_probe(broken, tmp_path))
     assert any("undefinedFunction" in line for line in console)
     decoded = set(re.search(r'data-decoded="([^"]*)"', dom).group(1).split())
-    assert decoded == ALL_PLOTS - {"plot-noise", "plot-loss"}
+    assert decoded == ALL_PLOTS - {"plot-noise", "plot-hardware", "plot-loss"}
 
 
 def test_an_untuned_comparison_names_no_best_method_and_says_so() -> None:
