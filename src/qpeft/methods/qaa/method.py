@@ -16,7 +16,7 @@ from qpeft.methods.base import EvalOptions, Method
 from qpeft.methods.qaa.capacity import jacobian_capacity
 from qpeft.methods.qaa.config import ROBUSTNESS_GRID, QAAConfig, QAAEvalOptions
 from qpeft.methods.qaa.model import adapter_from_model, from_pretrained, inject, qaa_layers, write_adapter
-from qpeft.methods.qaa.resources import resource_figures
+from qpeft.methods.qaa.resources import quiet_qiskit, resource_figures
 from qpeft.utils.errors import UsageError
 from qpeft.utils.extras import QUANTUM_INSTALL, is_available
 
@@ -81,9 +81,10 @@ class QAA(Method):
         layers = list(qaa_layers(model))
         if not layers:
             raise UsageError("this model carries no QAA adapter")
-        for index, (_, layer) in enumerate(layers):
-            layer.set_noise(options.shots or None, float(options.depolarizing), options.noise_seed + index,
-                            options.hardware())
+        with quiet_qiskit():  # the hardware model transpiles each circuit shape once, and Qiskit logs every pass
+            for index, (_, layer) in enumerate(layers):
+                layer.set_noise(options.shots or None, float(options.depolarizing), options.noise_seed + index,
+                                options.hardware())
 
     def robustness_grid(self) -> list[EvalOptions]:
         """The grid; its hardware settings only where Qiskit, which counts the device's gates, is installed."""
