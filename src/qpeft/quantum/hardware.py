@@ -46,8 +46,8 @@ class GateErrors:
     readout: float
 
     def __post_init__(self) -> None:
-        # The depolarising channel with average infidelity ε exists for ε <= (d - 1) / d ... up to full
-        # depolarisation; readout beyond 1/2 would be a relabelled bit, not an error.
+        # Full depolarisation of a d-level system has average infidelity (d - 1) / d: 1/2 for one qubit,
+        # 3/4 for two; a readout flip beyond 1/2 would be a relabelled bit, not an error.
         limits = {"single-qubit": (self.single, 0.5), "two-qubit": (self.two, 0.75), "readout": (self.readout, 0.5)}
         for name, (value, limit) in limits.items():
             if not (isinstance(value, (int, float)) and math.isfinite(value) and 0 <= value <= limit):
@@ -70,13 +70,16 @@ class GateErrors:
 
     def pauli_error(self, qubits: int) -> float:
         """Probability e that the gate's channel applies a non-identity Pauli."""
-        epsilon, d = (self.single, 2) if qubits == 1 else (self.two, 4)
+        epsilon, d = self._infidelity_and_dimension(qubits)
         return epsilon * (d + 1) / d
 
     def depolarizing_parameter(self, qubits: int) -> float:
         """The parameter of Qiskit's ``depolarizing_error`` with this average infidelity."""
-        epsilon, d = (self.single, 2) if qubits == 1 else (self.two, 4)
+        epsilon, d = self._infidelity_and_dimension(qubits)
         return epsilon * d / (d - 1)
+
+    def _infidelity_and_dimension(self, qubits: int) -> tuple[float, int]:
+        return (self.single, 2) if qubits == 1 else (self.two, 4)
 
 
 @dataclass(frozen=True)

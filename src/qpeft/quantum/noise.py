@@ -104,6 +104,12 @@ def _pauli_weights(n: int, layers: int, device: torch.device) -> Tensor:
     return weights.to(device)
 
 
+@functools.cache
+def _string_weights(n: int, device: torch.device) -> Tensor:
+    """|t| for every Z-string mask t: the number of measured bits a readout flip can reach."""
+    return _popcount(torch.arange(2**n), n).to(device)
+
+
 def _popcount(values: Tensor, n: int) -> Tensor:
     return sum((values >> i) & 1 for i in range(n))
 
@@ -163,7 +169,7 @@ def hardware_probs(probs: Tensor, n: int, fidelity: float, readout_error: float)
     """
     dim = 2**n
     flat = probs.reshape(-1, dim)
-    weights = _popcount(torch.arange(dim, device=probs.device), n).to(probs.dtype)
+    weights = _string_weights(n, probs.device).to(probs.dtype)
     damping = fidelity * (1 - 2 * readout_error) ** weights
     damping[0] = 1.0
     return (_walsh_hadamard(_walsh_hadamard(flat) * damping) / dim).reshape(probs.shape)
