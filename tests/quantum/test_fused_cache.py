@@ -210,9 +210,10 @@ def address_space_headroom(extra: int):
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the address space size from /proc")
 def test_a_failed_allocation_raises_memory_error_and_the_kernel_recovers():
     assert fused_cpu.available(torch.float64)
-    # Scratch per thread: 2 (forward) or 4 (backward) states of 2**n amplitudes x 32 tokens, 8 bytes each.
+    # Scratch per thread: 2 (forward) or 4 (backward) states of 2**n amplitudes x 32 tokens (the wide build,
+    # for more than 8 tokens), 8 bytes each.
     spec = CircuitSpec(20, 1)
-    x = torch.ones(1, 4, dtype=torch.float64, requires_grad=True)
+    x = torch.ones(9, 4, dtype=torch.float64, requires_grad=True)
     angles = torch.zeros(spec.angle_shape, dtype=torch.float64, requires_grad=True)
     with address_space_headroom(3 * 2**28):
         out = simulate(x, angles, spec, kernel="fused")  # 512 MiB fits

@@ -154,6 +154,21 @@ def test_bad_shapes_raise_usage_error():
         simulate(torch.randn(2, 8), torch.randn(2, 2, 3), CircuitSpec(3, 2, "ry_rz"), kernel="fused")
 
 
+@pytest.mark.parametrize(("n", "readout"), [(1, "z"), (5, "probs"), (10, "z"), (10, "probs")])
+@pytest.mark.parametrize("tokens", [1, 8, 9, 40])
+def test_both_fused_builds_match_pennylane(n, readout, tokens):
+    # Up to 8 tokens run on the narrow build (8 per row), more on the wide one (32 per row, 40 = two rows).
+    spec = CircuitSpec(n, 2, "ry", readout)
+    x, angles = inputs(spec, tokens=tokens, seed=tokens) if tokens > 1 else inputs(spec, tokens=2, seed=1)
+    x = x[:tokens]
+    reference = value_and_grads(lambda a, b: pennylane_reference(a, b, spec), x, angles)
+    assert_close(value_and_grads(lambda a, b: simulate(a, b, spec, kernel="fused"), x, angles), reference, 1e-10)
+
+
+def test_the_narrow_build_runs_at_most_eight_tokens():
+    assert [fused_cpu.chunk_for(t) for t in (1, 8, 9, 1000)] == [8, 8, 32, 32]
+
+
 def test_fused_kernel_is_built_here_and_splits_work_over_threads_without_changing_results():
     # The fused kernel needs a C compiler: this machine has one, so "auto" must not fall back.
     assert fused_cpu.available(torch.float32) and fused_cpu.available(torch.float64)
@@ -214,3 +229,16 @@ def test_the_fused_kernel_reuses_its_half_angle_tables_only_while_the_angles_are
             assert torch.equal(got, simulate(x, angles, spec, kernel="fused"))  # the tables reused: the same result
             seen.append(got)
     assert not torch.allclose(seen[0], seen[1]) and not torch.allclose(seen[1], seen[2])
+
+
+@pytest.mark.parametrize(("ansatz", "readout", "tokens"), [("ry", "z", 3), ("ry", "probs", 40), ("ry_rz", "z", 3)])
+def test_the_inference_readout_adds_a_presence_column(ansatz, readout, tokens):
+    # ry on CPU: the fused kernel writes the column; ry_rz: the PyTorch simulator and a mask of the inputs.
+    from qpeft.quantum.simulator import readout_with_presence
+
+    spec = CircuitSpec(5, 2, ansatz, readout)
+    x, angles = inputs(spec, tokens=tokens, seed=3)  # row 1 is zero
+    with torch.no_grad():
+        got = readout_with_presence(x.reshape(1, tokens, -1), angles, spec)[0]
+        assert torch.equal(got[:, -1], (torch.arange(tokens) != 1).double())
+        torch.testing.assert_close(got[:, :-1], simulate(x, angles, spec), rtol=0, atol=1e-12)

@@ -11,7 +11,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* tokens per row: 32 (wide, for training and prompts) or 8 (narrow, for one token per sequence in generation) */
+#ifndef CHUNK
 #define CHUNK 32
+#endif
 
 typedef struct {
     int64_t tokens, width, layers, n;
@@ -19,6 +22,7 @@ typedef struct {
     const REAL *cos, *sin; /* (layers, n): cos and sin of half the angles */
     const int64_t *inverse, *forward; /* CNOT ring: state'[k] = state[inverse[k]]; forward is its inverse */
     int z_readout;
+    int presence; /* forward only: one more output column, 1 for a token with a non-zero input, else 0 */
 } Circuit;
 
 /* Each thread keeps its scratch buffers between calls: allocating them afresh every time costs
@@ -121,10 +125,18 @@ static void run(const Circuit *c, int64_t t0, int64_t tb, REAL **psi, REAL **spa
     }
 }
 
-/* Readout (tokens, n or 2**n): S^T |psi|^2 / |x|^2, or the probabilities. Returns 0, or 1 where a thread
- * could not allocate its buffers (its chunks are then left unwritten). */
+static REAL has_input(const Circuit *c, int64_t token) {
+    const REAL *row = c->x + token * c->width;
+    for (int64_t k = 0; k < c->width; k++)
+        if (row[k] != 0) return 1;
+    return 0;
+}
+
+/* Readout (tokens, n or 2**n, plus the presence column where asked): S^T |psi|^2 / |x|^2, or the
+ * probabilities. Returns 0, or 1 where a thread could not allocate its buffers (its chunks are then left
+ * unwritten). */
 int qaa_forward(const Circuit *c, REAL *out, int threads) {
-    int64_t dim = (int64_t)1 << c->n;
+    int64_t dim = (int64_t)1 << c->n, stride = (c->z_readout ? c->n : dim) + c->presence;
     int failed = 0;
     /* no return from inside the parallel loop: a failing chunk sets the flag, which the reduction ors together */
 #pragma omp parallel for schedule(static) num_threads(threads) reduction(| : failed)
@@ -156,14 +168,16 @@ int qaa_forward(const Circuit *c, REAL *out, int threads) {
             }
             for (int64_t t = 0; t < tb; t++)
                 for (int64_t q = 0; q < c->n; q++)
-                    out[(t0 + t) * c->n + q] = (p[t] - 2 * acc[q * CHUNK + t]) / norm_sq[t];
+                    out[(t0 + t) * stride + q] = (p[t] - 2 * acc[q * CHUNK + t]) / norm_sq[t];
         } else {
             for (int64_t t = 0; t < tb; t++)
                 for (int64_t j = 0; j < dim; j++) {
                     REAL a = psi[c->inverse[j] * CHUNK + t];
-                    out[(t0 + t) * dim + j] = a * a / norm_sq[t];
+                    out[(t0 + t) * stride + j] = a * a / norm_sq[t];
                 }
         }
+        if (c->presence)
+            for (int64_t t = 0; t < tb; t++) out[(t0 + t) * stride + stride - 1] = has_input(c, t0 + t);
     }
     return failed;
 }

@@ -72,14 +72,25 @@ def supports(x: Tensor, spec: CircuitSpec) -> bool:
 
 def available(dtype: torch.dtype) -> bool:
     """Whether the kernel for this dtype could be compiled here (it is, on the first call)."""
-    return _library(_REAL[dtype]) is not None
+    return _library(_REAL[dtype], WIDE) is not None
+
+
+# Tokens per row of the kernel's state: WIDE fills the vector lanes many times over for training and prompts;
+# generation runs one token per sequence, and a batch of 8 in 32 lanes would be three quarters padding.
+WIDE, NARROW = 32, 8
+
+
+def chunk_for(tokens: int) -> int:
+    """The build that runs ``tokens`` at once: NARROW for at most NARROW tokens, else WIDE."""
+    return NARROW if tokens <= NARROW else WIDE
 
 
 class _Circuit(ctypes.Structure):
     # Mirrors the Circuit struct of fused_cpu.c.
     _fields_ = [("tokens", ctypes.c_int64), ("width", ctypes.c_int64), ("layers", ctypes.c_int64),
                 ("n", ctypes.c_int64), ("x", ctypes.c_void_p), ("cos", ctypes.c_void_p), ("sin", ctypes.c_void_p),
-                ("inverse", ctypes.c_void_p), ("forward", ctypes.c_void_p), ("z_readout", ctypes.c_int)]
+                ("inverse", ctypes.c_void_p), ("forward", ctypes.c_void_p), ("z_readout", ctypes.c_int),
+                ("presence", ctypes.c_int)]
 
 
 _FLAGS = ("-O3", "-std=gnu11", "-shared", "-fPIC")
@@ -116,9 +127,10 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def key_inputs(compiler: tuple[str, str], real: str, features: str, source: bytes) -> dict[str, Any]:
+def key_inputs(compiler: tuple[str, str], real: str, features: str, source: bytes, chunk: int = WIDE) -> dict[str, Any]:
     """What decides whether a build runs here, as JSON values (the record stores it, the name hashes it)."""
-    return {"compiler": compiler[0], "compiler_version": compiler[1], "flags": [*_FLAGS, f"-DREAL={real}"],
+    return {"compiler": compiler[0], "compiler_version": compiler[1],
+            "flags": [*_FLAGS, f"-DREAL={real}", f"-DCHUNK={chunk}"],
             "extra_flags": [list(extra) for extra in _EXTRA_FLAGS], "machine": platform.machine(),
             "cpu_features": _sha256(features.encode()), "source": _sha256(source)}
 
@@ -143,16 +155,16 @@ def verified(library: Path, inputs: dict[str, Any]) -> bool:
 
 
 @functools.cache
-def _library(real: str) -> ctypes.CDLL | None:
-    """The kernel compiled for ``real`` ("float" or "double"), building it on first use (or where the cached
-    build is not verified); None without a compiler or any folder to build in."""
+def _library(real: str, chunk: int) -> ctypes.CDLL | None:
+    """The kernel compiled for ``real`` ("float" or "double") and ``chunk`` tokens per row, building it on first
+    use (or where the cached build is not verified); None without a compiler or any folder to build in."""
     compiler = os.environ.get("CC", "cc")
     identity = compiler_identity(compiler)
     if identity is None:
         _no_kernel(f"could not compile the fused QAA kernel with {compiler} (not found, or --version failed)")
         return None
-    inputs = key_inputs(identity, real, cpu_features(), SOURCE.read_bytes())
-    target = cache_dir() / "kernels" / f"fused_cpu-{real}-{build_key(inputs)[:16]}.so"
+    inputs = key_inputs(identity, real, cpu_features(), SOURCE.read_bytes(), chunk)
+    target = cache_dir() / "kernels" / f"fused_cpu-{real}-{chunk}-{build_key(inputs)[:16]}.so"
     if target.exists():
         if verified(target, inputs):
             return _load(target)
@@ -236,6 +248,20 @@ def _pointer(array: np.ndarray | Tensor) -> ctypes.c_void_p:
     return ctypes.c_void_p(array.ctypes.data if isinstance(array, np.ndarray) else array.data_ptr())
 
 
+def readout_with_presence(x2: Tensor, angles: Tensor, spec: CircuitSpec) -> Tensor:
+    """(tokens, out + 1): the readout and a last column, 1 for a token whose input is not zero, else 0.
+
+    Inference only (no autograd): with that column, the adapter's ``up z + bias for present tokens`` is one
+    matrix multiply by ``[up | bias]``, where a separate mask costs generation more than the circuit's linear.
+    """
+    x = x2.detach().contiguous()
+    library, circuit, keep = _circuit(x, angles, spec, presence=True)  # the angles as given: their tables are cached
+    out = torch.empty(x.shape[0], spec.output_dim + 1, dtype=x.dtype)
+    _check(library.qaa_forward(ctypes.byref(circuit), _pointer(out), _threads(x.shape[0], library)))
+    del keep
+    return out
+
+
 class FusedCircuit(torch.autograd.Function):
     """Readout (tokens, out) of inputs x2 (tokens, d), differentiable in x2 and the angles; saves only those."""
 
@@ -246,7 +272,7 @@ class FusedCircuit(torch.autograd.Function):
         x = x2.detach().contiguous()
         library, circuit, keep = _circuit(x, angles, spec)
         out = torch.empty(x.shape[0], spec.output_dim, dtype=x.dtype)
-        _check(library.qaa_forward(ctypes.byref(circuit), _pointer(out), torch.get_num_threads()))
+        _check(library.qaa_forward(ctypes.byref(circuit), _pointer(out), _threads(x.shape[0], library)))
         del keep
         return out
 
@@ -261,9 +287,14 @@ class FusedCircuit(torch.autograd.Function):
         grad_x = torch.empty_like(x)
         grad_angles = np.zeros((-(-x.shape[0] // library.qaa_chunk()), *angles.shape), dtype=np.float64)
         _check(library.qaa_backward(ctypes.byref(circuit), _pointer(grad), _pointer(grad_x), _pointer(grad_angles),
-                                    torch.get_num_threads()))
+                                    _threads(x.shape[0], library)))
         del keep
         return grad_x, torch.from_numpy(grad_angles.sum(0)).to(angles.dtype), None
+
+
+def _threads(tokens: int, library: ctypes.CDLL) -> int:
+    """PyTorch's thread count, but no more threads than chunks: an idle thread still costs the region's barrier."""
+    return max(1, min(torch.get_num_threads(), -(-tokens // library.qaa_chunk())))
 
 
 def _half_angle_tables(angles: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
@@ -283,14 +314,15 @@ def _half_angle_tables(angles: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tens
     return cos, sin
 
 
-def _circuit(x: Tensor, angles: Tensor, spec: CircuitSpec) -> tuple[ctypes.CDLL, _Circuit, list]:
+def _circuit(x: Tensor, angles: Tensor, spec: CircuitSpec, presence: bool = False
+             ) -> tuple[ctypes.CDLL, _Circuit, list]:
     """The compiled kernel, the C description of the circuit, and the arrays it points into (keep them alive)."""
-    library = _library(_REAL[x.dtype])
+    library = _library(_REAL[x.dtype], chunk_for(x.shape[0]))
     if library is None:
         raise RuntimeError("the fused QAA kernel is not available (no C compiler)")
     cos, sin = _half_angle_tables(angles, x.dtype)
     forward_map, inverse = ring_permutation(spec.n_qubits, torch.device("cpu"))
     keep = [x, cos, sin, inverse, forward_map]
     circuit = _Circuit(x.shape[0], x.shape[1], spec.n_layers, spec.n_qubits, *(_pointer(t) for t in keep),
-                       int(spec.readout == "z"))
+                       int(spec.readout == "z"), int(presence))
     return library, circuit, keep

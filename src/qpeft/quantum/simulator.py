@@ -66,6 +66,23 @@ def simulate(
     return out.T.contiguous().reshape(*x.shape[:-1], spec.output_dim)
 
 
+def readout_with_presence(x: Tensor, angles: Tensor, spec: CircuitSpec) -> Tensor:
+    """Inference: the exact readout (..., spec.output_dim + 1), its last column 1 where the input is not zero.
+
+    No gradients. The fused kernel writes that column itself; elsewhere it is a mask of the inputs.
+    """
+    if x.shape[-1] > spec.dim:
+        raise UsageError(f"input width {x.shape[-1]} exceeds 2**{spec.n_qubits} = {spec.dim} amplitudes")
+    dtype = compute_dtype(x, angles)
+    x2 = x.reshape(-1, x.shape[-1]).to(dtype)
+    if fused_cpu.supports(x2, spec) and fused_cpu.available(dtype):
+        out = fused_cpu.readout_with_presence(x2, angles.to(dtype), spec)
+    else:
+        present = (x2 != 0).any(-1, keepdim=True).to(dtype)
+        out = torch.cat([simulate(x2, angles.detach(), spec), present], -1)
+    return out.reshape(*x.shape[:-1], spec.output_dim + 1)
+
+
 def autocast_off(device_type: str) -> contextlib.AbstractContextManager:
     """``torch.autocast(enabled=False)`` where autocast is on; otherwise nothing (entering it costs a few
     microseconds, and generation enters it once per token and module)."""

@@ -5,9 +5,10 @@ on the amplitude-embedded x. Three forward paths:
 
 - training (default): ``qpeft.quantum.simulate``, differentiable in x and the angles, with
   the memory-lean backward unless ``memory_lean=False``;
-- inference form (``to_inference()``, what ``QAA.load`` gives): without autograd, the scale
-  folded into cached copies of W_up and b once. This is not a merge in PEFT's sense: the update
-  is non-linear in x and never folds into the base weight;
+- inference form (``to_inference()``, what ``QAA.load`` gives): without autograd, one cached
+  matrix [s W_up | s b] applied to the readout and its presence column (1 for a non-zero input),
+  so that the update is one matrix multiply after the circuit. This is not a merge in PEFT's
+  sense: the update is non-linear in x and never folds into the base weight;
 - noisy (``set_noise``): ``simulate_noisy`` with finite shots and/or one noise model (depolarising,
   or the hardware model's fidelity and readout error), shots drawn from the layer's own seeded
   generator, so that an evaluation is reproducible.
@@ -26,7 +27,7 @@ from qpeft.methods.base import AdapterLayer
 from qpeft.methods.qaa.config import ANGLE_INITS, QAAConfig
 from qpeft.quantum import CircuitSpec, n_qubits_for_width, simulate, simulate_noisy
 from qpeft.quantum.hardware import GateErrors, circuit_fidelity, device_circuit, gate_counts
-from qpeft.quantum.simulator import autocast_off
+from qpeft.quantum.simulator import autocast_off, readout_with_presence
 from qpeft.utils.errors import UsageError
 
 #: Standard deviation of the "normal" angle initialisation (radians).
@@ -136,10 +137,10 @@ class QAALinear(nn.Module, AdapterLayer):
         The base weight is untouched: unlike SoRA's ``merge``, nothing folds into it.
         """
         with torch.no_grad():
-            self.register_buffer("inference_up", (self.qaa_up.detach().float() * self.scale).contiguous(),
-                                 persistent=False)
-            bias = None if self.qaa_bias is None else (self.qaa_bias.detach().float() * self.scale).contiguous()
-            self.register_buffer("inference_bias", bias, persistent=False)
+            # [s W_up | s b]: the readout's presence column (1 for a non-zero input) carries the bias
+            up = self.qaa_up.detach().float() * self.scale
+            bias = torch.zeros_like(up[:, 0]) if self.qaa_bias is None else self.qaa_bias.detach().float() * self.scale
+            self.register_buffer("inference_affine", torch.cat([up, bias[:, None]], 1).contiguous(), persistent=False)
         self.inference_form = True
 
     def to_training(self) -> None:
@@ -150,9 +151,8 @@ class QAALinear(nn.Module, AdapterLayer):
 
     @torch.no_grad()
     def _inference_update(self, x: Tensor) -> Tensor:
-        z = simulate(x, self.qaa_angles.detach(), self.spec)
-        return _affine(z, self.inference_up.to(z.dtype), None if self.inference_bias is None else
-                       self.inference_bias.to(z.dtype), x)
+        z = readout_with_presence(x, self.qaa_angles, self.spec)
+        return F.linear(z, self.inference_affine.to(z.dtype))
 
     def set_noise(self, shots: int | None, depolarizing: float, seed: int,
                   hardware: tuple[GateErrors, str] | None = None) -> None:
