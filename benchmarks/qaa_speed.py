@@ -7,7 +7,8 @@
    models live in one process and take turns (ABAB..., the order flipping every round) after a
    warm-up; the median of the timed steps is reported.
    Then greedy generation with both trained models, 8 prompts of 16 tokens, 16 new tokens, timed
-   in turns (``evaluation.latency.paired_latency``): ``qaa_over_lora_generation_latency``.
+   in turns (``evaluation.latency.paired_latency``): ``qaa_over_lora_generation_latency``. Each
+   generates in the form evaluation loads it in: QAA's inference form, LoRA's unmerged PEFT model.
 3. Peak memory of that step: each method trains in a fresh subprocess (started before the
    timing runs load their models), which reports
    - the kernel's peak resident set over the training steps: VmHWM, reset through
@@ -45,6 +46,7 @@ from qpeft.evaluation.latency import paired_latency
 from qpeft.methods import get_method
 from qpeft.methods.lora import LoRAConfig
 from qpeft.methods.qaa import QAAConfig
+from qpeft.methods.qaa.model import qaa_layers
 from qpeft.models import load_model
 from qpeft.settings import DEFAULT_MODEL
 
@@ -103,7 +105,10 @@ def step_times(repeats: int, warmup: int) -> tuple[dict[str, list[float]], dict[
             seconds = step(*runs[name], ids)
             if index >= warmup:
                 times[name].append(seconds)
-    # greedy generation of 16 tokens after 8 prompts of 16 tokens, QAA and LoRA in turns (ms per token)
+    # greedy generation of 16 tokens after 8 prompts of 16 tokens, QAA and LoRA in turns (ms per token), each in
+    # the form its method's ``load`` gives evaluation: QAA's inference form, LoRA's unmerged PEFT model
+    for _, layer in qaa_layers(runs["qaa"][0]):
+        layer.to_inference()
     qaa_ms, lora_ms = paired_latency(runs["qaa"][0], runs["lora"][0], ids[:, :16], 16, max(repeats, 5))
     return times, {"qaa_ms_per_token": qaa_ms, "lora_ms_per_token": lora_ms}
 

@@ -159,8 +159,10 @@ def test_inference_form_gives_the_training_forms_logits_without_autograd(tiny_mo
     training_form = logits(model, ids)
     for _, layer in qaa_layers(model):
         layer.to_inference()
+    with torch.no_grad():  # the update is added into the base layer's output in place
+        torch.testing.assert_close(model(input_ids=ids).logits, training_form, rtol=1e-5, atol=1e-5)
     model.requires_grad_(True)
-    out = model(input_ids=ids).logits
+    out = model(input_ids=ids).logits  # out of place: the base output is in the graph
     torch.testing.assert_close(out.detach(), training_form, rtol=1e-5, atol=1e-5)
     # The inference branch builds no graph: only the frozen path is differentiable.
     layer = next(layer for _, layer in qaa_layers(model))

@@ -234,11 +234,17 @@ def test_the_fused_kernel_reuses_its_half_angle_tables_only_while_the_angles_are
 @pytest.mark.parametrize(("ansatz", "readout", "tokens"), [("ry", "z", 3), ("ry", "probs", 40), ("ry_rz", "z", 3)])
 def test_the_inference_readout_adds_a_presence_column(ansatz, readout, tokens):
     # ry on CPU: the fused kernel writes the column; ry_rz: the PyTorch simulator and a mask of the inputs.
-    from qpeft.quantum.simulator import readout_with_presence
+    from qpeft.quantum.simulator import InferenceReadout
 
     spec = CircuitSpec(5, 2, ansatz, readout)
     x, angles = inputs(spec, tokens=tokens, seed=3)  # row 1 is zero
+    readout = InferenceReadout(spec)
     with torch.no_grad():
-        got = readout_with_presence(x.reshape(1, tokens, -1), angles, spec)[0]
-        assert torch.equal(got[:, -1], (torch.arange(tokens) != 1).double())
-        torch.testing.assert_close(got[:, :-1], simulate(x, angles, spec), rtol=0, atol=1e-12)
+        for _ in range(2):  # the second call reuses the circuit's description built by the first
+            got = readout(x.reshape(1, tokens, -1), angles)[0]
+            assert torch.equal(got[:, -1], (torch.arange(tokens) != 1).double())
+            torch.testing.assert_close(got[:, :-1], simulate(x, angles, spec), rtol=0, atol=1e-12)
+        # float32 inputs get a description of their own, in float32
+        got32 = readout(x.float(), angles.float())
+        assert got32.dtype == torch.float32
+        torch.testing.assert_close(got32[:, :-1].double(), simulate(x, angles, spec), rtol=0, atol=1e-5)

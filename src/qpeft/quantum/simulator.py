@@ -66,21 +66,34 @@ def simulate(
     return out.T.contiguous().reshape(*x.shape[:-1], spec.output_dim)
 
 
-def readout_with_presence(x: Tensor, angles: Tensor, spec: CircuitSpec) -> Tensor:
-    """Inference: the exact readout (..., spec.output_dim + 1), its last column 1 where the input is not zero.
+class InferenceReadout:
+    """The exact readout with a presence column, ``readout(x, angles)`` -> (..., spec.output_dim + 1), its last
+    column 1 where the input is not zero: the inference form's circuit, whose angles no longer change.
 
-    No gradients. The fused kernel writes that column itself; elsewhere it is a mask of the inputs.
+    No gradients. On the fused kernel the circuit's C description is built on the first call per dtype from
+    the angles given then (``fused_cpu.FrozenCircuit``), and the kernel writes the column itself; elsewhere
+    it is ``simulate`` and a mask of the inputs.
     """
-    if x.shape[-1] > spec.dim:
-        raise UsageError(f"input width {x.shape[-1]} exceeds 2**{spec.n_qubits} = {spec.dim} amplitudes")
-    dtype = compute_dtype(x, angles)
-    x2 = x.reshape(-1, x.shape[-1]).to(dtype)
-    if fused_cpu.supports(x2, spec) and fused_cpu.available(dtype):
-        out = fused_cpu.readout_with_presence(x2, angles.to(dtype), spec)
-    else:
-        present = (x2 != 0).any(-1, keepdim=True).to(dtype)
-        out = torch.cat([simulate(x2, angles.detach(), spec), present], -1)
-    return out.reshape(*x.shape[:-1], spec.output_dim + 1)
+
+    def __init__(self, spec: CircuitSpec):
+        self.spec = spec
+        self._frozen: dict[torch.dtype, fused_cpu.FrozenCircuit] = {}
+
+    def __call__(self, x: Tensor, angles: Tensor) -> Tensor:
+        spec = self.spec
+        if x.shape[-1] > spec.dim:
+            raise UsageError(f"input width {x.shape[-1]} exceeds 2**{spec.n_qubits} = {spec.dim} amplitudes")
+        dtype = compute_dtype(x, angles)
+        x2 = x.reshape(-1, x.shape[-1]).to(dtype)
+        if fused_cpu.supports(x2, spec) and fused_cpu.available(dtype):
+            frozen = self._frozen.get(dtype)
+            if frozen is None:
+                frozen = self._frozen[dtype] = fused_cpu.FrozenCircuit(angles, spec, dtype)
+            out = frozen(x2)
+        else:
+            present = (x2 != 0).any(-1, keepdim=True).to(dtype)
+            out = torch.cat([simulate(x2, angles.detach(), spec), present], -1)
+        return out.reshape(*x.shape[:-1], spec.output_dim + 1)
 
 
 def autocast_off(device_type: str) -> contextlib.AbstractContextManager:

@@ -5,9 +5,9 @@ on the amplitude-embedded x. Three forward paths:
 
 - training (default): ``qpeft.quantum.simulate``, differentiable in x and the angles, with
   the memory-lean backward unless ``memory_lean=False``;
-- inference form (``to_inference()``, what ``QAA.load`` gives): without autograd, one cached
-  matrix [s W_up | s b] applied to the readout and its presence column (1 for a non-zero input),
-  so that the update is one matrix multiply after the circuit. This is not a merge in PEFT's
+- inference form (``to_inference()``, what ``QAA.load`` gives): without autograd, the angles and
+  one matrix [s W_up | s b] cached, applied to the readout and its presence column (1 for a
+  non-zero input), so that the update is one matrix multiply after the circuit. This is not a merge in PEFT's
   sense: the update is non-linear in x and never folds into the base weight;
 - noisy (``set_noise``): ``simulate_noisy`` with finite shots and/or one noise model (depolarising,
   or the hardware model's fidelity and readout error), shots drawn from the layer's own seeded
@@ -27,7 +27,7 @@ from qpeft.methods.base import AdapterLayer
 from qpeft.methods.qaa.config import ANGLE_INITS, QAAConfig
 from qpeft.quantum import CircuitSpec, n_qubits_for_width, simulate, simulate_noisy
 from qpeft.quantum.hardware import GateErrors, circuit_fidelity, device_circuit, gate_counts
-from qpeft.quantum.simulator import autocast_off, readout_with_presence
+from qpeft.quantum.simulator import InferenceReadout, autocast_off
 from qpeft.utils.errors import UsageError
 
 #: Standard deviation of the "normal" angle initialisation (radians).
@@ -82,6 +82,7 @@ class QAALinear(nn.Module, AdapterLayer):
         self.qaa_up = nn.Parameter(torch.zeros(self.out_features, self.spec.output_dim, device=device))
         self.qaa_bias = nn.Parameter(torch.zeros(self.out_features, device=device)) if bias else None
         self.inference_form = False
+        self._inference_readout: InferenceReadout | None = None
         self.noise: NoiseSettings | None = None
         self._generator: torch.Generator | None = None
 
@@ -111,7 +112,7 @@ class QAALinear(nn.Module, AdapterLayer):
             if self.noise is not None:
                 update = self._update(self._noisy_readout(x), x)
             elif self.inference_form:
-                update = self._inference_update(x)
+                return self._add_inference_update(result, x)
             else:
                 update = self._update(simulate(x, self.qaa_angles, self.spec, memory_lean=self.memory_lean), x)
         return result + update.to(result.dtype)
@@ -137,22 +138,40 @@ class QAALinear(nn.Module, AdapterLayer):
         The base weight is untouched: unlike SoRA's ``merge``, nothing folds into it.
         """
         with torch.no_grad():
-            # [s W_up | s b]: the readout's presence column (1 for a non-zero input) carries the bias
+            # [s W_up | s b], transposed for addmm: the readout's presence column (1 for a non-zero input)
+            # carries the bias
             up = self.qaa_up.detach().float() * self.scale
             bias = torch.zeros_like(up[:, 0]) if self.qaa_bias is None else self.qaa_bias.detach().float() * self.scale
-            self.register_buffer("inference_affine", torch.cat([up, bias[:, None]], 1).contiguous(), persistent=False)
+            self.register_buffer("inference_affine_t", torch.cat([up, bias[:, None]], 1).T.contiguous(),
+                                 persistent=False)
+            self.register_buffer("inference_angles", self.qaa_angles.detach().clone(), persistent=False)
+        self._inference_readout = InferenceReadout(self.spec)
         self.inference_form = True
 
     def to_training(self) -> None:
         """Back to the training form (after training further, ``to_inference()`` again)."""
         for name in [n for n in self._buffers if n.startswith("inference_")]:
             delattr(self, name)
+        self._inference_readout = None
         self.inference_form = False
 
     @torch.no_grad()
     def _inference_update(self, x: Tensor) -> Tensor:
-        z = readout_with_presence(x, self.qaa_angles, self.spec)
-        return F.linear(z, self.inference_affine.to(z.dtype))
+        z = self._inference_readout(x, self.inference_angles)
+        return z @ self.inference_affine_t.to(z.dtype)
+
+    def _add_inference_update(self, result: Tensor, x: Tensor) -> Tensor:
+        """result + the update, added into result by one addmm where nothing else needs result (no autograd)."""
+        in_place = (result.dtype == self.inference_affine_t.dtype and result.is_contiguous()
+                    and not (torch.is_grad_enabled() and result.requires_grad))
+        if not in_place:
+            return result + self._inference_update(x).to(result.dtype)
+        with torch.no_grad():
+            z = self._inference_readout(x, self.inference_angles)
+            if z.dtype != result.dtype:  # float64 inputs
+                return result + (z @ self.inference_affine_t.to(z.dtype)).to(result.dtype)
+            result.view(-1, result.shape[-1]).addmm_(z.view(-1, z.shape[-1]), self.inference_affine_t)
+        return result
 
     def set_noise(self, shots: int | None, depolarizing: float, seed: int,
                   hardware: tuple[GateErrors, str] | None = None) -> None:
