@@ -145,6 +145,8 @@ ROBUSTNESS_GRID = (
     QAAEvalOptions(shots=100),
     QAAEvalOptions(shots=1000),
     QAAEvalOptions(shots=10000),
+    QAAEvalOptions(shots=100000),
+    QAAEvalOptions(shots=1000000),
     *gate_error_sweep(),
     *(QAAEvalOptions(device=name) for name in PROFILES),
 )
