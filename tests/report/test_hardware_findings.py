@@ -5,7 +5,7 @@ import math
 import pytest
 
 from qpeft.report.findings import findings
-from qpeft.report.hardware import error_curve, half_gain_rate, sentence_seconds, unchanged_shots
+from qpeft.report.hardware import duration_text, error_curve, half_gain_rate, sentence_seconds, unchanged_shots
 from report.test_report_html import synthetic_payload
 
 
@@ -59,3 +59,11 @@ def test_the_report_states_half_gain_device_scores_and_time():
     assert "60 tokens" in time and "At 1,000 shots per circuit (the fewest tried that left every" in time
     assert "ibm-heron 27.0 minutes" in time
     assert math.isclose(sentence_seconds({"seconds_per_token_per_shot": 0.027}, 60, 1000), 1620.0)
+
+
+def test_durations_read_in_the_largest_unit_there_are_two_of():
+    assert duration_text(1.5) == "1.50 seconds"
+    assert duration_text(150) == "2.5 minutes"
+    assert duration_text(3 * 86400) == "3.0 days"
+    assert duration_text(136 * 365.25 * 86400) == "136.0 years"  # not 49,674.0 days
+    assert duration_text(400 * 86400) == "400.0 days"  # 1.1 years: fewer than two

@@ -58,7 +58,8 @@ def unchanged_shots(rows: list[dict[str, Any]]) -> tuple[int | None, float | Non
 
 
 def duration_text(seconds: float) -> str:
-    for unit, size in (("days", 86400.0), ("hours", 3600.0), ("minutes", 60.0)):
+    """Seconds in the largest unit of which there are at least two (a year of 365.25 days)."""
+    for unit, size in (("years", 365.25 * 86400.0), ("days", 86400.0), ("hours", 3600.0), ("minutes", 60.0)):
         if seconds >= 2 * size:
             return f"{seconds / size:,.1f} {unit}"
     return f"{seconds:,.2f} seconds"
