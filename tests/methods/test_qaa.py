@@ -119,6 +119,10 @@ def test_zero_input_gives_zero_delta() -> None:
     assert torch.count_nonzero(out) == 0
     out.sum().backward()
     assert torch.count_nonzero(zeros.grad) == 0
+    # the bias learns from the present tokens only: 9 of the 15 have an input
+    layer.qaa_bias.grad = None
+    layer.update(x).sum().backward()
+    torch.testing.assert_close(layer.qaa_bias.grad, torch.full((8,), 9.0 * layer.scale))
 
 
 def test_the_update_is_the_circuit_readout_times_w_up() -> None:

@@ -248,3 +248,20 @@ def test_the_inference_readout_adds_a_presence_column(ansatz, readout, tokens):
         got32 = readout(x.float(), angles.float())
         assert got32.dtype == torch.float32
         torch.testing.assert_close(got32[:, :-1].double(), simulate(x, angles, spec), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel", ["fused", "torch", "unitary"])
+def test_the_presence_column_is_a_constant_beside_the_readout(kernel):
+    spec = CircuitSpec(4, 2)
+    x, angles = inputs(spec, tokens=5, seed=2)  # row 1 is zero
+    weights = torch.randn(5, spec.output_dim + 1, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    grads = []
+    for presence, w in ((True, weights), (False, weights[:, :-1])):
+        a, b = x.clone().requires_grad_(), angles.clone().requires_grad_()
+        out = simulate(a, b, spec, kernel=kernel, presence=presence)
+        if presence:
+            assert torch.equal(out[:, -1], (torch.arange(5) != 1).double())
+            torch.testing.assert_close(out[:, :-1], simulate(x, angles, spec, kernel=kernel), rtol=0, atol=1e-14)
+        grads.append(torch.autograd.grad((out * w).sum(), (a, b)))
+    # the column's weight adds nothing to either gradient: it is a constant
+    assert_close(grads[0], grads[1], 1e-12)

@@ -281,15 +281,19 @@ class FrozenCircuit:
 
 
 class FusedCircuit(torch.autograd.Function):
-    """Readout (tokens, out) of inputs x2 (tokens, d), differentiable in x2 and the angles; saves only those."""
+    """Readout (tokens, out) of inputs x2 (tokens, d), differentiable in x2 and the angles; saves only those.
+
+    With ``presence``, one more column: 1 for a token whose input is not zero, else 0 (a constant: its
+    gradient is dropped).
+    """
 
     @staticmethod
-    def forward(ctx, x2: Tensor, angles: Tensor, spec: CircuitSpec) -> Tensor:
+    def forward(ctx, x2: Tensor, angles: Tensor, spec: CircuitSpec, presence: bool = False) -> Tensor:
         ctx.save_for_backward(x2, angles)
         ctx.spec = spec
         x = x2.detach().contiguous()
-        library, circuit, keep = _circuit(x, angles, spec)
-        out = torch.empty(x.shape[0], spec.output_dim, dtype=x.dtype)
+        library, circuit, keep = _circuit(x, angles, spec, presence)
+        out = torch.empty(x.shape[0], spec.output_dim + presence, dtype=x.dtype)
         _check(library.qaa_forward(ctypes.byref(circuit), _pointer(out), _threads(x.shape[0], library)))
         del keep
         return out
@@ -301,13 +305,13 @@ class FusedCircuit(torch.autograd.Function):
         spec: CircuitSpec = ctx.spec
         x = x2.detach().contiguous()
         library, circuit, keep = _circuit(x, angles, spec)
-        grad = grad.to(x.dtype).contiguous()
+        grad = grad[:, :spec.output_dim].to(x.dtype).contiguous()
         grad_x = torch.empty_like(x)
         grad_angles = np.zeros((-(-x.shape[0] // library.qaa_chunk()), *angles.shape), dtype=np.float64)
         _check(library.qaa_backward(ctypes.byref(circuit), _pointer(grad), _pointer(grad_x), _pointer(grad_angles),
                                     _threads(x.shape[0], library)))
         del keep
-        return grad_x, torch.from_numpy(grad_angles.sum(0)).to(angles.dtype), None
+        return grad_x, torch.from_numpy(grad_angles.sum(0)).to(angles.dtype), None, None
 
 
 def _threads(tokens: int, library: ctypes.CDLL) -> int:
@@ -332,7 +336,8 @@ def _half_angle_tables(angles: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tens
     return cos, sin
 
 
-def _circuit(x: Tensor, angles: Tensor, spec: CircuitSpec) -> tuple[ctypes.CDLL, _Circuit, list]:
+def _circuit(x: Tensor, angles: Tensor, spec: CircuitSpec, presence: bool = False
+             ) -> tuple[ctypes.CDLL, _Circuit, list]:
     """The compiled kernel, the C description of the circuit, and the arrays it points into (keep them alive)."""
     library = _library(_REAL[x.dtype], chunk_for(x.shape[0]))
     if library is None:
@@ -341,5 +346,5 @@ def _circuit(x: Tensor, angles: Tensor, spec: CircuitSpec) -> tuple[ctypes.CDLL,
     forward_map, inverse = ring_permutation(spec.n_qubits, torch.device("cpu"))
     keep = [x, cos, sin, inverse, forward_map]
     circuit = _Circuit(x.shape[0], x.shape[1], spec.n_layers, spec.n_qubits, *(_pointer(t) for t in keep),
-                       int(spec.readout == "z"), 0)
+                       int(spec.readout == "z"), int(presence))
     return library, circuit, keep

@@ -30,9 +30,14 @@ KERNELS = ("auto", "torch", "fused", "unitary")
 
 
 def simulate(
-    x: Tensor, angles: Tensor, spec: CircuitSpec, *, memory_lean: bool = True, kernel: str = "auto"
+    x: Tensor, angles: Tensor, spec: CircuitSpec, *, memory_lean: bool = True, kernel: str = "auto",
+    presence: bool = False,
 ) -> Tensor:
     """Exact readout of the QAA circuit for inputs (..., d), d <= 2**n: returns (..., spec.output_dim).
+
+    With ``presence``, (..., spec.output_dim + 1): one more column, 1 where the input is not zero and 0
+    where it is (constant, no gradient), so that an adapter can apply its bias to present tokens only
+    inside its one matrix multiply (the fused kernel writes it; elsewhere it is a mask of the inputs).
 
     Differentiable in ``x`` and ``angles``; runs on their device, in their promoted dtype
     (half precision is computed in float32). ``memory_lean`` keeps no intermediate state for
@@ -52,18 +57,26 @@ def simulate(
     dtype = compute_dtype(x, angles)
     with autocast_off(x.device.type):
         x2 = x.reshape(-1, x.shape[-1]).to(dtype)
-        if kernel == "unitary":
-            return simulate_unitary(x2, angles.to(dtype), spec).reshape(*x.shape[:-1], spec.output_dim)
-        fused = _fused_kernel(x2, spec, kernel) if memory_lean else None
+        fused = _fused_kernel(x2, spec, kernel) if memory_lean and kernel != "unitary" else None
         if fused is not None:
-            out = fused.FusedCircuit.apply(x2, angles.to(dtype), spec)
-            return out.reshape(*x.shape[:-1], spec.output_dim)
-        factors = layer_factors(angles.to(dtype), spec)
-        if memory_lean:
-            out = LeanCircuit.apply(x2, spec, *factors)
-        else:
-            out = run_circuit(x2, spec, layer_schedule(factors, spec, x2.shape[1]))[1] / safe_norm_sq(x2)
-    return out.T.contiguous().reshape(*x.shape[:-1], spec.output_dim)
+            out = fused.FusedCircuit.apply(x2, angles.to(dtype), spec, presence)
+            return out.reshape(*x.shape[:-1], spec.output_dim + presence)
+        out = _readout(x2, angles.to(dtype), spec, memory_lean, kernel)
+        if presence:
+            out = torch.cat([out, (x2 != 0).any(-1, keepdim=True).to(out.dtype)], -1)
+    return out.reshape(*x.shape[:-1], spec.output_dim + presence)
+
+
+def _readout(x2: Tensor, angles: Tensor, spec: CircuitSpec, memory_lean: bool, kernel: str) -> Tensor:
+    """(tokens, spec.output_dim) on the PyTorch kernels: the one-matrix kernel, the memory-lean one or autograd."""
+    if kernel == "unitary":
+        return simulate_unitary(x2, angles, spec)
+    factors = layer_factors(angles, spec)
+    if memory_lean:
+        out = LeanCircuit.apply(x2, spec, *factors)
+    else:
+        out = run_circuit(x2, spec, layer_schedule(factors, spec, x2.shape[1]))[1] / safe_norm_sq(x2)
+    return out.T.contiguous()
 
 
 class InferenceReadout:
@@ -91,8 +104,7 @@ class InferenceReadout:
                 frozen = self._frozen[dtype] = fused_cpu.FrozenCircuit(angles, spec, dtype)
             out = frozen(x2)
         else:
-            present = (x2 != 0).any(-1, keepdim=True).to(dtype)
-            out = torch.cat([simulate(x2, angles.detach(), spec), present], -1)
+            out = simulate(x2, angles.detach(), spec, presence=True)
         return out.reshape(*x.shape[:-1], spec.output_dim + 1)
 
 

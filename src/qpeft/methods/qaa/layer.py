@@ -114,7 +114,7 @@ class QAALinear(nn.Module, AdapterLayer):
             elif self.inference_form:
                 return self._add_inference_update(result, x)
             else:
-                update = self._update(simulate(x, self.qaa_angles, self.spec, memory_lean=self.memory_lean), x)
+                update = self._training_update(x, self.qaa_angles)
         return result + update.to(result.dtype)
 
     def _update(self, z: Tensor, x: Tensor) -> Tensor:
@@ -124,13 +124,22 @@ class QAALinear(nn.Module, AdapterLayer):
             up, bias = up * self.scale, None if bias is None else bias * self.scale
         return _affine(z, up, bias, x)
 
+    def _training_update(self, x: Tensor, angles: Tensor) -> Tensor:
+        """s (W_up z + b), differentiable: with a bias, one matrix multiply by s [W_up | b] of the readout and its
+        presence column (1 for a non-zero input), which keeps the bias off zero inputs without a mask pass."""
+        if self.qaa_bias is None:
+            z = simulate(x, angles, self.spec, memory_lean=self.memory_lean)
+            affine = self.qaa_up.to(z.dtype)
+        else:
+            z = simulate(x, angles, self.spec, memory_lean=self.memory_lean, presence=True)
+            affine = torch.cat([self.qaa_up, self.qaa_bias[:, None]], 1).to(z.dtype)
+        return F.linear(z, affine * self.scale if self.scale != 1.0 else affine)
+
     def update(self, x: Tensor) -> Tensor:
         """The adapter's contribution s (W_up z(x) + b) alone, differentiable (training path, any dtype)."""
         with torch.autocast(x.device.type, enabled=False):
             dtype = x.dtype if x.dtype == torch.float64 else torch.float32
-            angles = self.qaa_angles.to(dtype)
-            z = simulate(x.to(dtype), angles, self.spec, memory_lean=self.memory_lean)
-            return self._update(z, x)
+            return self._training_update(x.to(dtype), self.qaa_angles.to(dtype))
 
     def to_inference(self) -> None:
         """Switch to the inference-only form: no autograd, s W_up and s b cached once (not persistent buffers).
