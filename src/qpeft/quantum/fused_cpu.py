@@ -259,24 +259,16 @@ class FrozenCircuit:
     """
 
     def __init__(self, angles: Tensor, spec: CircuitSpec, dtype: torch.dtype):
-        half = angles.detach().to("cpu", torch.float64) / 2
-        forward_map, inverse = ring_permutation(spec.n_qubits, torch.device("cpu"))
-        self._keep = [torch.cos(half).to(dtype).contiguous(), torch.sin(half).to(dtype).contiguous(), inverse,
-                      forward_map]
+        self._keep = [*_half_angle_tables(angles, dtype), *_ring(spec)]
         self._pointers = [_pointer(t) for t in self._keep]
         self.spec, self.dtype = spec, dtype
-        self._real = _REAL[dtype]
 
     def __call__(self, x2: Tensor) -> Tensor:
-        spec, tokens = self.spec, x2.shape[0]
         x = x2.detach().contiguous()
-        library = _library(self._real, chunk_for(tokens))
-        if library is None:
-            raise RuntimeError("the fused QAA kernel is not available (no C compiler)")
-        circuit = _Circuit(tokens, x.shape[1], spec.n_layers, spec.n_qubits, _pointer(x), *self._pointers,
-                           int(spec.readout == "z"), 1)
-        out = torch.empty(tokens, spec.output_dim + 1, dtype=self.dtype)
-        _check(library.qaa_forward(ctypes.byref(circuit), _pointer(out), _threads(tokens, library)))
+        library = _kernel(x)
+        circuit = _describe(x, self._pointers, self.spec, presence=True)
+        out = torch.empty(x.shape[0], self.spec.output_dim + 1, dtype=self.dtype)
+        _check(library.qaa_forward(ctypes.byref(circuit), _pointer(out), _threads(x.shape[0])))
         return out
 
 
@@ -294,7 +286,7 @@ class FusedCircuit(torch.autograd.Function):
         x = x2.detach().contiguous()
         library, circuit, keep = _circuit(x, angles, spec, presence)
         out = torch.empty(x.shape[0], spec.output_dim + presence, dtype=x.dtype)
-        _check(library.qaa_forward(ctypes.byref(circuit), _pointer(out), _threads(x.shape[0], library)))
+        _check(library.qaa_forward(ctypes.byref(circuit), _pointer(out), _threads(x.shape[0])))
         del keep
         return out
 
@@ -309,14 +301,14 @@ class FusedCircuit(torch.autograd.Function):
         grad_x = torch.empty_like(x)
         grad_angles = np.zeros((-(-x.shape[0] // library.qaa_chunk()), *angles.shape), dtype=np.float64)
         _check(library.qaa_backward(ctypes.byref(circuit), _pointer(grad), _pointer(grad_x), _pointer(grad_angles),
-                                    _threads(x.shape[0], library)))
+                                    _threads(x.shape[0])))
         del keep
         return grad_x, torch.from_numpy(grad_angles.sum(0)).to(angles.dtype), None, None
 
 
-def _threads(tokens: int, library: ctypes.CDLL) -> int:
+def _threads(tokens: int) -> int:
     """PyTorch's thread count, but no more threads than chunks: an idle thread still costs the region's barrier."""
-    return max(1, min(torch.get_num_threads(), -(-tokens // library.qaa_chunk())))
+    return max(1, min(torch.get_num_threads(), -(-tokens // chunk_for(tokens))))
 
 
 def _half_angle_tables(angles: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
@@ -339,12 +331,25 @@ def _half_angle_tables(angles: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tens
 def _circuit(x: Tensor, angles: Tensor, spec: CircuitSpec, presence: bool = False
              ) -> tuple[ctypes.CDLL, _Circuit, list]:
     """The compiled kernel, the C description of the circuit, and the arrays it points into (keep them alive)."""
+    keep = [*_half_angle_tables(angles, x.dtype), *_ring(spec)]
+    return _kernel(x), _describe(x, [_pointer(t) for t in keep], spec, presence), keep
+
+
+def _kernel(x: Tensor) -> ctypes.CDLL:
+    """The build for x's dtype and token count."""
     library = _library(_REAL[x.dtype], chunk_for(x.shape[0]))
     if library is None:
         raise RuntimeError("the fused QAA kernel is not available (no C compiler)")
-    cos, sin = _half_angle_tables(angles, x.dtype)
+    return library
+
+
+def _ring(spec: CircuitSpec) -> tuple[Tensor, Tensor]:
+    """The CNOT ring's (inverse, forward) index maps, in the order the C struct holds them."""
     forward_map, inverse = ring_permutation(spec.n_qubits, torch.device("cpu"))
-    keep = [x, cos, sin, inverse, forward_map]
-    circuit = _Circuit(x.shape[0], x.shape[1], spec.n_layers, spec.n_qubits, *(_pointer(t) for t in keep),
-                       int(spec.readout == "z"), int(presence))
-    return library, circuit, keep
+    return inverse, forward_map
+
+
+def _describe(x: Tensor, tables: list[ctypes.c_void_p], spec: CircuitSpec, presence: bool) -> _Circuit:
+    """The C struct for inputs x (kept alive by the caller) and the pointers to cos, sin, inverse, forward."""
+    return _Circuit(x.shape[0], x.shape[1], spec.n_layers, spec.n_qubits, _pointer(x), *tables,
+                    int(spec.readout == "z"), int(presence))

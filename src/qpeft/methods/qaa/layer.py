@@ -7,8 +7,8 @@ on the amplitude-embedded x. Three forward paths:
   the memory-lean backward unless ``memory_lean=False``;
 - inference form (``to_inference()``, what ``QAA.load`` gives): without autograd, the angles and
   one matrix [s W_up | s b] cached, applied to the readout and its presence column (1 for a
-  non-zero input), so that the update is one matrix multiply after the circuit. This is not a merge in PEFT's
-  sense: the update is non-linear in x and never folds into the base weight;
+  non-zero input), so that the update is one matrix multiply after the circuit. This is not a
+  merge in PEFT's sense: the update is non-linear in x and never folds into the base weight;
 - noisy (``set_noise``): ``simulate_noisy`` with finite shots and/or one noise model (depolarising,
   or the hardware model's fidelity and readout error), shots drawn from the layer's own seeded
   generator, so that an evaluation is reproducible.
@@ -142,7 +142,8 @@ class QAALinear(nn.Module, AdapterLayer):
             return self._training_update(x.to(dtype), self.qaa_angles.to(dtype))
 
     def to_inference(self) -> None:
-        """Switch to the inference-only form: no autograd, s W_up and s b cached once (not persistent buffers).
+        """Switch to the inference-only form: no autograd, the angles and s [W_up | b] cached once (not persistent
+        buffers; after changing the parameters, call it again).
 
         The base weight is untouched: unlike SoRA's ``merge``, nothing folds into it.
         """
@@ -171,16 +172,15 @@ class QAALinear(nn.Module, AdapterLayer):
 
     def _add_inference_update(self, result: Tensor, x: Tensor) -> Tensor:
         """result + the update, added into result by one addmm where nothing else needs result (no autograd)."""
-        in_place = (result.dtype == self.inference_affine_t.dtype and result.is_contiguous()
-                    and not (torch.is_grad_enabled() and result.requires_grad))
-        if not in_place:
-            return result + self._inference_update(x).to(result.dtype)
+        keep_graph = torch.is_grad_enabled() and result.requires_grad
         with torch.no_grad():
             z = self._inference_readout(x, self.inference_angles)
-            if z.dtype != result.dtype:  # float64 inputs
-                return result + (z @ self.inference_affine_t.to(z.dtype)).to(result.dtype)
-            result.view(-1, result.shape[-1]).addmm_(z.view(-1, z.shape[-1]), self.inference_affine_t)
-        return result
+            affine_t = self.inference_affine_t.to(z.dtype)
+            if not keep_graph and z.dtype == result.dtype and result.is_contiguous():
+                result.view(-1, result.shape[-1]).addmm_(z.view(-1, z.shape[-1]), affine_t)
+                return result
+            update = z @ affine_t
+        return result + update.to(result.dtype)
 
     def set_noise(self, shots: int | None, depolarizing: float, seed: int,
                   hardware: tuple[GateErrors, str] | None = None) -> None:
