@@ -50,15 +50,15 @@ static REAL *workspace(int64_t rows) {
  * reads out zero: the state is linear in x, so dividing the quadratic readout by |x|^2 normalises it). */
 static void embed(const Circuit *c, int64_t t0, int64_t tb, REAL *restrict psi, REAL *restrict norm_sq) {
     memset(psi, 0, sizeof(REAL) * CHUNK << c->n); /* padding amplitudes and tokens past the end stay 0 */
-    for (int64_t t = 0; t < tb; t++) {
-        const REAL *row = c->x + (t0 + t) * c->width;
-        REAL sum = 0;
-        for (int64_t k = 0; k < c->width; k++) {
-            psi[k * CHUNK + t] = row[k];
-            sum += row[k] * row[k];
-        }
-        norm_sq[t] = sum > 0 ? sum : 1;
+    memset(norm_sq, 0, sizeof(REAL) * CHUNK);
+    /* amplitude by amplitude, the tokens innermost: the stores and the norms' sums run over the vector lanes
+     * (token by token, each norm was one serial chain of additions and each store a scalar scatter) */
+    for (int64_t k = 0; k < c->width; k++) {
+        REAL *restrict amplitude = psi + k * CHUNK;
+        for (int64_t t = 0; t < tb; t++) amplitude[t] = c->x[(t0 + t) * c->width + k];
+        for (int t = 0; t < CHUNK; t++) norm_sq[t] += amplitude[t] * amplitude[t];
     }
+    for (int t = 0; t < CHUNK; t++) norm_sq[t] = norm_sq[t] > 0 ? norm_sq[t] : 1;
 }
 
 static void rotate(REAL *restrict psi, int64_t dim, int64_t bit, REAL cos, REAL sin) {
@@ -320,12 +320,15 @@ int qaa_backward(const Circuit *c, const REAL *grad_out, REAL *grad_x, double *g
                 swap(&lam, &lam_spare);
             }
         }
+        /* the radial parts summed over the vector lanes, as in embed */
+        REAL *restrict radial = acc;
+        memset(radial, 0, sizeof(REAL) * CHUNK);
+        for (int64_t k = 0; k < c->width; k++)
+            for (int64_t t = 0; t < tb; t++) radial[t] += c->x[(t0 + t) * c->width + k] * lam[k * CHUNK + t];
         for (int64_t t = 0; t < tb; t++) {
             const REAL *row = c->x + (t0 + t) * c->width;
-            REAL radial = 0;
-            for (int64_t k = 0; k < c->width; k++) radial += row[k] * lam[k * CHUNK + t];
-            radial /= norm_sq[t];
-            for (int64_t k = 0; k < c->width; k++) grad_x[(t0 + t) * c->width + k] = lam[k * CHUNK + t] - row[k] * radial;
+            REAL share = radial[t] / norm_sq[t];
+            for (int64_t k = 0; k < c->width; k++) grad_x[(t0 + t) * c->width + k] = lam[k * CHUNK + t] - row[k] * share;
         }
     }
     return failed;
