@@ -66,6 +66,7 @@ static void rotate(REAL *restrict psi, int64_t dim, int64_t bit, REAL cos, REAL 
     for (int64_t base = 0; base < dim; base += 2 * stride)
         for (int64_t k = base; k < base + stride; k++) {
             REAL *restrict a = psi + k * CHUNK, *restrict b = psi + (k + stride) * CHUNK;
+#pragma GCC ivdep /* distinct rows; without it GCC still checks them for overlap at run time (5% of backward) */
             for (int t = 0; t < CHUNK; t++) {
                 REAL a0 = a[t], a1 = b[t];
                 a[t] = cos * a0 - sin * a1;
@@ -83,6 +84,7 @@ static void rotate_two(REAL *restrict psi, int64_t dim, int64_t bit, REAL c1, RE
             for (int64_t k = mid; k < mid + lo; k++) {
                 REAL *restrict p00 = psi + k * CHUNK, *restrict p01 = psi + (k + lo) * CHUNK;
                 REAL *restrict p10 = psi + (k + hi) * CHUNK, *restrict p11 = psi + (k + hi + lo) * CHUNK;
+#pragma GCC ivdep
                 for (int t = 0; t < CHUNK; t++) {
                     REAL a00 = p00[t], a01 = p01[t], a10 = p10[t], a11 = p11[t];
                     REAL b00 = c1 * a00 - s1 * a10, b10 = s1 * a00 + c1 * a10; /* first wire */
@@ -198,6 +200,7 @@ static void unrotate(REAL *restrict psi, REAL *restrict lam, int64_t dim, int64_
         for (int64_t k = base; k < base + stride; k++) {
             REAL *restrict s0 = psi + k * CHUNK, *restrict s1 = psi + (k + stride) * CHUNK;
             REAL *restrict m0 = lam + k * CHUNK, *restrict m1 = lam + (k + stride) * CHUNK;
+#pragma GCC ivdep
             for (int t = 0; t < CHUNK; t++) {
                 REAL b0 = s0[t], b1 = s1[t], l0 = m0[t], l1 = m1[t];
                 acc[t] += l1 * b0 - l0 * b1;

@@ -94,8 +94,12 @@ class _Circuit(ctypes.Structure):
 
 
 _FLAGS = ("-O3", "-std=gnu11", "-shared", "-fPIC")
-# this machine's vector instructions and OpenMP where the compiler has them: the first set that compiles
-_EXTRA_FLAGS = (("-march=native", "-fopenmp"), ("-fopenmp",), ("-march=native",), ())
+# this machine's vector instructions and OpenMP where the compiler has them: the first set that compiles. GCC
+# and Clang use 256 of AVX-512's bits unless told otherwise; the full 512 made forward plus backward 10% faster
+# (float32, 512 tokens) to 23% (float64, 1,024) on this machine. Compilers for other architectures reject the
+# x86 option, and the next set is tried.
+_NATIVE = ("-march=native", "-mprefer-vector-width=512")
+_EXTRA_FLAGS = ((*_NATIVE, "-fopenmp"), ("-march=native", "-fopenmp"), ("-fopenmp",), _NATIVE, ("-march=native",), ())
 
 
 def cpu_features(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
