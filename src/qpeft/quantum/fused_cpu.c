@@ -10,6 +10,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 /* tokens per row: 32 (wide, for training and prompts) or 8 (narrow, for one token per sequence in generation) */
 #ifndef CHUNK
@@ -46,6 +49,76 @@ static REAL *workspace(int64_t rows) {
     return scratch;
 }
 
+/* The transposes between the inputs' token-major rows and the state's amplitude-major ones: with AVX-512, by
+ * tiles of one vector's width held in registers (the compiler leaves a strided copy scalar, and gather
+ * instructions measured no faster here); elsewhere, and at the edges, element by element. */
+#if defined(__AVX512F__)
+/* 128-bit lane transpose: lane g of out[L] = lane L of in[g] (the last step of both tile transposes) */
+#define LANES_4X4(shuffle, in, out)                                                                     \
+    do {                                                                                                \
+        __typeof__(in[0]) p0 = shuffle(in[0], in[1], 0x44), p1 = shuffle(in[0], in[1], 0xEE);           \
+        __typeof__(in[0]) p2 = shuffle(in[2], in[3], 0x44), p3 = shuffle(in[2], in[3], 0xEE);           \
+        out[0] = shuffle(p0, p2, 0x88), out[1] = shuffle(p0, p2, 0xDD);                                 \
+        out[2] = shuffle(p1, p3, 0x88), out[3] = shuffle(p1, p3, 0xDD);                                 \
+    } while (0)
+
+/* dst[j * dst_stride + i] = src[i * src_stride + j] for a 16 x 16 tile of floats */
+static void tile_ps(float *dst, int64_t dst_stride, const float *src, int64_t src_stride) {
+    __m512 u[4][4], out[4];
+    for (int g = 0; g < 4; g++) {
+        const float *rows = src + 4 * g * src_stride;
+        __m512 a0 = _mm512_loadu_ps(rows), a1 = _mm512_loadu_ps(rows + src_stride);
+        __m512 a2 = _mm512_loadu_ps(rows + 2 * src_stride), a3 = _mm512_loadu_ps(rows + 3 * src_stride);
+        __m512 t0 = _mm512_unpacklo_ps(a0, a1), t1 = _mm512_unpackhi_ps(a0, a1);
+        __m512 t2 = _mm512_unpacklo_ps(a2, a3), t3 = _mm512_unpackhi_ps(a2, a3);
+        /* lane L of u[c][g]: column 4 L + c of rows 4 g .. 4 g + 3 */
+        u[0][g] = _mm512_shuffle_ps(t0, t2, 0x44), u[1][g] = _mm512_shuffle_ps(t0, t2, 0xEE);
+        u[2][g] = _mm512_shuffle_ps(t1, t3, 0x44), u[3][g] = _mm512_shuffle_ps(t1, t3, 0xEE);
+    }
+    for (int c = 0; c < 4; c++) {
+        LANES_4X4(_mm512_shuffle_f32x4, u[c], out);
+        for (int L = 0; L < 4; L++) _mm512_storeu_ps(dst + (4 * L + c) * dst_stride, out[L]);
+    }
+}
+
+/* the same for an 8 x 8 tile of doubles */
+static void tile_pd(double *dst, int64_t dst_stride, const double *src, int64_t src_stride) {
+    __m512d u[2][4], out[4];
+    for (int g = 0; g < 4; g++) {
+        const double *rows = src + 2 * g * src_stride;
+        __m512d a0 = _mm512_loadu_pd(rows), a1 = _mm512_loadu_pd(rows + src_stride);
+        /* lane L of u[c][g]: column 2 L + c of rows 2 g, 2 g + 1 */
+        u[0][g] = _mm512_unpacklo_pd(a0, a1), u[1][g] = _mm512_unpackhi_pd(a0, a1);
+    }
+    for (int c = 0; c < 2; c++) {
+        LANES_4X4(_mm512_shuffle_f64x2, u[c], out);
+        for (int L = 0; L < 4; L++) _mm512_storeu_pd(dst + (2 * L + c) * dst_stride, out[L]);
+    }
+}
+#endif
+
+/* dst[j * dst_stride + i] = src[i * src_stride + j] for i < rows, j < cols */
+static void transpose(REAL *restrict dst, int64_t dst_stride, const REAL *restrict src, int64_t src_stride,
+                      int64_t rows, int64_t cols) {
+    int64_t i0 = 0;
+#if defined(__AVX512F__)
+    const int64_t tile = 64 / sizeof(REAL);
+    for (; i0 + tile <= rows; i0 += tile) {
+        int64_t j0 = 0;
+        for (; j0 + tile <= cols; j0 += tile) {
+            REAL *d = dst + j0 * dst_stride + i0;
+            const REAL *s = src + i0 * src_stride + j0;
+            if (sizeof(REAL) == 4) tile_ps((float *)d, dst_stride, (const float *)s, src_stride);
+            else tile_pd((double *)d, dst_stride, (const double *)s, src_stride);
+        }
+        for (int64_t i = i0; i < i0 + tile; i++)
+            for (int64_t j = j0; j < cols; j++) dst[j * dst_stride + i] = src[i * src_stride + j];
+    }
+#endif
+    for (int64_t i = i0; i < rows; i++)
+        for (int64_t j = 0; j < cols; j++) dst[j * dst_stride + i] = src[i * src_stride + j];
+}
+
 /* The unnormalised amplitudes of tokens t0 .. t0 + tb, and their squared norms (1 for a zero token, which
  * reads out zero: the state is linear in x, so dividing the quadratic readout by |x|^2 normalises it). */
 static void embed(const Circuit *c, int64_t t0, int64_t tb, REAL *restrict psi, REAL *restrict norm_sq) {
@@ -53,11 +126,9 @@ static void embed(const Circuit *c, int64_t t0, int64_t tb, REAL *restrict psi, 
     memset(norm_sq, 0, sizeof(REAL) * CHUNK);
     /* amplitude by amplitude, the tokens innermost: the stores and the norms' sums run over the vector lanes
      * (token by token, each norm was one serial chain of additions and each store a scalar scatter) */
-    for (int64_t k = 0; k < c->width; k++) {
-        REAL *restrict amplitude = psi + k * CHUNK;
-        for (int64_t t = 0; t < tb; t++) amplitude[t] = c->x[(t0 + t) * c->width + k];
-        for (int t = 0; t < CHUNK; t++) norm_sq[t] += amplitude[t] * amplitude[t];
-    }
+    transpose(psi, CHUNK, c->x + t0 * c->width, c->width, tb, c->width);
+    for (int64_t k = 0; k < c->width; k++)
+        for (int t = 0; t < CHUNK; t++) norm_sq[t] += psi[k * CHUNK + t] * psi[k * CHUNK + t];
     for (int t = 0; t < CHUNK; t++) norm_sq[t] = norm_sq[t] > 0 ? norm_sq[t] : 1;
 }
 
@@ -187,6 +258,18 @@ int qaa_forward(const Circuit *c, REAL *out, int threads) {
 static double lane_sum(const REAL *acc) {
     double total = 0;
     for (int t = 0; t < CHUNK; t++) total += acc[t];
+    return total;
+}
+
+/* sum a[k] b[k] in CHUNK partial sums, which the compiler keeps in vector registers (one running sum is a
+ * serial chain: floating-point addition may not be reordered) */
+static REAL dot(const REAL *restrict a, const REAL *restrict b, int64_t count) {
+    REAL partial[CHUNK] = {0}, total = 0;
+    int64_t k = 0;
+    for (; k + CHUNK <= count; k += CHUNK)
+        for (int i = 0; i < CHUNK; i++) partial[i] += a[k + i] * b[k + i];
+    for (; k < count; k++) total += a[k] * b[k];
+    for (int i = 0; i < CHUNK; i++) total += partial[i];
     return total;
 }
 
@@ -323,15 +406,13 @@ int qaa_backward(const Circuit *c, const REAL *grad_out, REAL *grad_x, double *g
                 swap(&lam, &lam_spare);
             }
         }
-        /* the radial parts summed over the vector lanes, as in embed */
-        REAL *restrict radial = acc;
-        memset(radial, 0, sizeof(REAL) * CHUNK);
-        for (int64_t k = 0; k < c->width; k++)
-            for (int64_t t = 0; t < tb; t++) radial[t] += c->x[(t0 + t) * c->width + k] * lam[k * CHUNK + t];
+        /* the adjoint of the amplitudes into the tokens' rows, less each row's radial part */
+        transpose(grad_x + t0 * c->width, c->width, lam, CHUNK, c->width, tb);
         for (int64_t t = 0; t < tb; t++) {
-            const REAL *row = c->x + (t0 + t) * c->width;
-            REAL share = radial[t] / norm_sq[t];
-            for (int64_t k = 0; k < c->width; k++) grad_x[(t0 + t) * c->width + k] = lam[k * CHUNK + t] - row[k] * share;
+            const REAL *restrict row = c->x + (t0 + t) * c->width;
+            REAL *restrict out = grad_x + (t0 + t) * c->width;
+            REAL share = dot(row, out, c->width) / norm_sq[t];
+            for (int64_t k = 0; k < c->width; k++) out[k] -= row[k] * share;
         }
     }
     return failed;
