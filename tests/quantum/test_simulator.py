@@ -250,6 +250,23 @@ def test_the_inference_readout_adds_a_presence_column(ansatz, readout, tokens):
         torch.testing.assert_close(got32[:, :-1].double(), simulate(x, angles, spec), rtol=0, atol=1e-5)
 
 
+def test_the_frozen_circuit_gives_each_concurrent_caller_its_own_inputs_result():
+    # each call sets the inputs on a C struct the kernel reads without the GIL: shared between threads, one
+    # caller's kernel could read another's inputs
+    from concurrent.futures import ThreadPoolExecutor
+
+    spec = CircuitSpec(6, 2)
+    frozen = fused_cpu.FrozenCircuit(torch.randn(spec.angle_shape, dtype=torch.float64), spec, torch.float64)
+    batches = [torch.randn(tokens, 40, dtype=torch.float64) for tokens in (1, 7, 33, 64) for _ in range(4)]
+    expected = [frozen(x) for x in batches]
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(5):
+            got = list(pool.map(frozen, batches))
+            assert all(torch.equal(g, e) for g, e in zip(got, expected, strict=True))
+    wide = torch.randn(9, 80, dtype=torch.float64)
+    assert torch.equal(frozen(wide[:, ::2]), frozen(wide[:, ::2].contiguous()))  # a strided view is copied first
+
+
 @pytest.mark.parametrize("kernel", ["fused", "torch", "unitary"])
 def test_the_presence_column_is_a_constant_beside_the_readout(kernel):
     spec = CircuitSpec(4, 2)

@@ -49,6 +49,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -266,13 +267,18 @@ class FrozenCircuit:
         self._keep = [*_half_angle_tables(angles, dtype), *_ring(spec)]
         self._pointers = [_pointer(t) for t in self._keep]
         self.spec, self.dtype = spec, dtype
+        # one C struct per calling thread, of which each call sets only the inputs: building it took 3.5 us of
+        # the ~55 us a generation call costs; per thread, because the kernel runs without the GIL
+        self._local = threading.local()
 
     def __call__(self, x2: Tensor) -> Tensor:
-        x = x2.detach().contiguous()
-        library = _kernel(x)
-        circuit = _describe(x, self._pointers, self.spec, presence=True)
+        x = x2 if x2.is_contiguous() else x2.contiguous()  # only read through its pointer: no autograd to detach
+        circuit = getattr(self._local, "circuit", None)
+        if circuit is None:
+            circuit = self._local.circuit = _describe(x, self._pointers, self.spec, presence=True)
+        circuit.tokens, circuit.width, circuit.x = x.shape[0], x.shape[1], x.data_ptr()
         out = torch.empty(x.shape[0], self.spec.output_dim + 1, dtype=self.dtype)
-        _check(library.qaa_forward(ctypes.byref(circuit), _pointer(out), _threads(x.shape[0])))
+        _check(_kernel(x).qaa_forward(ctypes.byref(circuit), _pointer(out), _threads(x.shape[0])))
         return out
 
 

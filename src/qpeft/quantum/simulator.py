@@ -90,21 +90,22 @@ class InferenceReadout:
 
     def __init__(self, spec: CircuitSpec):
         self.spec = spec
-        self._frozen: dict[torch.dtype, fused_cpu.FrozenCircuit] = {}
+        # per (dtype, device type): the frozen fused circuit, or None where the fused kernel does not run
+        self._frozen: dict[tuple[torch.dtype, str], fused_cpu.FrozenCircuit | None] = {}
 
     def __call__(self, x: Tensor, angles: Tensor) -> Tensor:
         spec = self.spec
         if x.shape[-1] > spec.dim:
             raise UsageError(f"input width {x.shape[-1]} exceeds 2**{spec.n_qubits} = {spec.dim} amplitudes")
         dtype = compute_dtype(x, angles)
-        x2 = x.reshape(-1, x.shape[-1]).to(dtype)
-        if fused_cpu.supports(x2, spec) and fused_cpu.available(dtype):
-            frozen = self._frozen.get(dtype)
-            if frozen is None:
-                frozen = self._frozen[dtype] = fused_cpu.FrozenCircuit(angles, spec, dtype)
-            out = frozen(x2)
-        else:
-            out = simulate(x2, angles.detach(), spec, presence=True)
+        x2 = x.reshape(-1, x.shape[-1])
+        x2 = x2 if x2.dtype == dtype else x2.to(dtype)
+        key = (dtype, x2.device.type)
+        if key not in self._frozen:  # decided once: generation calls this once per token and module
+            fused = fused_cpu.supports(x2, spec) and fused_cpu.available(dtype)
+            self._frozen[key] = fused_cpu.FrozenCircuit(angles, spec, dtype) if fused else None
+        frozen = self._frozen[key]
+        out = frozen(x2) if frozen is not None else simulate(x2, angles.detach(), spec, presence=True)
         return out.reshape(*x.shape[:-1], spec.output_dim + 1)
 
 

@@ -16,6 +16,7 @@ on the amplitude-embedded x. Three forward paths:
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -172,8 +173,10 @@ class QAALinear(nn.Module, AdapterLayer):
 
     def _add_inference_update(self, result: Tensor, x: Tensor) -> Tensor:
         """result + the update, added into result by one addmm where nothing else needs result (no autograd)."""
-        keep_graph = torch.is_grad_enabled() and result.requires_grad
-        with torch.no_grad():
+        grad = torch.is_grad_enabled()
+        keep_graph = grad and result.requires_grad
+        # generation runs without grad already: entering no_grad again costs 1.8 us per call, 60 calls per token
+        with torch.no_grad() if grad else contextlib.nullcontext():
             z = self._inference_readout(x, self.inference_angles)
             affine_t = self.inference_affine_t.to(z.dtype)
             if not keep_graph and z.dtype == result.dtype and result.is_contiguous():
