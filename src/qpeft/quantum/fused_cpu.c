@@ -97,7 +97,14 @@ static void tile_pd(double *dst, int64_t dst_stride, const double *src, int64_t 
 }
 #endif
 
-/* dst[j * dst_stride + i] = src[i * src_stride + j] for i < rows, j < cols */
+/* dst[j * dst_stride + i] = src[i * src_stride + j] for i < rows, j < cols, element by element */
+static void transpose_scalar(REAL *restrict dst, int64_t dst_stride, const REAL *restrict src, int64_t src_stride,
+                             int64_t rows, int64_t cols) {
+    for (int64_t i = 0; i < rows; i++)
+        for (int64_t j = 0; j < cols; j++) dst[j * dst_stride + i] = src[i * src_stride + j];
+}
+
+/* the same, by tiles where it can */
 static void transpose(REAL *restrict dst, int64_t dst_stride, const REAL *restrict src, int64_t src_stride,
                       int64_t rows, int64_t cols) {
     int64_t i0 = 0;
@@ -111,12 +118,11 @@ static void transpose(REAL *restrict dst, int64_t dst_stride, const REAL *restri
             if (sizeof(REAL) == 4) tile_ps((float *)d, dst_stride, (const float *)s, src_stride);
             else tile_pd((double *)d, dst_stride, (const double *)s, src_stride);
         }
-        for (int64_t i = i0; i < i0 + tile; i++)
-            for (int64_t j = j0; j < cols; j++) dst[j * dst_stride + i] = src[i * src_stride + j];
+        transpose_scalar(dst + j0 * dst_stride + i0, dst_stride, src + i0 * src_stride + j0, src_stride, tile,
+                         cols - j0); /* the columns past the last whole tile */
     }
 #endif
-    for (int64_t i = i0; i < rows; i++)
-        for (int64_t j = 0; j < cols; j++) dst[j * dst_stride + i] = src[i * src_stride + j];
+    transpose_scalar(dst + i0, dst_stride, src + i0 * src_stride, src_stride, rows - i0, cols);
 }
 
 /* The unnormalised amplitudes of tokens t0 .. t0 + tb, and their squared norms (1 for a zero token, which
@@ -124,8 +130,8 @@ static void transpose(REAL *restrict dst, int64_t dst_stride, const REAL *restri
 static void embed(const Circuit *c, int64_t t0, int64_t tb, REAL *restrict psi, REAL *restrict norm_sq) {
     memset(psi, 0, sizeof(REAL) * CHUNK << c->n); /* padding amplitudes and tokens past the end stay 0 */
     memset(norm_sq, 0, sizeof(REAL) * CHUNK);
-    /* amplitude by amplitude, the tokens innermost: the stores and the norms' sums run over the vector lanes
-     * (token by token, each norm was one serial chain of additions and each store a scalar scatter) */
+    /* the inputs transposed into the state's rows, then the norms summed amplitude by amplitude over the vector
+     * lanes (token by token, each norm was one serial chain of additions) */
     transpose(psi, CHUNK, c->x + t0 * c->width, c->width, tb, c->width);
     for (int64_t k = 0; k < c->width; k++)
         for (int t = 0; t < CHUNK; t++) norm_sq[t] += psi[k * CHUNK + t] * psi[k * CHUNK + t];
