@@ -19,7 +19,7 @@ with b the state and λ the adjoint just after the gate.
 
 The C file is compiled on first use with the system's C compiler (``$CC``, else ``cc``), for
 this machine's vector instructions (``-march=native``), and loaded with ctypes: plain C, no Python
-headers, so it builds in about a second, and the only memory it adds is its buffers. Without a
+headers, so it builds in one to two seconds, and the only memory it adds is its buffers. Without a
 compiler, ``available(dtype)`` is False and the PyTorch simulator runs instead. The chunks are
 spread over as many threads as PyTorch uses, on PyTorch's own OpenMP threads (see the C file).
 
