@@ -165,6 +165,22 @@ def test_both_fused_builds_match_pennylane(n, readout, tokens):
     assert_close(value_and_grads(lambda a, b: simulate(a, b, spec, kernel="fused"), x, angles), reference, 1e-10)
 
 
+@pytest.mark.parametrize("readout", ["z", "probs"])
+def test_the_fused_kernel_stays_exact_on_deep_circuits_whatever_form_each_rotation_takes(readout):
+    # The kernel applies each rotation as f T, f = cos or sin of the half angle (the larger), and puts the
+    # factors back once per layer: angles near pi make sin the larger, near 0 cos; twelve layers of both
+    # would under- or overflow float32 if a layer's factors were not put back.
+    spec = CircuitSpec(9, 12, "ry", readout)
+    x, _ = inputs(spec, tokens=37, seed=5, width=300)
+    gen = torch.Generator().manual_seed(6)
+    angles = torch.where(torch.rand(spec.angle_shape, generator=gen) < 0.5, torch.pi, 0.0).double()
+    angles = angles + 0.3 * torch.randn(spec.angle_shape, generator=gen, dtype=torch.float64)
+    reference = value_and_grads(lambda a, b: simulate(a, b, spec, kernel="torch"), x, angles)
+    assert_close(value_and_grads(lambda a, b: simulate(a, b, spec, kernel="fused"), x, angles), reference, 1e-10)
+    single = value_and_grads(lambda a, b: simulate(a, b, spec, kernel="fused"), x.float(), angles.float())
+    assert_close(single, reference, 1e-5)
+
+
 def test_the_narrow_build_runs_at_most_eight_tokens():
     assert [fused_cpu.chunk_for(t) for t in (1, 8, 9, 1000)] == [8, 8, 32, 32]
 

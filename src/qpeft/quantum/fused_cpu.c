@@ -138,23 +138,50 @@ static void embed(const Circuit *c, int64_t t0, int64_t tb, REAL *restrict psi, 
     for (int t = 0; t < CHUNK; t++) norm_sq[t] = norm_sq[t] > 0 ? norm_sq[t] : 1;
 }
 
-static void rotate(REAL *restrict psi, int64_t dim, int64_t bit, REAL cos, REAL sin) {
+/* A rotation [[c, -s], [s, c]] is applied as f T with f the larger of c, s in magnitude: T = [[1, -t], [t, 1]]
+ * (t = s / c) or [[t, -1], [1, t]] (t = c / s), one fused multiply-add per amplitude instead of a multiply and
+ * one. The rotations are compute-bound, so this halves their time; the factors f (at least 1/sqrt 2 each) are
+ * multiplied back in once per layer, where the state is copied anyway (the ring) or read out. */
+typedef struct {
+    REAL t;
+    int by_sin; /* T = [[t, -1], [1, t]] */
+    double f;
+} Gate;
+
+static Gate gate(REAL cos, REAL sin) {
+    int by_sin = (cos < 0 ? -cos : cos) < (sin < 0 ? -sin : sin);
+    return (Gate){by_sin ? cos / sin : sin / cos, by_sin, by_sin ? sin : cos};
+}
+
+/* T on the pair (a0, a1), or T^T with undo; `by_sin` is a constant where these are inlined */
+#define TURN(by_sin, undo, t, a0, a1, b0, b1)                                    \
+    do {                                                                         \
+        if (by_sin) b0 = (undo) ? t * a0 + a1 : t * a0 - a1,                     \
+                    b1 = (undo) ? t * a1 - a0 : a0 + t * a1;                     \
+        else b0 = (undo) ? a0 + t * a1 : a0 - t * a1,                            \
+             b1 = (undo) ? a1 - t * a0 : a1 + t * a0;                            \
+    } while (0)
+
+/* The wires of one index bit (one wire) or of two neighbouring ones (bit and bit - 1) in one pass over the
+ * rows [0, dim) of psi: each group of four amplitudes is read and written once. `s1`, `s2` select the
+ * forms, and are constants in each of the copies the dispatchers below make. */
+static inline __attribute__((always_inline)) void turn_one(REAL *restrict psi, int64_t dim, int64_t bit, REAL t,
+                                                            const int s1) {
     int64_t stride = (int64_t)1 << bit;
     for (int64_t base = 0; base < dim; base += 2 * stride)
         for (int64_t k = base; k < base + stride; k++) {
             REAL *restrict a = psi + k * CHUNK, *restrict b = psi + (k + stride) * CHUNK;
 #pragma GCC ivdep /* distinct rows; without it GCC still checks them for overlap at run time (5% of backward) */
-            for (int t = 0; t < CHUNK; t++) {
-                REAL a0 = a[t], a1 = b[t];
-                a[t] = cos * a0 - sin * a1;
-                b[t] = sin * a0 + cos * a1;
+            for (int i = 0; i < CHUNK; i++) {
+                REAL a0 = a[i], a1 = b[i], b0, b1;
+                TURN(s1, 0, t, a0, a1, b0, b1);
+                a[i] = b0, b[i] = b1;
             }
         }
 }
 
-/* Rotations on two neighbouring wires (index bits bit and bit - 1) in one pass over the state: each
- * group of four amplitudes is read and written once, which halves the memory traffic. */
-static void rotate_two(REAL *restrict psi, int64_t dim, int64_t bit, REAL c1, REAL s1, REAL c2, REAL s2) {
+static inline __attribute__((always_inline)) void turn_two(REAL *restrict psi, int64_t dim, int64_t bit, REAL t1,
+                                                            REAL t2, const int s1, const int s2) {
     int64_t hi = (int64_t)1 << bit, lo = hi >> 1;
     for (int64_t base = 0; base < dim; base += 2 * hi)
         for (int64_t mid = base; mid < base + hi; mid += 2 * lo)
@@ -162,27 +189,58 @@ static void rotate_two(REAL *restrict psi, int64_t dim, int64_t bit, REAL c1, RE
                 REAL *restrict p00 = psi + k * CHUNK, *restrict p01 = psi + (k + lo) * CHUNK;
                 REAL *restrict p10 = psi + (k + hi) * CHUNK, *restrict p11 = psi + (k + hi + lo) * CHUNK;
 #pragma GCC ivdep
-                for (int t = 0; t < CHUNK; t++) {
-                    REAL a00 = p00[t], a01 = p01[t], a10 = p10[t], a11 = p11[t];
-                    REAL b00 = c1 * a00 - s1 * a10, b10 = s1 * a00 + c1 * a10; /* first wire */
-                    REAL b01 = c1 * a01 - s1 * a11, b11 = s1 * a01 + c1 * a11;
-                    p00[t] = c2 * b00 - s2 * b01; /* second wire */
-                    p01[t] = s2 * b00 + c2 * b01;
-                    p10[t] = c2 * b10 - s2 * b11;
-                    p11[t] = s2 * b10 + c2 * b11;
+                for (int i = 0; i < CHUNK; i++) {
+                    REAL b00, b01, b10, b11;
+                    TURN(s1, 0, t1, p00[i], p10[i], b00, b10); /* first wire: pairs (00, 10), (01, 11) */
+                    TURN(s1, 0, t1, p01[i], p11[i], b01, b11);
+                    TURN(s2, 0, t2, b00, b01, p00[i], p01[i]); /* second wire: (00, 01), (10, 11) */
+                    TURN(s2, 0, t2, b10, b11, p10[i], p11[i]);
                 }
             }
 }
 
-/* One layer's rotations, wires taken two at a time. */
-static void rotate_layer(REAL *psi, int64_t n, const REAL *cos, const REAL *sin) {
-    int64_t dim = (int64_t)1 << n, q = 0;
-    for (; q + 1 < n; q += 2) rotate_two(psi, dim, n - 1 - q, cos[q], sin[q], cos[q + 1], sin[q + 1]);
-    if (q < n) rotate(psi, dim, n - 1 - q, cos[q], sin[q]);
+static void rotate(REAL *psi, int64_t dim, int64_t bit, Gate g) {
+    if (g.by_sin) turn_one(psi, dim, bit, g.t, 1);
+    else turn_one(psi, dim, bit, g.t, 0);
 }
 
-static void gather(const REAL *restrict src, REAL *restrict dst, const int64_t *index, int64_t dim) {
-    for (int64_t k = 0; k < dim; k++) memcpy(dst + k * CHUNK, src + index[k] * CHUNK, sizeof(REAL) * CHUNK);
+static void rotate_two(REAL *psi, int64_t dim, int64_t bit, Gate g1, Gate g2) {
+    if (g1.by_sin && g2.by_sin) turn_two(psi, dim, bit, g1.t, g2.t, 1, 1);
+    else if (g1.by_sin) turn_two(psi, dim, bit, g1.t, g2.t, 1, 0);
+    else if (g2.by_sin) turn_two(psi, dim, bit, g1.t, g2.t, 0, 1);
+    else turn_two(psi, dim, bit, g1.t, g2.t, 0, 0);
+}
+
+/* Rows per block whose wires are applied while the block stays in the L1 cache (32 KB of floats at CHUNK 32) */
+#define BLOCK_BITS 8
+
+/* One layer's rotations (wire q acts on index bit n - 1 - q), two wires at a time: the wires of the low
+ * BLOCK_BITS bits block by block, then the others over the whole state. They commute, so the order is free.
+ * Returns the product of the layer's factors f. */
+static double rotate_layer(REAL *psi, int64_t n, const REAL *cos, const REAL *sin) {
+    int64_t dim = (int64_t)1 << n, low = n < BLOCK_BITS ? n : BLOCK_BITS, rows = (int64_t)1 << low;
+    Gate g[64];
+    double factor = 1;
+    for (int64_t q = 0; q < n; q++) g[q] = gate(cos[q], sin[q]), factor *= g[q].f;
+    for (int64_t block = 0; block < dim; block += rows) {
+        REAL *part = psi + block * CHUNK;
+        int64_t q = n - low;
+        if (low % 2) rotate(part, rows, n - 1 - q, g[q]), q++;
+        for (; q + 1 < n; q += 2) rotate_two(part, rows, n - 1 - q, g[q], g[q + 1]);
+    }
+    int64_t q = 0;
+    for (; q + 1 < n - low; q += 2) rotate_two(psi, dim, n - 1 - q, g[q], g[q + 1]);
+    if (q < n - low) rotate(psi, dim, n - 1 - q, g[q]);
+    return factor;
+}
+
+/* dst row k = scale times src row index[k] */
+static void gather(const REAL *restrict src, REAL *restrict dst, const int64_t *index, int64_t dim, REAL scale) {
+    for (int64_t k = 0; k < dim; k++) {
+        const REAL *restrict from = src + index[k] * CHUNK;
+        REAL *restrict to = dst + k * CHUNK;
+        for (int i = 0; i < CHUNK; i++) to[i] = scale * from[i];
+    }
 }
 
 static void swap(REAL **a, REAL **b) {
@@ -191,17 +249,20 @@ static void swap(REAL **a, REAL **b) {
     *b = t;
 }
 
-/* The state before the last ring in *psi (the buffers may be swapped). */
-static void run(const Circuit *c, int64_t t0, int64_t tb, REAL **psi, REAL **spare, REAL *norm_sq) {
+/* The state before the last ring in *psi (the buffers may be swapped), over the last layer's factor, which
+ * it returns: each earlier layer's is multiplied back in by the ring's copy. */
+static double run(const Circuit *c, int64_t t0, int64_t tb, REAL **psi, REAL **spare, REAL *norm_sq) {
     int64_t dim = (int64_t)1 << c->n;
+    double factor = 1;
     embed(c, t0, tb, *psi, norm_sq);
     for (int64_t l = 0; l < c->layers; l++) {
         if (l) {
-            gather(*psi, *spare, c->inverse, dim);
+            gather(*psi, *spare, c->inverse, dim, (REAL)factor);
             swap(psi, spare);
         }
-        rotate_layer(*psi, c->n, c->cos + l * c->n, c->sin + l * c->n);
+        factor = rotate_layer(*psi, c->n, c->cos + l * c->n, c->sin + l * c->n);
     }
+    return factor;
 }
 
 static REAL has_input(const Circuit *c, int64_t token) {
@@ -228,7 +289,8 @@ int qaa_forward(const Circuit *c, REAL *out, int threads) {
         REAL *spare = psi + dim * CHUNK, *acc = spare + dim * CHUNK;
         REAL *norm_sq = acc + c->n * CHUNK;
         int64_t t0 = chunk * CHUNK, tb = c->tokens - t0 < CHUNK ? c->tokens - t0 : CHUNK;
-        run(c, t0, tb, &psi, &spare, norm_sq);
+        double factor = run(c, t0, tb, &psi, &spare, norm_sq);
+        for (int t = 0; t < CHUNK; t++) norm_sq[t] /= (REAL)(factor * factor); /* the readout of psi f */
         if (c->z_readout) {
             /* z_q = sum_j (-1)^bit_q(j) p_j over the probabilities after the last ring, p_j = psi[inverse[j]]^2:
              * the total minus twice the mass where wire q is 1, taken by folding the first wire away each time */
@@ -279,34 +341,33 @@ static REAL dot(const REAL *restrict a, const REAL *restrict b, int64_t count) {
     return total;
 }
 
-/* Backward through one rotation: the state and the adjoint just after it go back to just before it
- * (R^T), and its angle's gradient 1/2 sum (lam1 b0 - lam0 b1) goes to *grad. */
-static void unrotate(REAL *restrict psi, REAL *restrict lam, int64_t dim, int64_t bit, REAL cs, REAL sn,
-                     REAL *restrict acc, double *grad) {
+/* Backward through one or two wires' T (as turn_one, turn_two): the state and the adjoint just after them go
+ * back through T^T, and each wire's sum (lam1 b0 - lam0 b1) over the pairs and lanes just after it goes to
+ * sums[] (the first wire's, then the second's). */
+static inline __attribute__((always_inline)) void unturn_one(REAL *restrict psi, REAL *restrict lam, int64_t dim,
+                                                              int64_t bit, REAL t, REAL *restrict acc,
+                                                              double *sums, const int s1) {
     int64_t stride = (int64_t)1 << bit;
     memset(acc, 0, sizeof(REAL) * CHUNK);
     for (int64_t base = 0; base < dim; base += 2 * stride)
         for (int64_t k = base; k < base + stride; k++) {
-            REAL *restrict s0 = psi + k * CHUNK, *restrict s1 = psi + (k + stride) * CHUNK;
+            REAL *restrict s0 = psi + k * CHUNK, *restrict s1p = psi + (k + stride) * CHUNK;
             REAL *restrict m0 = lam + k * CHUNK, *restrict m1 = lam + (k + stride) * CHUNK;
 #pragma GCC ivdep
-            for (int t = 0; t < CHUNK; t++) {
-                REAL b0 = s0[t], b1 = s1[t], l0 = m0[t], l1 = m1[t];
-                acc[t] += l1 * b0 - l0 * b1;
-                s0[t] = cs * b0 + sn * b1;
-                s1[t] = cs * b1 - sn * b0;
-                m0[t] = cs * l0 + sn * l1;
-                m1[t] = cs * l1 - sn * l0;
+            for (int i = 0; i < CHUNK; i++) {
+                REAL b0 = s0[i], b1 = s1p[i], l0 = m0[i], l1 = m1[i];
+                acc[i] += l1 * b0 - l0 * b1;
+                TURN(s1, 1, t, b0, b1, s0[i], s1p[i]);
+                TURN(s1, 1, t, l0, l1, m0[i], m1[i]);
             }
         }
-    *grad = 0.5 * lane_sum(acc);
+    sums[0] = lane_sum(acc);
 }
 
-/* Backward through rotate_two (cos, sin, grad point at the first wire's entries; the second wire's follow). */
-static void unrotate_two(REAL *restrict psi, REAL *restrict lam, int64_t dim, int64_t bit, const REAL *cos,
-                         const REAL *sin, REAL *restrict acc, double *grad) {
+static inline __attribute__((always_inline)) void unturn_two(REAL *restrict psi, REAL *restrict lam, int64_t dim,
+                                                              int64_t bit, REAL t1, REAL t2, REAL *restrict acc,
+                                                              double *sums, const int s1, const int s2) {
     int64_t hi = (int64_t)1 << bit, lo = hi >> 1;
-    REAL c1 = cos[0], s1 = sin[0], c2 = cos[1], s2 = sin[1];
     REAL *restrict acc1 = acc, *restrict acc2 = acc + CHUNK;
     memset(acc, 0, sizeof(REAL) * 2 * CHUNK);
     for (int64_t base = 0; base < dim; base += 2 * hi)
@@ -317,40 +378,87 @@ static void unrotate_two(REAL *restrict psi, REAL *restrict lam, int64_t dim, in
                 REAL *restrict q00 = lam + k * CHUNK, *restrict q01 = lam + (k + lo) * CHUNK;
                 REAL *restrict q10 = lam + (k + hi) * CHUNK, *restrict q11 = lam + (k + hi + lo) * CHUNK;
 #pragma GCC ivdep /* eight distinct rows: too many pairs for the compiler's own overlap checks */
-                for (int t = 0; t < CHUNK; t++) {
-                    REAL b00 = p00[t], b01 = p01[t], b10 = p10[t], b11 = p11[t];
-                    REAL l00 = q00[t], l01 = q01[t], l10 = q10[t], l11 = q11[t];
+                for (int i = 0; i < CHUNK; i++) {
+                    REAL b00 = p00[i], b01 = p01[i], b10 = p10[i], b11 = p11[i];
+                    REAL l00 = q00[i], l01 = q01[i], l10 = q10[i], l11 = q11[i];
+                    REAL a00, a01, a10, a11, m00, m01, m10, m11;
                     /* second wire first: pairs (00, 01) and (10, 11) */
-                    acc2[t] += l01 * b00 - l00 * b01 + l11 * b10 - l10 * b11;
-                    REAL a00 = c2 * b00 + s2 * b01, a01 = c2 * b01 - s2 * b00;
-                    REAL a10 = c2 * b10 + s2 * b11, a11 = c2 * b11 - s2 * b10;
-                    REAL m00 = c2 * l00 + s2 * l01, m01 = c2 * l01 - s2 * l00;
-                    REAL m10 = c2 * l10 + s2 * l11, m11 = c2 * l11 - s2 * l10;
+                    acc2[i] += l01 * b00 - l00 * b01 + l11 * b10 - l10 * b11;
+                    TURN(s2, 1, t2, b00, b01, a00, a01);
+                    TURN(s2, 1, t2, b10, b11, a10, a11);
+                    TURN(s2, 1, t2, l00, l01, m00, m01);
+                    TURN(s2, 1, t2, l10, l11, m10, m11);
                     /* then the first wire: pairs (00, 10) and (01, 11) */
-                    acc1[t] += m10 * a00 - m00 * a10 + m11 * a01 - m01 * a11;
-                    p00[t] = c1 * a00 + s1 * a10;
-                    p10[t] = c1 * a10 - s1 * a00;
-                    p01[t] = c1 * a01 + s1 * a11;
-                    p11[t] = c1 * a11 - s1 * a01;
-                    q00[t] = c1 * m00 + s1 * m10;
-                    q10[t] = c1 * m10 - s1 * m00;
-                    q01[t] = c1 * m01 + s1 * m11;
-                    q11[t] = c1 * m11 - s1 * m01;
+                    acc1[i] += m10 * a00 - m00 * a10 + m11 * a01 - m01 * a11;
+                    TURN(s1, 1, t1, a00, a10, p00[i], p10[i]);
+                    TURN(s1, 1, t1, a01, a11, p01[i], p11[i]);
+                    TURN(s1, 1, t1, m00, m10, q00[i], q10[i]);
+                    TURN(s1, 1, t1, m01, m11, q01[i], q11[i]);
                 }
             }
-    grad[0] = 0.5 * lane_sum(acc1);
-    grad[1] = 0.5 * lane_sum(acc2);
+    sums[0] = lane_sum(acc1);
+    sums[1] = lane_sum(acc2);
 }
 
-/* Backward through rotate_layer: its groups in reverse order (the odd last wire, then the pairs). */
+/* The order in which a layer's wires were undone and their sums: the gradient of each wire's angle is half
+ * its sum over the square of the states' scale at that point, which each undone factor f changes. */
+typedef struct {
+    double sums[64];
+    int64_t order[64], count;
+} Walk;
+
+static void walked(Walk *w, int64_t q, double sum) {
+    int64_t i = 0;
+    while (i < w->count && w->order[i] != q) i++;
+    if (i == w->count) w->order[w->count++] = q;
+    w->sums[q] += sum;
+}
+
+static void unrotate(REAL *psi, REAL *lam, int64_t dim, int64_t bit, Gate g, REAL *acc, Walk *w, int64_t q) {
+    double s[1];
+    if (g.by_sin) unturn_one(psi, lam, dim, bit, g.t, acc, s, 1);
+    else unturn_one(psi, lam, dim, bit, g.t, acc, s, 0);
+    walked(w, q, s[0]);
+}
+
+static void unrotate_two(REAL *psi, REAL *lam, int64_t dim, int64_t bit, Gate g1, Gate g2, REAL *acc, Walk *w,
+                         int64_t q) {
+    double s[2];
+    if (g1.by_sin && g2.by_sin) unturn_two(psi, lam, dim, bit, g1.t, g2.t, acc, s, 1, 1);
+    else if (g1.by_sin) unturn_two(psi, lam, dim, bit, g1.t, g2.t, acc, s, 1, 0);
+    else if (g2.by_sin) unturn_two(psi, lam, dim, bit, g1.t, g2.t, acc, s, 0, 1);
+    else unturn_two(psi, lam, dim, bit, g1.t, g2.t, acc, s, 0, 0);
+    walked(w, q + 1, s[1]);
+    walked(w, q, s[0]);
+}
+
+/* State and adjoint rows per block in the backward: psi's and lam's share fit the L1 cache together */
+#define BACK_BITS 6
+
+/* Backward through rotate_layer: the wires of the high bits over the whole state, then the low ones block by
+ * block. *scale is the states' scale (stored = true times scale) on entry, and is updated. */
 static void unrotate_layer(REAL *psi, REAL *lam, int64_t n, const REAL *cos, const REAL *sin, REAL *acc,
-                           double *grad) {
-    int64_t dim = (int64_t)1 << n, q = n - 1;
-    if (n % 2) {
-        unrotate(psi, lam, dim, 0, cos[q], sin[q], acc, grad + q);
-        q--;
+                           double *grad, double *scale) {
+    int64_t dim = (int64_t)1 << n, low = n < BACK_BITS ? n : BACK_BITS, rows = (int64_t)1 << low, high = n - low;
+    Gate g[64];
+    Walk w = {{0}, {0}, 0};
+    for (int64_t q = 0; q < n; q++) g[q] = gate(cos[q], sin[q]);
+    int64_t q = 0;
+    for (; q + 1 < high; q += 2) unrotate_two(psi, lam, dim, n - 1 - q, g[q], g[q + 1], acc, &w, q);
+    if (q < high) unrotate(psi, lam, dim, n - 1 - q, g[q], acc, &w, q);
+    for (int64_t block = 0; block < dim; block += rows) {
+        REAL *part = psi + block * CHUNK, *adjoint = lam + block * CHUNK;
+        q = high;
+        if (low % 2) unrotate(part, adjoint, rows, n - 1 - q, g[q], acc, &w, q), q++;
+        for (; q + 1 < n; q += 2) unrotate_two(part, adjoint, rows, n - 1 - q, g[q], g[q + 1], acc, &w, q);
     }
-    for (q -= 1; q >= 0; q -= 2) unrotate_two(psi, lam, dim, n - 1 - q, cos + q, sin + q, acc, grad + q);
+    double a = *scale;
+    for (int64_t i = 0; i < w.count; i++) {
+        int64_t wire = w.order[i];
+        grad[wire] = 0.5 * w.sums[wire] / (a * a);
+        a /= g[wire].f; /* T^T = R^T / f */
+    }
+    *scale = a;
 }
 
 /* Gradients of sum(grad_out * readout): wrt x into grad_x (tokens, width), wrt the angles into
@@ -373,7 +481,7 @@ int qaa_backward(const Circuit *c, const REAL *grad_out, REAL *grad_x, double *g
         REAL *spare = psi + dim * CHUNK, *lam = spare + dim * CHUNK;
         REAL *lam_spare = lam + dim * CHUNK, *acc = lam_spare + dim * CHUNK, *norm_sq = acc + 2 * CHUNK;
         int64_t t0 = chunk * CHUNK, tb = c->tokens - t0 < CHUNK ? c->tokens - t0 : CHUNK;
-        run(c, t0, tb, &psi, &spare, norm_sq);
+        double scale = 1 / run(c, t0, tb, &psi, &spare, norm_sq);
         /* d loss / d state before the last ring: 2 psi times d loss / d probability (over |x|^2) */
         if (c->z_readout) {
             /* w_j = sum_q (-1)^bit_q(j) g_q over the basis after the last ring, built wire by wire, so
@@ -404,12 +512,13 @@ int qaa_backward(const Circuit *c, const REAL *grad_out, REAL *grad_x, double *g
         }
         for (int64_t l = c->layers - 1; l >= 0; l--) {
             unrotate_layer(psi, lam, c->n, c->cos + l * c->n, c->sin + l * c->n, acc,
-                           grad_angles + (chunk * c->layers + l) * c->n);
-            if (l) { /* undo the ring: state[j] = state_after[forward[j]] */
-                gather(psi, spare, c->forward, dim);
+                           grad_angles + (chunk * c->layers + l) * c->n, &scale);
+            if (l) { /* undo the ring: state[j] = state_after[forward[j]], at scale 1 again */
+                gather(psi, spare, c->forward, dim, (REAL)(1 / scale));
                 swap(&psi, &spare);
-                gather(lam, lam_spare, c->forward, dim);
+                gather(lam, lam_spare, c->forward, dim, (REAL)(1 / scale));
                 swap(&lam, &lam_spare);
+                scale = 1;
             }
         }
         /* the adjoint of the amplitudes into the tokens' rows, less each row's radial part */
@@ -417,8 +526,8 @@ int qaa_backward(const Circuit *c, const REAL *grad_out, REAL *grad_x, double *g
         for (int64_t t = 0; t < tb; t++) {
             const REAL *restrict row = c->x + (t0 + t) * c->width;
             REAL *restrict out = grad_x + (t0 + t) * c->width;
-            REAL share = dot(row, out, c->width) / norm_sq[t];
-            for (int64_t k = 0; k < c->width; k++) out[k] -= row[k] * share;
+            REAL unscale = (REAL)(1 / scale), share = unscale * dot(row, out, c->width) / norm_sq[t];
+            for (int64_t k = 0; k < c->width; k++) out[k] = unscale * out[k] - row[k] * share;
         }
     }
     return failed;

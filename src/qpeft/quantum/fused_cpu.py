@@ -5,8 +5,10 @@ dozen large tensor ops, each of which streams the whole (2**n, tokens) state thr
 on a CPU those passes, not the arithmetic, set its speed. Here each core takes a chunk of 32
 tokens and runs the whole circuit on it in buffers that stay in its L2 cache: the rotations two
 wires at a time (each group of four amplitudes read and written once, the tokens as the vector
-lanes), the CNOT ring a row gather, the Z readout by folding the probabilities one wire at a
-time (about 2 operations per amplitude instead of n). No library simulates a circuit this way.
+lanes), those of the low index bits block by block in the L1 cache, each as f [[1, -t], [t, 1]]
+(one fused multiply-add per amplitude, the factors f put back once per layer), the CNOT ring a
+row gather, the Z readout by folding the probabilities one wire at a time (about 2 operations
+per amplitude instead of n). No library simulates a circuit this way.
 
 The backward keeps nothing from the forward either. It reruns the chunk's circuit, then walks
 the gates back, undoing each rotation on the state (R is orthogonal, so R^T recovers its
