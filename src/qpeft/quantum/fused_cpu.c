@@ -265,6 +265,28 @@ static double run(const Circuit *c, int64_t t0, int64_t tb, REAL **psi, REAL **s
     return factor;
 }
 
+/* Every state buffer has 2^n + 1 rows: one more than the state, so that the two half tables of the Z readout and
+ * its adjoint (2^(n - n/2) + 2^(n/2) rows, 3 for n = 1) fit in a spare one. */
+
+/* The probabilities psi_k^2 of the state before the last ring summed by the high and the low half of the bits of
+ * their index after it, j = forward[k]: high_sums has 2^(n - n/2) rows, low_sums 2^(n/2). */
+static void half_sums(const REAL *restrict psi, const int64_t *forward, int64_t n, REAL *restrict high_sums,
+                      REAL *restrict low_sums) {
+    int64_t low = n / 2, mask = ((int64_t)1 << low) - 1, dim = (int64_t)1 << n;
+    memset(high_sums, 0, sizeof(REAL) * CHUNK * (dim >> low));
+    memset(low_sums, 0, sizeof(REAL) * CHUNK * (mask + 1));
+    for (int64_t k = 0; k < dim; k++) {
+        const REAL *restrict a = psi + k * CHUNK;
+        REAL *restrict h = high_sums + (forward[k] >> low) * CHUNK, *restrict l = low_sums + (forward[k] & mask) * CHUNK;
+#pragma GCC ivdep
+        for (int t = 0; t < CHUNK; t++) {
+            REAL p = a[t] * a[t];
+            h[t] += p;
+            l[t] += p;
+        }
+    }
+}
+
 static REAL has_input(const Circuit *c, int64_t token) {
     const REAL *row = c->x + token * c->width;
     for (int64_t k = 0; k < c->width; k++)
@@ -281,35 +303,36 @@ int qaa_forward(const Circuit *c, REAL *out, int threads) {
     /* no return from inside the parallel loop: a failing chunk sets the flag, which the reduction ors together */
 #pragma omp parallel for schedule(static) num_threads(threads) reduction(| : failed)
     for (int64_t chunk = 0; chunk < (c->tokens + CHUNK - 1) / CHUNK; chunk++) {
-        REAL *psi = workspace(2 * dim + c->n + 1);
+        REAL *psi = workspace(2 * (dim + 1) + c->n + 1);
         if (!psi) {
             failed |= 1;
             continue;
         }
-        REAL *spare = psi + dim * CHUNK, *acc = spare + dim * CHUNK;
+        REAL *spare = psi + (dim + 1) * CHUNK, *acc = spare + (dim + 1) * CHUNK; /* state buffers: 2^n + 1 rows (see half_sums) */
         REAL *norm_sq = acc + c->n * CHUNK;
         int64_t t0 = chunk * CHUNK, tb = c->tokens - t0 < CHUNK ? c->tokens - t0 : CHUNK;
         double factor = run(c, t0, tb, &psi, &spare, norm_sq);
         for (int t = 0; t < CHUNK; t++) norm_sq[t] /= (REAL)(factor * factor); /* the readout of psi f */
         if (c->z_readout) {
-            /* z_q = sum_j (-1)^bit_q(j) p_j over the probabilities after the last ring, p_j = psi[inverse[j]]^2:
-             * the total minus twice the mass where wire q is 1, taken by folding the first wire away each time */
-            REAL *p = spare;
-            for (int64_t j = 0; j < dim; j++) {
-                const REAL *a = psi + c->inverse[j] * CHUNK;
-                for (int t = 0; t < CHUNK; t++) p[j * CHUNK + t] = a[t] * a[t];
-            }
-            for (int64_t q = 0, size = dim; q < c->n; q++, size /= 2) {
-                REAL *restrict mass = acc + q * CHUNK;
-                memset(mass, 0, sizeof(REAL) * CHUNK);
-                for (int64_t r = size / 2; r < size; r++)
-                    for (int t = 0; t < CHUNK; t++) mass[t] += p[r * CHUNK + t];
-                for (int64_t r = 0; r < size / 2; r++)
-                    for (int t = 0; t < CHUNK; t++) p[r * CHUNK + t] += p[(r + size / 2) * CHUNK + t];
+            /* z_q = sum_j (-1)^bit_q(j) p_j over the probabilities after the last ring, p_j = psi[inverse[j]]^2.
+             * One pass adds each p_j into the sums over its index's high and low halves of bits; each wire's
+             * z is then a signed sum over one of those halves (2^(n/2) terms, not 2^n). */
+            int64_t low = c->n / 2, mask = ((int64_t)1 << low) - 1;
+            REAL *high_sums = spare, *low_sums = spare + (dim >> low) * CHUNK;
+            half_sums(psi, c->forward, c->n, high_sums, low_sums);
+            for (int64_t q = 0; q < c->n; q++) {
+                int64_t bit = c->n - 1 - q;
+                const REAL *sums = bit >= low ? high_sums : low_sums;
+                int64_t rows = bit >= low ? dim >> low : mask + 1, b = bit >= low ? bit - low : bit;
+                REAL *restrict z = acc + q * CHUNK;
+                memset(z, 0, sizeof(REAL) * CHUNK);
+                for (int64_t r = 0; r < rows; r++) {
+                    REAL sign = (r >> b) & 1 ? -1 : 1;
+                    for (int t = 0; t < CHUNK; t++) z[t] += sign * sums[r * CHUNK + t];
+                }
             }
             for (int64_t t = 0; t < tb; t++)
-                for (int64_t q = 0; q < c->n; q++)
-                    out[(t0 + t) * stride + q] = (p[t] - 2 * acc[q * CHUNK + t]) / norm_sq[t];
+                for (int64_t q = 0; q < c->n; q++) out[(t0 + t) * stride + q] = acc[q * CHUNK + t] / norm_sq[t];
         } else {
             for (int64_t t = 0; t < tb; t++)
                 for (int64_t j = 0; j < dim; j++) {
@@ -461,6 +484,21 @@ static void unrotate_layer(REAL *psi, REAL *lam, int64_t n, const REAL *cos, con
     *scale = a;
 }
 
+/* table[r] = sum_i (-1)^(bit i of r, counted from the top) g_i over `wires` rows g_i, for r < 2^wires: built
+ * one wire at a time, doubling the table each time */
+static void signed_sums(REAL *restrict table, const REAL *restrict g, int64_t wires) {
+    memset(table, 0, sizeof(REAL) * CHUNK);
+    for (int64_t i = 0; i < wires; i++)
+        for (int t = 0; t < CHUNK; t++) table[t] += g[i * CHUNK + t];
+    for (int64_t i = 0, size = 1; i < wires; i++, size *= 2)
+        for (int64_t r = size - 1; r >= 0; r--) /* backwards: rows 2r, 2r + 1 are read already */
+            for (int t = 0; t < CHUNK; t++) {
+                REAL v = table[r * CHUNK + t];
+                table[(2 * r + 1) * CHUNK + t] = v - 2 * g[i * CHUNK + t];
+                table[2 * r * CHUNK + t] = v;
+            }
+}
+
 /* Gradients of sum(grad_out * readout): wrt x into grad_x (tokens, width), wrt the angles into
  * grad_angles (chunks, layers, n), one slice per chunk. The circuit is rerun, then walked back gate
  * by gate: each rotation is undone on the state (R^T) while the adjoint goes through it, and
@@ -473,36 +511,30 @@ int qaa_backward(const Circuit *c, const REAL *grad_out, REAL *grad_x, double *g
     int failed = 0;
 #pragma omp parallel for schedule(static) num_threads(threads) reduction(| : failed)
     for (int64_t chunk = 0; chunk < (c->tokens + CHUNK - 1) / CHUNK; chunk++) {
-        REAL *psi = workspace(4 * dim + 3);
+        REAL *psi = workspace(4 * (dim + 1) + 3);
         if (!psi) {
             failed |= 1;
             continue;
         }
-        REAL *spare = psi + dim * CHUNK, *lam = spare + dim * CHUNK;
-        REAL *lam_spare = lam + dim * CHUNK, *acc = lam_spare + dim * CHUNK, *norm_sq = acc + 2 * CHUNK;
+        REAL *spare = psi + (dim + 1) * CHUNK, *lam = spare + (dim + 1) * CHUNK;
+        REAL *lam_spare = lam + (dim + 1) * CHUNK, *acc = lam_spare + (dim + 1) * CHUNK, *norm_sq = acc + 2 * CHUNK;
         int64_t t0 = chunk * CHUNK, tb = c->tokens - t0 < CHUNK ? c->tokens - t0 : CHUNK;
         double scale = 1 / run(c, t0, tb, &psi, &spare, norm_sq);
         /* d loss / d state before the last ring: 2 psi times d loss / d probability (over |x|^2) */
         if (c->z_readout) {
-            /* w_j = sum_q (-1)^bit_q(j) g_q over the basis after the last ring, built wire by wire, so
-             * that d loss / d psi_k = 2 psi_k w[forward[k]] */
-            REAL *w = spare, g[CHUNK];
-            memset(w, 0, sizeof(REAL) * CHUNK);
-            for (int64_t t = 0; t < tb; t++)
-                for (int64_t q = 0; q < c->n; q++) w[t] += grad_out[(t0 + t) * n_out + q] / norm_sq[t];
-            for (int64_t q = 0, size = 1; q < c->n; q++, size *= 2) {
-                memset(g, 0, sizeof g);
-                for (int64_t t = 0; t < tb; t++) g[t] = 2 * grad_out[(t0 + t) * n_out + q] / norm_sq[t];
-                for (int64_t r = size - 1; r >= 0; r--) /* backwards: rows 2r, 2r + 1 are read already */
-                    for (int t = 0; t < CHUNK; t++) {
-                        REAL v = w[r * CHUNK + t];
-                        w[(2 * r + 1) * CHUNK + t] = v - g[t];
-                        w[2 * r * CHUNK + t] = v;
-                    }
-            }
+            /* w_j = sum_q (-1)^bit_q(j) g_q over the basis after the last ring, so that d loss / d psi_k =
+             * 2 psi_k w[forward[k]]: w_j is the sum of two tables, over the high and the low half of j's bits */
+            int64_t low = c->n / 2, mask = ((int64_t)1 << low) - 1;
+            REAL *g = lam_spare, *high_table = spare, *low_table = spare + (dim >> low) * CHUNK;
+            memset(g, 0, sizeof(REAL) * CHUNK * c->n);
+            for (int64_t q = 0; q < c->n; q++)
+                for (int64_t t = 0; t < tb; t++) g[q * CHUNK + t] = grad_out[(t0 + t) * n_out + q] / norm_sq[t];
+            signed_sums(high_table, g, c->n - low);
+            signed_sums(low_table, g + (c->n - low) * CHUNK, low);
             for (int64_t k = 0; k < dim; k++) {
-                const REAL *weight = w + c->forward[k] * CHUNK;
-                for (int t = 0; t < CHUNK; t++) lam[k * CHUNK + t] = 2 * psi[k * CHUNK + t] * weight[t];
+                const REAL *restrict h = high_table + (c->forward[k] >> low) * CHUNK;
+                const REAL *restrict l = low_table + (c->forward[k] & mask) * CHUNK;
+                for (int t = 0; t < CHUNK; t++) lam[k * CHUNK + t] = 2 * psi[k * CHUNK + t] * (h[t] + l[t]);
             }
         } else {
             memset(lam, 0, sizeof(REAL) * CHUNK << c->n);
