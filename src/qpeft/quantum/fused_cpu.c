@@ -163,75 +163,152 @@ static Gate gate(REAL cos, REAL sin) {
     } while (0)
 
 /* The wires of one index bit (one wire) or of two neighbouring ones (bit and bit - 1) in one pass over the
- * rows [0, dim) of psi: each group of four amplitudes is read and written once. `s1`, `s2` select the
- * forms, and are constants in each of the copies the dispatchers below make. */
-static inline __attribute__((always_inline)) void turn_one(REAL *restrict psi, int64_t dim, int64_t bit, REAL t,
-                                                            const int s1) {
+ * rows [0, dim): each group of four amplitudes is read from src and written to dst (the same buffer, or
+ * another) once. `s1`, `s2` select the forms and `undo` applies T^T instead of T: constants in each of
+ * the copies the dispatchers below make. */
+static inline __attribute__((always_inline)) void turn_one(REAL *dst, const REAL *src, int64_t dim, int64_t bit,
+                                                            REAL t, const int s1, const int undo) {
     int64_t stride = (int64_t)1 << bit;
     for (int64_t base = 0; base < dim; base += 2 * stride)
         for (int64_t k = base; k < base + stride; k++) {
-            REAL *restrict a = psi + k * CHUNK, *restrict b = psi + (k + stride) * CHUNK;
+            const REAL *a = src + k * CHUNK, *b = src + (k + stride) * CHUNK;
+            REAL *x = dst + k * CHUNK, *y = dst + (k + stride) * CHUNK;
 #pragma GCC ivdep /* distinct rows; without it GCC still checks them for overlap at run time (5% of backward) */
             for (int i = 0; i < CHUNK; i++) {
                 REAL a0 = a[i], a1 = b[i], b0, b1;
-                TURN(s1, 0, t, a0, a1, b0, b1);
-                a[i] = b0, b[i] = b1;
+                TURN(s1, undo, t, a0, a1, b0, b1);
+                x[i] = b0, y[i] = b1;
             }
         }
 }
 
-static inline __attribute__((always_inline)) void turn_two(REAL *restrict psi, int64_t dim, int64_t bit, REAL t1,
-                                                            REAL t2, const int s1, const int s2) {
+static inline __attribute__((always_inline)) void turn_two(REAL *dst, const REAL *src, int64_t dim, int64_t bit,
+                                                            REAL t1, REAL t2, const int s1, const int s2,
+                                                            const int undo) {
     int64_t hi = (int64_t)1 << bit, lo = hi >> 1;
     for (int64_t base = 0; base < dim; base += 2 * hi)
         for (int64_t mid = base; mid < base + hi; mid += 2 * lo)
             for (int64_t k = mid; k < mid + lo; k++) {
-                REAL *restrict p00 = psi + k * CHUNK, *restrict p01 = psi + (k + lo) * CHUNK;
-                REAL *restrict p10 = psi + (k + hi) * CHUNK, *restrict p11 = psi + (k + hi + lo) * CHUNK;
+                const REAL *p00 = src + k * CHUNK, *p01 = src + (k + lo) * CHUNK;
+                const REAL *p10 = src + (k + hi) * CHUNK, *p11 = src + (k + hi + lo) * CHUNK;
+                REAL *q00 = dst + k * CHUNK, *q01 = dst + (k + lo) * CHUNK;
+                REAL *q10 = dst + (k + hi) * CHUNK, *q11 = dst + (k + hi + lo) * CHUNK;
 #pragma GCC ivdep
                 for (int i = 0; i < CHUNK; i++) {
                     REAL b00, b01, b10, b11;
-                    TURN(s1, 0, t1, p00[i], p10[i], b00, b10); /* first wire: pairs (00, 10), (01, 11) */
-                    TURN(s1, 0, t1, p01[i], p11[i], b01, b11);
-                    TURN(s2, 0, t2, b00, b01, p00[i], p01[i]); /* second wire: (00, 01), (10, 11) */
-                    TURN(s2, 0, t2, b10, b11, p10[i], p11[i]);
+                    TURN(s1, undo, t1, p00[i], p10[i], b00, b10); /* first wire: pairs (00, 10), (01, 11) */
+                    TURN(s1, undo, t1, p01[i], p11[i], b01, b11);
+                    TURN(s2, undo, t2, b00, b01, q00[i], q01[i]); /* second wire: (00, 01), (10, 11) */
+                    TURN(s2, undo, t2, b10, b11, q10[i], q11[i]);
                 }
             }
 }
 
-static void rotate(REAL *psi, int64_t dim, int64_t bit, Gate g) {
-    if (g.by_sin) turn_one(psi, dim, bit, g.t, 1);
-    else turn_one(psi, dim, bit, g.t, 0);
+static void rotate(REAL *dst, const REAL *src, int64_t dim, int64_t bit, Gate g, int undo) {
+    if (undo) g.by_sin ? turn_one(dst, src, dim, bit, g.t, 1, 1) : turn_one(dst, src, dim, bit, g.t, 0, 1);
+    else g.by_sin ? turn_one(dst, src, dim, bit, g.t, 1, 0) : turn_one(dst, src, dim, bit, g.t, 0, 0);
 }
 
-static void rotate_two(REAL *psi, int64_t dim, int64_t bit, Gate g1, Gate g2) {
-    if (g1.by_sin && g2.by_sin) turn_two(psi, dim, bit, g1.t, g2.t, 1, 1);
-    else if (g1.by_sin) turn_two(psi, dim, bit, g1.t, g2.t, 1, 0);
-    else if (g2.by_sin) turn_two(psi, dim, bit, g1.t, g2.t, 0, 1);
-    else turn_two(psi, dim, bit, g1.t, g2.t, 0, 0);
+#define TURN_TWO(undo)                                                                      \
+    do {                                                                                    \
+        if (g1.by_sin && g2.by_sin) turn_two(dst, src, dim, bit, g1.t, g2.t, 1, 1, undo);   \
+        else if (g1.by_sin) turn_two(dst, src, dim, bit, g1.t, g2.t, 1, 0, undo);           \
+        else if (g2.by_sin) turn_two(dst, src, dim, bit, g1.t, g2.t, 0, 1, undo);           \
+        else turn_two(dst, src, dim, bit, g1.t, g2.t, 0, 0, undo);                          \
+    } while (0)
+
+static void rotate_two(REAL *dst, const REAL *src, int64_t dim, int64_t bit, Gate g1, Gate g2, int undo) {
+    if (undo) TURN_TWO(1);
+    else TURN_TWO(0);
 }
 
 /* Rows per block whose wires are applied while the block stays in the L1 cache (32 KB of floats at CHUNK 32) */
 #define BLOCK_BITS 8
 
-/* One layer's rotations (wire q acts on index bit n - 1 - q), two wires at a time: the wires of the low
- * BLOCK_BITS bits block by block, then the others over the whole state. They commute, so the order is free.
- * Returns the product of the layer's factors f. */
-static double rotate_layer(REAL *psi, int64_t n, const REAL *cos, const REAL *sin) {
+/* One layer's rotations (wire q acts on index bit n - 1 - q), or with undo their transposes, from src into dst
+ * (the same buffer, or another): two wires at a time, the wires of the low BLOCK_BITS bits block by block,
+ * then the others over the whole state. They commute, so the order is free. Returns the product of the
+ * layer's factors f: dst holds the true result over it (T = R / f, and T^T = R^T / f). */
+static double rotate_layer(REAL *dst, const REAL *src, int64_t n, const REAL *cos, const REAL *sin, int undo) {
     int64_t dim = (int64_t)1 << n, low = n < BLOCK_BITS ? n : BLOCK_BITS, rows = (int64_t)1 << low;
     Gate g[64];
     double factor = 1;
     for (int64_t q = 0; q < n; q++) g[q] = gate(cos[q], sin[q]), factor *= g[q].f;
     for (int64_t block = 0; block < dim; block += rows) {
-        REAL *part = psi + block * CHUNK;
+        REAL *to = dst + block * CHUNK;
+        const REAL *from = src + block * CHUNK; /* the first pass reads src, the others dst */
         int64_t q = n - low;
-        if (low % 2) rotate(part, rows, n - 1 - q, g[q]), q++;
-        for (; q + 1 < n; q += 2) rotate_two(part, rows, n - 1 - q, g[q], g[q + 1]);
+        if (low % 2) rotate(to, from, rows, n - 1 - q, g[q], undo), q++, from = to;
+        for (; q + 1 < n; q += 2, from = to) rotate_two(to, from, rows, n - 1 - q, g[q], g[q + 1], undo);
     }
     int64_t q = 0;
-    for (; q + 1 < n - low; q += 2) rotate_two(psi, dim, n - 1 - q, g[q], g[q + 1]);
-    if (q < n - low) rotate(psi, dim, n - 1 - q, g[q]);
+    for (; q + 1 < n - low; q += 2) rotate_two(dst, dst, dim, n - 1 - q, g[q], g[q + 1], undo);
+    if (q < n - low) rotate(dst, dst, dim, n - 1 - q, g[q], undo);
     return factor;
+}
+
+static double lane_sum(const REAL *acc) {
+    double total = 0;
+    for (int t = 0; t < CHUNK; t++) total += acc[t];
+    return total;
+}
+
+/* The sums over the pairs of (lam1 psi0 - lam0 psi1) for the wire of one index bit, or of two (bit and bit - 1),
+ * over the rows [0, dim), added lane by lane into its row (their rows) of acc: read only. Each pair of a
+ * group of four rows adds into its own register sums, which keeps the chains of dependent additions short. */
+static void pair_sums_one(const REAL *restrict psi, const REAL *restrict lam, int64_t dim, int64_t bit,
+                          REAL *restrict acc) {
+    int64_t stride = (int64_t)1 << bit;
+    REAL s[CHUNK] = {0};
+    for (int64_t base = 0; base < dim; base += 2 * stride)
+        for (int64_t k = base; k < base + stride; k++) {
+            const REAL *restrict a0 = psi + k * CHUNK, *restrict a1 = psi + (k + stride) * CHUNK;
+            const REAL *restrict m0 = lam + k * CHUNK, *restrict m1 = lam + (k + stride) * CHUNK;
+            for (int i = 0; i < CHUNK; i++) s[i] = s[i] + m1[i] * a0[i] - m0[i] * a1[i]; /* two fused steps */
+        }
+    for (int i = 0; i < CHUNK; i++) acc[i] += s[i];
+}
+
+static void pair_sums_two(const REAL *restrict psi, const REAL *restrict lam, int64_t dim, int64_t bit,
+                          REAL *restrict acc) {
+    int64_t hi = (int64_t)1 << bit, lo = hi >> 1;
+    REAL first_a[CHUNK] = {0}, first_b[CHUNK] = {0}, second_a[CHUNK] = {0}, second_b[CHUNK] = {0};
+    for (int64_t base = 0; base < dim; base += 2 * hi)
+        for (int64_t mid = base; mid < base + hi; mid += 2 * lo)
+            for (int64_t k = mid; k < mid + lo; k++) {
+                const REAL *restrict p00 = psi + k * CHUNK, *restrict p01 = psi + (k + lo) * CHUNK;
+                const REAL *restrict p10 = psi + (k + hi) * CHUNK, *restrict p11 = psi + (k + hi + lo) * CHUNK;
+                const REAL *restrict q00 = lam + k * CHUNK, *restrict q01 = lam + (k + lo) * CHUNK;
+                const REAL *restrict q10 = lam + (k + hi) * CHUNK, *restrict q11 = lam + (k + hi + lo) * CHUNK;
+                for (int i = 0; i < CHUNK; i++) {
+                    first_a[i] = first_a[i] + q10[i] * p00[i] - q00[i] * p10[i]; /* first wire: (00, 10), (01, 11) */
+                    first_b[i] = first_b[i] + q11[i] * p01[i] - q01[i] * p11[i];
+                    second_a[i] = second_a[i] + q01[i] * p00[i] - q00[i] * p01[i]; /* second: (00, 01), (10, 11) */
+                    second_b[i] = second_b[i] + q11[i] * p10[i] - q10[i] * p11[i];
+                }
+            }
+    for (int i = 0; i < CHUNK; i++) acc[i] += first_a[i] + first_b[i], acc[CHUNK + i] += second_a[i] + second_b[i];
+}
+
+/* Rows per block of layer_sums: the state's and the adjoint's share of a block fit the L1 cache together */
+#define SUM_BITS 6
+
+/* Those sums for each of the n wires into sums[] (acc: n rows of scratch): each angle's gradient, with psi and
+ * lam at the input of the layer (see qaa_backward). As rotate_layer: the wires of the low bits block by block,
+ * then the others. */
+static void layer_sums(const REAL *psi, const REAL *lam, int64_t n, REAL *acc, double *sums) {
+    int64_t dim = (int64_t)1 << n, low = n < SUM_BITS ? n : SUM_BITS, rows = (int64_t)1 << low;
+    memset(acc, 0, sizeof(REAL) * CHUNK * n);
+    for (int64_t block = 0; block < dim; block += rows) {
+        const REAL *part = psi + block * CHUNK, *adjoint = lam + block * CHUNK;
+        int64_t q = n - low;
+        if (low % 2) pair_sums_one(part, adjoint, rows, n - 1 - q, acc + q * CHUNK), q++;
+        for (; q + 1 < n; q += 2) pair_sums_two(part, adjoint, rows, n - 1 - q, acc + q * CHUNK);
+    }
+    int64_t q = 0;
+    for (; q + 1 < n - low; q += 2) pair_sums_two(psi, lam, dim, n - 1 - q, acc + q * CHUNK);
+    if (q < n - low) pair_sums_one(psi, lam, dim, n - 1 - q, acc + q * CHUNK);
+    for (q = 0; q < n; q++) sums[q] = lane_sum(acc + q * CHUNK);
 }
 
 /* dst row k = scale times src row index[k] */
@@ -243,24 +320,18 @@ static void gather(const REAL *restrict src, REAL *restrict dst, const int64_t *
     }
 }
 
-static void swap(REAL **a, REAL **b) {
-    REAL *t = *a;
-    *a = *b;
-    *b = t;
-}
-
-/* The state before the last ring in *psi (the buffers may be swapped), over the last layer's factor, which
- * it returns: each earlier layer's is multiplied back in by the ring's copy. */
-static double run(const Circuit *c, int64_t t0, int64_t tb, REAL **psi, REAL **spare, REAL *norm_sq) {
+/* Runs the circuit from the inputs embedded in the buffer `inputs`: layer l from its input, inputs + l step, into
+ * work, then, but after the last, the ring from work into the next layer's input (the forward passes step 0,
+ * one buffer for every layer's input; the backward keeps them all). Leaves the state before the last ring in
+ * work, over the last layer's factor, which it returns: each earlier layer's is multiplied back in by the
+ * ring's copy. */
+static double run(const Circuit *c, int64_t t0, int64_t tb, REAL *inputs, int64_t step, REAL *work, REAL *norm_sq) {
     int64_t dim = (int64_t)1 << c->n;
     double factor = 1;
-    embed(c, t0, tb, *psi, norm_sq);
+    embed(c, t0, tb, inputs, norm_sq);
     for (int64_t l = 0; l < c->layers; l++) {
-        if (l) {
-            gather(*psi, *spare, c->inverse, dim, (REAL)factor);
-            swap(psi, spare);
-        }
-        factor = rotate_layer(*psi, c->n, c->cos + l * c->n, c->sin + l * c->n);
+        if (l) gather(work, inputs + l * step, c->inverse, dim, (REAL)factor);
+        factor = rotate_layer(work, inputs + l * step, c->n, c->cos + l * c->n, c->sin + l * c->n, 0);
     }
     return factor;
 }
@@ -308,10 +379,10 @@ int qaa_forward(const Circuit *c, REAL *out, int threads) {
             failed |= 1;
             continue;
         }
-        REAL *spare = psi + (dim + 1) * CHUNK, *acc = spare + (dim + 1) * CHUNK; /* state buffers: 2^n + 1 rows (see half_sums) */
+        REAL *spare = psi + (dim + 1) * CHUNK, *acc = spare + (dim + 1) * CHUNK; /* state buffers: see half_sums */
         REAL *norm_sq = acc + c->n * CHUNK;
         int64_t t0 = chunk * CHUNK, tb = c->tokens - t0 < CHUNK ? c->tokens - t0 : CHUNK;
-        double factor = run(c, t0, tb, &psi, &spare, norm_sq);
+        double factor = run(c, t0, tb, spare, 0, psi, norm_sq);
         for (int t = 0; t < CHUNK; t++) norm_sq[t] /= (REAL)(factor * factor); /* the readout of psi f */
         if (c->z_readout) {
             /* z_q = sum_j (-1)^bit_q(j) p_j over the probabilities after the last ring, p_j = psi[inverse[j]]^2.
@@ -346,12 +417,6 @@ int qaa_forward(const Circuit *c, REAL *out, int threads) {
     return failed;
 }
 
-static double lane_sum(const REAL *acc) {
-    double total = 0;
-    for (int t = 0; t < CHUNK; t++) total += acc[t];
-    return total;
-}
-
 /* sum a[k] b[k] in CHUNK partial sums, which the compiler keeps in vector registers (one running sum is a
  * serial chain: floating-point addition may not be reordered) */
 static REAL dot(const REAL *restrict a, const REAL *restrict b, int64_t count) {
@@ -362,126 +427,6 @@ static REAL dot(const REAL *restrict a, const REAL *restrict b, int64_t count) {
     for (; k < count; k++) total += a[k] * b[k];
     for (int i = 0; i < CHUNK; i++) total += partial[i];
     return total;
-}
-
-/* Backward through one or two wires' T (as turn_one, turn_two): the state and the adjoint just after them go
- * back through T^T, and each wire's sum (lam1 b0 - lam0 b1) over the pairs and lanes just after it goes to
- * sums[] (the first wire's, then the second's). */
-static inline __attribute__((always_inline)) void unturn_one(REAL *restrict psi, REAL *restrict lam, int64_t dim,
-                                                              int64_t bit, REAL t, REAL *restrict acc,
-                                                              double *sums, const int s1) {
-    int64_t stride = (int64_t)1 << bit;
-    memset(acc, 0, sizeof(REAL) * CHUNK);
-    for (int64_t base = 0; base < dim; base += 2 * stride)
-        for (int64_t k = base; k < base + stride; k++) {
-            REAL *restrict s0 = psi + k * CHUNK, *restrict s1p = psi + (k + stride) * CHUNK;
-            REAL *restrict m0 = lam + k * CHUNK, *restrict m1 = lam + (k + stride) * CHUNK;
-#pragma GCC ivdep
-            for (int i = 0; i < CHUNK; i++) {
-                REAL b0 = s0[i], b1 = s1p[i], l0 = m0[i], l1 = m1[i];
-                acc[i] += l1 * b0 - l0 * b1;
-                TURN(s1, 1, t, b0, b1, s0[i], s1p[i]);
-                TURN(s1, 1, t, l0, l1, m0[i], m1[i]);
-            }
-        }
-    sums[0] = lane_sum(acc);
-}
-
-static inline __attribute__((always_inline)) void unturn_two(REAL *restrict psi, REAL *restrict lam, int64_t dim,
-                                                              int64_t bit, REAL t1, REAL t2, REAL *restrict acc,
-                                                              double *sums, const int s1, const int s2) {
-    int64_t hi = (int64_t)1 << bit, lo = hi >> 1;
-    REAL *restrict acc1 = acc, *restrict acc2 = acc + CHUNK;
-    memset(acc, 0, sizeof(REAL) * 2 * CHUNK);
-    for (int64_t base = 0; base < dim; base += 2 * hi)
-        for (int64_t mid = base; mid < base + hi; mid += 2 * lo)
-            for (int64_t k = mid; k < mid + lo; k++) {
-                REAL *restrict p00 = psi + k * CHUNK, *restrict p01 = psi + (k + lo) * CHUNK;
-                REAL *restrict p10 = psi + (k + hi) * CHUNK, *restrict p11 = psi + (k + hi + lo) * CHUNK;
-                REAL *restrict q00 = lam + k * CHUNK, *restrict q01 = lam + (k + lo) * CHUNK;
-                REAL *restrict q10 = lam + (k + hi) * CHUNK, *restrict q11 = lam + (k + hi + lo) * CHUNK;
-#pragma GCC ivdep /* eight distinct rows: too many pairs for the compiler's own overlap checks */
-                for (int i = 0; i < CHUNK; i++) {
-                    REAL b00 = p00[i], b01 = p01[i], b10 = p10[i], b11 = p11[i];
-                    REAL l00 = q00[i], l01 = q01[i], l10 = q10[i], l11 = q11[i];
-                    REAL a00, a01, a10, a11, m00, m01, m10, m11;
-                    /* second wire first: pairs (00, 01) and (10, 11) */
-                    acc2[i] += l01 * b00 - l00 * b01 + l11 * b10 - l10 * b11;
-                    TURN(s2, 1, t2, b00, b01, a00, a01);
-                    TURN(s2, 1, t2, b10, b11, a10, a11);
-                    TURN(s2, 1, t2, l00, l01, m00, m01);
-                    TURN(s2, 1, t2, l10, l11, m10, m11);
-                    /* then the first wire: pairs (00, 10) and (01, 11) */
-                    acc1[i] += m10 * a00 - m00 * a10 + m11 * a01 - m01 * a11;
-                    TURN(s1, 1, t1, a00, a10, p00[i], p10[i]);
-                    TURN(s1, 1, t1, a01, a11, p01[i], p11[i]);
-                    TURN(s1, 1, t1, m00, m10, q00[i], q10[i]);
-                    TURN(s1, 1, t1, m01, m11, q01[i], q11[i]);
-                }
-            }
-    sums[0] = lane_sum(acc1);
-    sums[1] = lane_sum(acc2);
-}
-
-/* The order in which a layer's wires were undone and their sums: the gradient of each wire's angle is half
- * its sum over the square of the states' scale at that point, which each undone factor f changes. */
-typedef struct {
-    double sums[64];
-    int64_t order[64], count;
-} Walk;
-
-static void walked(Walk *w, int64_t q, double sum) {
-    int64_t i = 0;
-    while (i < w->count && w->order[i] != q) i++;
-    if (i == w->count) w->order[w->count++] = q;
-    w->sums[q] += sum;
-}
-
-static void unrotate(REAL *psi, REAL *lam, int64_t dim, int64_t bit, Gate g, REAL *acc, Walk *w, int64_t q) {
-    double s[1];
-    if (g.by_sin) unturn_one(psi, lam, dim, bit, g.t, acc, s, 1);
-    else unturn_one(psi, lam, dim, bit, g.t, acc, s, 0);
-    walked(w, q, s[0]);
-}
-
-static void unrotate_two(REAL *psi, REAL *lam, int64_t dim, int64_t bit, Gate g1, Gate g2, REAL *acc, Walk *w,
-                         int64_t q) {
-    double s[2];
-    if (g1.by_sin && g2.by_sin) unturn_two(psi, lam, dim, bit, g1.t, g2.t, acc, s, 1, 1);
-    else if (g1.by_sin) unturn_two(psi, lam, dim, bit, g1.t, g2.t, acc, s, 1, 0);
-    else if (g2.by_sin) unturn_two(psi, lam, dim, bit, g1.t, g2.t, acc, s, 0, 1);
-    else unturn_two(psi, lam, dim, bit, g1.t, g2.t, acc, s, 0, 0);
-    walked(w, q + 1, s[1]);
-    walked(w, q, s[0]);
-}
-
-/* State and adjoint rows per block in the backward: psi's and lam's share fit the L1 cache together */
-#define BACK_BITS 6
-
-/* Backward through rotate_layer: the wires of the high bits over the whole state, then the low ones block by
- * block. *scale is the states' scale (stored = true times scale) on entry, and is updated. */
-static void unrotate_layer(REAL *psi, REAL *lam, int64_t n, const REAL *cos, const REAL *sin, REAL *acc,
-                           double *grad, double *scale) {
-    int64_t dim = (int64_t)1 << n, low = n < BACK_BITS ? n : BACK_BITS, rows = (int64_t)1 << low, high = n - low;
-    Gate g[64];
-    Walk w = {{0}, {0}, 0};
-    for (int64_t q = 0; q < n; q++) g[q] = gate(cos[q], sin[q]);
-    int64_t q = 0;
-    for (; q + 1 < high; q += 2) unrotate_two(psi, lam, dim, n - 1 - q, g[q], g[q + 1], acc, &w, q);
-    if (q < high) unrotate(psi, lam, dim, n - 1 - q, g[q], acc, &w, q);
-    for (int64_t block = 0; block < dim; block += rows) {
-        REAL *part = psi + block * CHUNK, *adjoint = lam + block * CHUNK;
-        q = high;
-        if (low % 2) unrotate(part, adjoint, rows, n - 1 - q, g[q], acc, &w, q), q++;
-        for (; q + 1 < n; q += 2) unrotate_two(part, adjoint, rows, n - 1 - q, g[q], g[q + 1], acc, &w, q);
-    }
-    double a = *scale;
-    for (int64_t i = 0; i < w.count; i++) {
-        int64_t wire = w.order[i];
-        grad[wire] = 0.5 * w.sums[wire] / (a * a);
-        a /= g[wire].f; /* T^T = R^T / f */
-    }
-    *scale = a;
 }
 
 /* table[r] = sum_i (-1)^(bit i of r, counted from the top) g_i over `wires` rows g_i, for r < 2^wires: built
@@ -511,21 +456,23 @@ int qaa_backward(const Circuit *c, const REAL *grad_out, REAL *grad_x, double *g
     int failed = 0;
 #pragma omp parallel for schedule(static) num_threads(threads) reduction(| : failed)
     for (int64_t chunk = 0; chunk < (c->tokens + CHUNK - 1) / CHUNK; chunk++) {
-        REAL *psi = workspace(4 * (dim + 1) + 3);
-        if (!psi) {
+        /* each layer's input, the state, the adjoint and its spare, of 2^n + 1 rows each (see half_sums) */
+        int64_t rows = dim + 1;
+        REAL *inputs = workspace((c->layers + 3) * rows + c->n + 1);
+        if (!inputs) {
             failed |= 1;
             continue;
         }
-        REAL *spare = psi + (dim + 1) * CHUNK, *lam = spare + (dim + 1) * CHUNK;
-        REAL *lam_spare = lam + (dim + 1) * CHUNK, *acc = lam_spare + (dim + 1) * CHUNK, *norm_sq = acc + 2 * CHUNK;
+        REAL *psi = inputs + c->layers * rows * CHUNK, *lam = psi + rows * CHUNK, *lam_spare = lam + rows * CHUNK;
+        REAL *acc = lam_spare + rows * CHUNK, *norm_sq = acc + c->n * CHUNK;
         int64_t t0 = chunk * CHUNK, tb = c->tokens - t0 < CHUNK ? c->tokens - t0 : CHUNK;
-        double scale = 1 / run(c, t0, tb, &psi, &spare, norm_sq);
+        double scale = 1 / run(c, t0, tb, inputs, rows * CHUNK, psi, norm_sq); /* stored = true times scale */
         /* d loss / d state before the last ring: 2 psi times d loss / d probability (over |x|^2) */
         if (c->z_readout) {
             /* w_j = sum_q (-1)^bit_q(j) g_q over the basis after the last ring, so that d loss / d psi_k =
              * 2 psi_k w[forward[k]]: w_j is the sum of two tables, over the high and the low half of j's bits */
             int64_t low = c->n / 2, mask = ((int64_t)1 << low) - 1;
-            REAL *g = lam_spare, *high_table = spare, *low_table = spare + (dim >> low) * CHUNK;
+            REAL *g = acc, *high_table = lam_spare, *low_table = lam_spare + (dim >> low) * CHUNK;
             memset(g, 0, sizeof(REAL) * CHUNK * c->n);
             for (int64_t q = 0; q < c->n; q++)
                 for (int64_t t = 0; t < tb; t++) g[q * CHUNK + t] = grad_out[(t0 + t) * n_out + q] / norm_sq[t];
@@ -542,14 +489,20 @@ int qaa_backward(const Circuit *c, const REAL *grad_out, REAL *grad_x, double *g
                 for (int64_t t = 0; t < tb; t++)
                     lam[k * CHUNK + t] = 2 * psi[k * CHUNK + t] * grad_out[(t0 + t) * n_out + c->forward[k]] / norm_sq[t];
         }
+        /* The adjoint alone goes back through each layer (R^T, then the ring's inverse); each angle's gradient is
+         * read off at the layer's input, where the state is kept: the layer's rotations commute and
+         * d/dtheta_q R = J_q R (J_q half the generator on wire q), so lam_out . J_q R psi_in =
+         * (R^T lam_out) . J_q psi_in, for every wire at one point. */
         for (int64_t l = c->layers - 1; l >= 0; l--) {
-            unrotate_layer(psi, lam, c->n, c->cos + l * c->n, c->sin + l * c->n, acc,
-                           grad_angles + (chunk * c->layers + l) * c->n, &scale);
-            if (l) { /* undo the ring: state[j] = state_after[forward[j]], at scale 1 again */
-                gather(psi, spare, c->forward, dim, (REAL)(1 / scale));
-                swap(&psi, &spare);
+            REAL *back = lam_spare;
+            double sums[64];
+            scale /= rotate_layer(back, lam, c->n, c->cos + l * c->n, c->sin + l * c->n, 1);
+            lam_spare = lam, lam = back;
+            layer_sums(inputs + l * rows * CHUNK, lam, c->n, acc, sums);
+            for (int64_t q = 0; q < c->n; q++) grad_angles[(chunk * c->layers + l) * c->n + q] = 0.5 * sums[q] / scale;
+            if (l) { /* undo the ring: adjoint[j] = adjoint_after[forward[j]], at scale 1 again */
                 gather(lam, lam_spare, c->forward, dim, (REAL)(1 / scale));
-                swap(&lam, &lam_spare);
+                back = lam_spare, lam_spare = lam, lam = back;
                 scale = 1;
             }
         }

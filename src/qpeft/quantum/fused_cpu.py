@@ -10,14 +10,16 @@ lanes), those of the low index bits block by block in the L1 cache, each as f [[
 row gather, the Z readout by folding the probabilities one wire at a time (about 2 operations
 per amplitude instead of n). No library simulates a circuit this way.
 
-The backward keeps nothing from the forward either. It reruns the chunk's circuit, then walks
-the gates back, undoing each rotation on the state (R is orthogonal, so R^T recovers its
-input) while sending the adjoint through it, and reads each angle's gradient off the two at
-that gate: d/dθ of RY(θ) is RY(θ) times half the 2 x 2 generator [[0, -1], [1, 0]], so
+The backward keeps nothing from the forward either. It reruns the chunk's circuit, keeping
+each layer's input state in its buffers (not autograd's), then sends the adjoint alone back
+through each layer (R^T) and ring, and reads every angle's gradient of a layer off its input
+state and the adjoint there: a layer's rotations commute, and d/dθ_q of RY(θ_q) is RY(θ_q)
+times half the 2 x 2 generator J = [[0, -1], [1, 0]] on wire q, so with R the layer,
 
-    dL/dθ = 1/2 Σ_pairs Σ_tokens (λ1 b0 - λ0 b1)
+    dL/dθ_q = λ_out · J_q R ψ_in = (R^T λ_out) · J_q ψ_in = 1/2 Σ_pairs Σ_tokens (λ1 ψ0 - λ0 ψ1)
 
-with b the state and λ the adjoint just after the gate.
+over the pairs of amplitudes wire q couples, at the layer's input: no gate is undone on the
+state.
 
 The C file is compiled on first use with the system's C compiler (``$CC``, else ``cc``), for
 this machine's vector instructions (``-march=native``), and loaded with ctypes: plain C, no Python
