@@ -128,7 +128,9 @@ static void transpose(REAL *restrict dst, int64_t dst_stride, const REAL *restri
 /* The unnormalised amplitudes of tokens t0 .. t0 + tb, and their squared norms (1 for a zero token, which
  * reads out zero: the state is linear in x, so dividing the quadratic readout by |x|^2 normalises it). */
 static void embed(const Circuit *c, int64_t t0, int64_t tb, REAL *restrict psi, REAL *restrict norm_sq) {
-    memset(psi, 0, sizeof(REAL) * CHUNK << c->n); /* padding amplitudes and tokens past the end stay 0 */
+    /* padding amplitudes, and the lanes past the last token, stay 0 (the transpose writes the rest) */
+    int64_t from = tb < CHUNK ? 0 : c->width;
+    memset(psi + from * CHUNK, 0, sizeof(REAL) * CHUNK * (((int64_t)1 << c->n) - from));
     memset(norm_sq, 0, sizeof(REAL) * CHUNK);
     /* the inputs transposed into the state's rows, then the norms summed amplitude by amplitude over the vector
      * lanes (token by token, each norm was one serial chain of additions) */
@@ -184,22 +186,26 @@ static inline __attribute__((always_inline)) void turn_one(REAL *dst, const REAL
 
 static inline __attribute__((always_inline)) void turn_two(REAL *dst, const REAL *src, int64_t dim, int64_t bit,
                                                             REAL t1, REAL t2, const int s1, const int s2,
-                                                            const int undo) {
+                                                            const int undo, const int64_t *map, REAL scale) {
     int64_t hi = (int64_t)1 << bit, lo = hi >> 1;
     for (int64_t base = 0; base < dim; base += 2 * hi)
         for (int64_t mid = base; mid < base + hi; mid += 2 * lo)
             for (int64_t k = mid; k < mid + lo; k++) {
                 const REAL *p00 = src + k * CHUNK, *p01 = src + (k + lo) * CHUNK;
                 const REAL *p10 = src + (k + hi) * CHUNK, *p11 = src + (k + hi + lo) * CHUNK;
-                REAL *q00 = dst + k * CHUNK, *q01 = dst + (k + lo) * CHUNK;
-                REAL *q10 = dst + (k + hi) * CHUNK, *q11 = dst + (k + hi + lo) * CHUNK;
+                /* with a map (the ring, where this is a layer's last pass), row k goes to map[k], times scale */
+                REAL *q00 = dst + (map ? map[k] : k) * CHUNK, *q01 = dst + (map ? map[k + lo] : k + lo) * CHUNK;
+                REAL *q10 = dst + (map ? map[k + hi] : k + hi) * CHUNK;
+                REAL *q11 = dst + (map ? map[k + hi + lo] : k + hi + lo) * CHUNK;
 #pragma GCC ivdep
                 for (int i = 0; i < CHUNK; i++) {
-                    REAL b00, b01, b10, b11;
+                    REAL b00, b01, b10, b11, c00, c01, c10, c11;
                     TURN(s1, undo, t1, p00[i], p10[i], b00, b10); /* first wire: pairs (00, 10), (01, 11) */
                     TURN(s1, undo, t1, p01[i], p11[i], b01, b11);
-                    TURN(s2, undo, t2, b00, b01, q00[i], q01[i]); /* second wire: (00, 01), (10, 11) */
-                    TURN(s2, undo, t2, b10, b11, q10[i], q11[i]);
+                    TURN(s2, undo, t2, b00, b01, c00, c01); /* second wire: (00, 01), (10, 11) */
+                    TURN(s2, undo, t2, b10, b11, c10, c11);
+                    q00[i] = map ? scale * c00 : c00, q01[i] = map ? scale * c01 : c01;
+                    q10[i] = map ? scale * c10 : c10, q11[i] = map ? scale * c11 : c11;
                 }
             }
 }
@@ -209,41 +215,66 @@ static void rotate(REAL *dst, const REAL *src, int64_t dim, int64_t bit, Gate g,
     else g.by_sin ? turn_one(dst, src, dim, bit, g.t, 1, 0) : turn_one(dst, src, dim, bit, g.t, 0, 0);
 }
 
-#define TURN_TWO(undo)                                                                      \
-    do {                                                                                    \
-        if (g1.by_sin && g2.by_sin) turn_two(dst, src, dim, bit, g1.t, g2.t, 1, 1, undo);   \
-        else if (g1.by_sin) turn_two(dst, src, dim, bit, g1.t, g2.t, 1, 0, undo);           \
-        else if (g2.by_sin) turn_two(dst, src, dim, bit, g1.t, g2.t, 0, 1, undo);           \
-        else turn_two(dst, src, dim, bit, g1.t, g2.t, 0, 0, undo);                          \
+#define TURN_TWO(undo, map)                                                                             \
+    do {                                                                                                \
+        if (g1.by_sin && g2.by_sin) turn_two(dst, src, dim, bit, g1.t, g2.t, 1, 1, undo, map, scale);   \
+        else if (g1.by_sin) turn_two(dst, src, dim, bit, g1.t, g2.t, 1, 0, undo, map, scale);           \
+        else if (g2.by_sin) turn_two(dst, src, dim, bit, g1.t, g2.t, 0, 1, undo, map, scale);           \
+        else turn_two(dst, src, dim, bit, g1.t, g2.t, 0, 0, undo, map, scale);                          \
     } while (0)
 
-static void rotate_two(REAL *dst, const REAL *src, int64_t dim, int64_t bit, Gate g1, Gate g2, int undo) {
-    if (undo) TURN_TWO(1);
-    else TURN_TWO(0);
+/* with a map: dst row map[k] = scale times result row k (dst must not be src then); no map with undo */
+static void rotate_two(REAL *dst, const REAL *src, int64_t dim, int64_t bit, Gate g1, Gate g2, int undo,
+                       const int64_t *map, REAL scale) {
+    if (map) TURN_TWO(0, map);
+    else if (undo) TURN_TWO(1, NULL);
+    else TURN_TWO(0, NULL);
 }
 
 /* Rows per block whose wires are applied while the block stays in the L1 cache (32 KB of floats at CHUNK 32) */
 #define BLOCK_BITS 8
 
+/* dst row k = scale times src row index[k] */
+static void gather(const REAL *restrict src, REAL *restrict dst, const int64_t *index, int64_t dim, REAL scale) {
+    for (int64_t k = 0; k < dim; k++) {
+        const REAL *restrict from = src + index[k] * CHUNK;
+        REAL *restrict to = dst + k * CHUNK;
+        for (int i = 0; i < CHUNK; i++) to[i] = scale * from[i];
+    }
+}
+
 /* One layer's rotations (wire q acts on index bit n - 1 - q), or with undo their transposes, from src into dst
  * (the same buffer, or another): two wires at a time, the wires of the low BLOCK_BITS bits block by block,
- * then the others over the whole state. They commute, so the order is free. Returns the product of the
- * layer's factors f: dst holds the true result over it (T = R / f, and T^T = R^T / f). */
-static double rotate_layer(REAL *dst, const REAL *src, int64_t n, const REAL *cos, const REAL *sin, int undo) {
-    int64_t dim = (int64_t)1 << n, low = n < BLOCK_BITS ? n : BLOCK_BITS, rows = (int64_t)1 << low;
+ * then the others over the whole state. They commute, so the order is free. Returns the product F of the
+ * layer's factors f: dst holds the true result over it (T = R / f, and T^T = R^T / f). Rows at and past
+ * `live` are zero in src. With a ring (forward only), the result goes through it into ring_out instead, times
+ * F, so true: ring_out[forward[k]] = F dst[k] (dst is then scratch), in the last pass where there is one. */
+static double rotate_layer(REAL *dst, const REAL *src, int64_t n, const REAL *cos, const REAL *sin, int undo,
+                           int64_t live, REAL *ring_out, const int64_t *forward, const int64_t *inverse) {
+    int64_t dim = (int64_t)1 << n, low = n < BLOCK_BITS ? n : BLOCK_BITS, rows = (int64_t)1 << low, high = n - low;
     Gate g[64];
     double factor = 1;
     for (int64_t q = 0; q < n; q++) g[q] = gate(cos[q], sin[q]), factor *= g[q].f;
     for (int64_t block = 0; block < dim; block += rows) {
         REAL *to = dst + block * CHUNK;
         const REAL *from = src + block * CHUNK; /* the first pass reads src, the others dst */
-        int64_t q = n - low;
+        if (block >= live) { /* zero in, zero out: the low wires keep a block to itself */
+            if (to != from) memset(to, 0, sizeof(REAL) * CHUNK * rows);
+            continue;
+        }
+        int64_t q = high;
         if (low % 2) rotate(to, from, rows, n - 1 - q, g[q], undo), q++, from = to;
-        for (; q + 1 < n; q += 2, from = to) rotate_two(to, from, rows, n - 1 - q, g[q], g[q + 1], undo);
+        for (; q + 1 < n; q += 2, from = to) rotate_two(to, from, rows, n - 1 - q, g[q], g[q + 1], undo, NULL, 1);
     }
     int64_t q = 0;
-    for (; q + 1 < n - low; q += 2) rotate_two(dst, dst, dim, n - 1 - q, g[q], g[q + 1], undo);
-    if (q < n - low) rotate(dst, dst, dim, n - 1 - q, g[q], undo);
+    if (high % 2) rotate(dst, dst, dim, n - 1 - q, g[q], undo), q++;
+    for (; q + 1 < high; q += 2) {
+        int last = q + 2 == high && ring_out;
+        rotate_two(last ? ring_out : dst, dst, dim, n - 1 - q, g[q], g[q + 1], undo, last ? forward : NULL,
+                   (REAL)factor);
+        if (last) return factor;
+    }
+    if (ring_out) gather(dst, ring_out, inverse, dim, (REAL)factor); /* no pair of high wires to carry the ring */
     return factor;
 }
 
@@ -311,15 +342,6 @@ static void layer_sums(const REAL *psi, const REAL *lam, int64_t n, REAL *acc, d
     for (q = 0; q < n; q++) sums[q] = lane_sum(acc + q * CHUNK);
 }
 
-/* dst row k = scale times src row index[k] */
-static void gather(const REAL *restrict src, REAL *restrict dst, const int64_t *index, int64_t dim, REAL scale) {
-    for (int64_t k = 0; k < dim; k++) {
-        const REAL *restrict from = src + index[k] * CHUNK;
-        REAL *restrict to = dst + k * CHUNK;
-        for (int i = 0; i < CHUNK; i++) to[i] = scale * from[i];
-    }
-}
-
 /* Runs the circuit from the inputs embedded in the buffer `inputs`: layer l from its input, inputs + l step, into
  * work, then, but after the last, the ring from work into the next layer's input (the forward passes step 0,
  * one buffer for every layer's input; the backward keeps them all). Leaves the state before the last ring in
@@ -330,8 +352,9 @@ static double run(const Circuit *c, int64_t t0, int64_t tb, REAL *inputs, int64_
     double factor = 1;
     embed(c, t0, tb, inputs, norm_sq);
     for (int64_t l = 0; l < c->layers; l++) {
-        if (l) gather(work, inputs + l * step, c->inverse, dim, (REAL)factor);
-        factor = rotate_layer(work, inputs + l * step, c->n, c->cos + l * c->n, c->sin + l * c->n, 0);
+        REAL *next = l + 1 < c->layers ? inputs + (l + 1) * step : NULL;
+        factor = rotate_layer(work, inputs + l * step, c->n, c->cos + l * c->n, c->sin + l * c->n, 0,
+                              l ? dim : c->width, next, c->forward, c->inverse);
     }
     return factor;
 }
@@ -496,7 +519,7 @@ int qaa_backward(const Circuit *c, const REAL *grad_out, REAL *grad_x, double *g
         for (int64_t l = c->layers - 1; l >= 0; l--) {
             REAL *back = lam_spare;
             double sums[64];
-            scale /= rotate_layer(back, lam, c->n, c->cos + l * c->n, c->sin + l * c->n, 1);
+            scale /= rotate_layer(back, lam, c->n, c->cos + l * c->n, c->sin + l * c->n, 1, dim, NULL, NULL, NULL);
             lam_spare = lam, lam = back;
             layer_sums(inputs + l * rows * CHUNK, lam, c->n, acc, sums);
             for (int64_t q = 0; q < c->n; q++) grad_angles[(chunk * c->layers + l) * c->n + q] = 0.5 * sums[q] / scale;
