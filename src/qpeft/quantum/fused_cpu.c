@@ -231,8 +231,9 @@ static void rotate_two(REAL *dst, const REAL *src, int64_t dim, int64_t bit, Gat
     else TURN_TWO(0, NULL);
 }
 
-/* Rows per block whose wires are applied while the block stays in the L1 cache (32 KB of floats at CHUNK 32) */
-#define BLOCK_BITS 8
+/* log2 of the rows per block whose wires are applied while the block stays in the L1 cache: 32 KB (256 rows of
+ * 32 floats; at CHUNK 8 the whole state of 10 qubits) */
+#define BLOCK_BITS ((int64_t)__builtin_ctz(32768 / (CHUNK * sizeof(REAL))))
 
 /* dst row k = scale times src row index[k] */
 static void gather(const REAL *restrict src, REAL *restrict dst, const int64_t *index, int64_t dim, REAL scale) {
@@ -248,7 +249,8 @@ static void gather(const REAL *restrict src, REAL *restrict dst, const int64_t *
  * then the others over the whole state. They commute, so the order is free. Returns the product F of the
  * layer's factors f: dst holds the true result over it (T = R / f, and T^T = R^T / f). Rows at and past
  * `live` are zero in src. With a ring (forward only), the result goes through it into ring_out instead, times
- * F, so true: ring_out[forward[k]] = F dst[k] (dst is then scratch), in the last pass where there is one. */
+ * F, so true: ring_out[forward[k]] = F dst[k] (dst is then scratch), in the layer's last pass where that is a
+ * pair's over the whole state, else by a gather. */
 static double rotate_layer(REAL *dst, const REAL *src, int64_t n, const REAL *cos, const REAL *sin, int undo,
                            int64_t live, REAL *ring_out, const int64_t *forward, const int64_t *inverse) {
     int64_t dim = (int64_t)1 << n, low = n < BLOCK_BITS ? n : BLOCK_BITS, rows = (int64_t)1 << low, high = n - low;
@@ -264,7 +266,12 @@ static double rotate_layer(REAL *dst, const REAL *src, int64_t n, const REAL *co
         }
         int64_t q = high;
         if (low % 2) rotate(to, from, rows, n - 1 - q, g[q], undo), q++, from = to;
-        for (; q + 1 < n; q += 2, from = to) rotate_two(to, from, rows, n - 1 - q, g[q], g[q + 1], undo, NULL, 1);
+        for (; q + 1 < n; q += 2, from = to) {
+            int last = q + 2 == n && ring_out && rows == dim; /* one block, the whole state: its last pass */
+            rotate_two(last ? ring_out : to, from, rows, n - 1 - q, g[q], g[q + 1], undo, last ? forward : NULL,
+                       (REAL)factor);
+            if (last) return factor;
+        }
     }
     int64_t q = 0;
     if (high % 2) rotate(dst, dst, dim, n - 1 - q, g[q], undo), q++;
@@ -321,8 +328,9 @@ static void pair_sums_two(const REAL *restrict psi, const REAL *restrict lam, in
     for (int i = 0; i < CHUNK; i++) acc[i] += first_a[i] + first_b[i], acc[CHUNK + i] += second_a[i] + second_b[i];
 }
 
-/* Rows per block of layer_sums: the state's and the adjoint's share of a block fit the L1 cache together */
-#define SUM_BITS 6
+/* log2 of the rows per block of layer_sums: the state's and the adjoint's share of a block, 8 KB each, fit the L1
+ * cache together */
+#define SUM_BITS ((int64_t)__builtin_ctz(8192 / (CHUNK * sizeof(REAL))))
 
 /* Those sums for each of the n wires into sums[] (acc: n rows of scratch): each angle's gradient, with psi and
  * lam at the input of the layer (see qaa_backward). As rotate_layer: the wires of the low bits block by block,
@@ -362,22 +370,26 @@ static double run(const Circuit *c, int64_t t0, int64_t tb, REAL *inputs, int64_
 /* Every state buffer has 2^n + 1 rows: one more than the state, so that the two half tables of the Z readout and
  * its adjoint (2^(n - n/2) + 2^(n/2) rows, 3 for n = 1) fit in a spare one. */
 
-/* The probabilities psi_k^2 of the state before the last ring summed by the high and the low half of the bits of
- * their index after it, j = forward[k]: high_sums has 2^(n - n/2) rows, low_sums 2^(n/2). */
-static void half_sums(const REAL *restrict psi, const int64_t *forward, int64_t n, REAL *restrict high_sums,
+/* The probabilities p_j = psi[inverse[j]]^2 after the last ring summed by the high and the low half of the bits of
+ * j: high_sums has 2^(n - n/2) rows, low_sums 2^(n/2). In order of j, so that a high row's sum stays in registers
+ * and a low row is added into once every 2^(n/2) rows (not in a chain of dependent additions). */
+static void half_sums(const REAL *restrict psi, const int64_t *inverse, int64_t n, REAL *restrict high_sums,
                       REAL *restrict low_sums) {
-    int64_t low = n / 2, mask = ((int64_t)1 << low) - 1, dim = (int64_t)1 << n;
-    memset(high_sums, 0, sizeof(REAL) * CHUNK * (dim >> low));
-    memset(low_sums, 0, sizeof(REAL) * CHUNK * (mask + 1));
-    for (int64_t k = 0; k < dim; k++) {
-        const REAL *restrict a = psi + k * CHUNK;
-        REAL *restrict h = high_sums + (forward[k] >> low) * CHUNK, *restrict l = low_sums + (forward[k] & mask) * CHUNK;
+    int64_t low = n / 2, lows = (int64_t)1 << low, highs = (int64_t)1 << (n - low);
+    memset(low_sums, 0, sizeof(REAL) * CHUNK * lows);
+    for (int64_t h = 0; h < highs; h++) {
+        REAL sum[CHUNK] = {0};
+        for (int64_t l = 0; l < lows; l++) {
+            const REAL *restrict a = psi + inverse[h * lows + l] * CHUNK;
+            REAL *restrict into = low_sums + l * CHUNK;
 #pragma GCC ivdep
-        for (int t = 0; t < CHUNK; t++) {
-            REAL p = a[t] * a[t];
-            h[t] += p;
-            l[t] += p;
+            for (int t = 0; t < CHUNK; t++) {
+                REAL p = a[t] * a[t];
+                sum[t] += p;
+                into[t] += p;
+            }
         }
+        memcpy(high_sums + h * CHUNK, sum, sizeof sum);
     }
 }
 
@@ -413,7 +425,7 @@ int qaa_forward(const Circuit *c, REAL *out, int threads) {
              * z is then a signed sum over one of those halves (2^(n/2) terms, not 2^n). */
             int64_t low = c->n / 2, mask = ((int64_t)1 << low) - 1;
             REAL *high_sums = spare, *low_sums = spare + (dim >> low) * CHUNK;
-            half_sums(psi, c->forward, c->n, high_sums, low_sums);
+            half_sums(psi, c->inverse, c->n, high_sums, low_sums);
             for (int64_t q = 0; q < c->n; q++) {
                 int64_t bit = c->n - 1 - q;
                 const REAL *sums = bit >= low ? high_sums : low_sums;
