@@ -244,15 +244,14 @@ static void gather(const REAL *restrict src, REAL *restrict dst, const int64_t *
     }
 }
 
-/* One layer's rotations (wire q acts on index bit n - 1 - q), or with undo their transposes, from src into dst
- * (the same buffer, or another): two wires at a time, the wires of the low BLOCK_BITS bits block by block,
- * then the others over the whole state. They commute, so the order is free. Returns the product F of the
- * layer's factors f: dst holds the true result over it (T = R / f, and T^T = R^T / f). Rows at and past
- * `live` are zero in src. With a ring (forward only), the result goes through it into ring_out instead, times
- * F, so true: ring_out[forward[k]] = F dst[k] (dst is then scratch), in the layer's last pass where that is a
- * pair's over the whole state, else by a gather. */
-static double rotate_layer(REAL *dst, const REAL *src, int64_t n, const REAL *cos, const REAL *sin, int undo,
-                           int64_t live, REAL *ring_out, const int64_t *forward, const int64_t *inverse) {
+/* One layer's rotations (wire q acts on index bit n - 1 - q) from src into dst (the same buffer, or another): two
+ * wires at a time, the wires of the low BLOCK_BITS bits block by block, then the others over the whole state.
+ * They commute, so the order is free. Returns the product F of the layer's factors f: dst holds the true result
+ * over it (T = R / f). Rows at and past `live` are zero in src. With a ring, the result goes through it into
+ * ring_out instead, times F, so true: ring_out[forward[k]] = F dst[k] (dst is then scratch), in the layer's last
+ * pass where that is a pair's over the whole state, else by a gather. */
+static double rotate_layer(REAL *dst, const REAL *src, int64_t n, const REAL *cos, const REAL *sin, int64_t live,
+                           REAL *ring_out, const int64_t *forward, const int64_t *inverse) {
     int64_t dim = (int64_t)1 << n, low = n < BLOCK_BITS ? n : BLOCK_BITS, rows = (int64_t)1 << low, high = n - low;
     Gate g[64];
     double factor = 1;
@@ -265,19 +264,19 @@ static double rotate_layer(REAL *dst, const REAL *src, int64_t n, const REAL *co
             continue;
         }
         int64_t q = high;
-        if (low % 2) rotate(to, from, rows, n - 1 - q, g[q], undo), q++, from = to;
+        if (low % 2) rotate(to, from, rows, n - 1 - q, g[q], 0), q++, from = to;
         for (; q + 1 < n; q += 2, from = to) {
             int last = q + 2 == n && ring_out && rows == dim; /* one block, the whole state: its last pass */
-            rotate_two(last ? ring_out : to, from, rows, n - 1 - q, g[q], g[q + 1], undo, last ? forward : NULL,
+            rotate_two(last ? ring_out : to, from, rows, n - 1 - q, g[q], g[q + 1], 0, last ? forward : NULL,
                        (REAL)factor);
             if (last) return factor;
         }
     }
     int64_t q = 0;
-    if (high % 2) rotate(dst, dst, dim, n - 1 - q, g[q], undo), q++;
+    if (high % 2) rotate(dst, dst, dim, n - 1 - q, g[q], 0), q++;
     for (; q + 1 < high; q += 2) {
         int last = q + 2 == high && ring_out;
-        rotate_two(last ? ring_out : dst, dst, dim, n - 1 - q, g[q], g[q + 1], undo, last ? forward : NULL,
+        rotate_two(last ? ring_out : dst, dst, dim, n - 1 - q, g[q], g[q + 1], 0, last ? forward : NULL,
                    (REAL)factor);
         if (last) return factor;
     }
@@ -328,26 +327,37 @@ static void pair_sums_two(const REAL *restrict psi, const REAL *restrict lam, in
     for (int i = 0; i < CHUNK; i++) acc[i] += first_a[i] + first_b[i], acc[CHUNK + i] += second_a[i] + second_b[i];
 }
 
-/* log2 of the rows per block of layer_sums: the state's and the adjoint's share of a block, 8 KB each, fit the L1
- * cache together */
-#define SUM_BITS ((int64_t)__builtin_ctz(8192 / (CHUNK * sizeof(REAL))))
-
-/* Those sums for each of the n wires into sums[] (acc: n rows of scratch): each angle's gradient, with psi and
- * lam at the input of the layer (see qaa_backward). As rotate_layer: the wires of the low bits block by block,
- * then the others. */
-static void layer_sums(const REAL *psi, const REAL *lam, int64_t n, REAL *acc, double *sums) {
-    int64_t dim = (int64_t)1 << n, low = n < SUM_BITS ? n : SUM_BITS, rows = (int64_t)1 << low;
+/* Backward through one layer: the adjoint from src back through its rotations (R^T) into dst, and the sums of
+ * pair_sums_* for each of its n wires into sums[], with `input` the state at the layer's input and the adjoint
+ * there (see qaa_backward). The high wires first, then the low ones block by block, each block's sums taken
+ * while it is still in the L1 cache; then the high wires' sums over the whole state. Returns the product of the
+ * layer's factors f (dst holds the true adjoint over it). acc: n rows of scratch. */
+static double unrotate_layer(REAL *dst, const REAL *src, const REAL *input, int64_t n, const REAL *cos,
+                             const REAL *sin, REAL *acc, double *sums) {
+    int64_t dim = (int64_t)1 << n, low = n < BLOCK_BITS ? n : BLOCK_BITS, rows = (int64_t)1 << low, high = n - low;
+    Gate g[64];
+    double factor = 1;
+    for (int64_t q = 0; q < n; q++) g[q] = gate(cos[q], sin[q]), factor *= g[q].f;
     memset(acc, 0, sizeof(REAL) * CHUNK * n);
-    for (int64_t block = 0; block < dim; block += rows) {
-        const REAL *part = psi + block * CHUNK, *adjoint = lam + block * CHUNK;
-        int64_t q = n - low;
-        if (low % 2) pair_sums_one(part, adjoint, rows, n - 1 - q, acc + q * CHUNK), q++;
-        for (; q + 1 < n; q += 2) pair_sums_two(part, adjoint, rows, n - 1 - q, acc + q * CHUNK);
-    }
+    const REAL *from = src; /* the first pass reads src, the others dst */
     int64_t q = 0;
-    for (; q + 1 < n - low; q += 2) pair_sums_two(psi, lam, dim, n - 1 - q, acc + q * CHUNK);
-    if (q < n - low) pair_sums_one(psi, lam, dim, n - 1 - q, acc + q * CHUNK);
+    if (high % 2) rotate(dst, from, dim, n - 1 - q, g[q], 1), q++, from = dst;
+    for (; q + 1 < high; q += 2, from = dst) rotate_two(dst, from, dim, n - 1 - q, g[q], g[q + 1], 1, NULL, 1);
+    for (int64_t block = 0; block < dim; block += rows) {
+        REAL *to = dst + block * CHUNK;
+        const REAL *part = from + block * CHUNK, *state = input + block * CHUNK;
+        q = high;
+        if (low % 2) rotate(to, part, rows, n - 1 - q, g[q], 1), q++, part = to;
+        for (; q + 1 < n; q += 2, part = to) rotate_two(to, part, rows, n - 1 - q, g[q], g[q + 1], 1, NULL, 1);
+        q = high;
+        if (low % 2) pair_sums_one(state, to, rows, n - 1 - q, acc + q * CHUNK), q++;
+        for (; q + 1 < n; q += 2) pair_sums_two(state, to, rows, n - 1 - q, acc + q * CHUNK);
+    }
+    q = 0;
+    if (high % 2) pair_sums_one(input, dst, dim, n - 1 - q, acc + q * CHUNK), q++;
+    for (; q + 1 < high; q += 2) pair_sums_two(input, dst, dim, n - 1 - q, acc + q * CHUNK);
     for (q = 0; q < n; q++) sums[q] = lane_sum(acc + q * CHUNK);
+    return factor;
 }
 
 /* Runs the circuit from the inputs embedded in the buffer `inputs`: layer l from its input, inputs + l step, into
@@ -361,7 +371,7 @@ static double run(const Circuit *c, int64_t t0, int64_t tb, REAL *inputs, int64_
     embed(c, t0, tb, inputs, norm_sq);
     for (int64_t l = 0; l < c->layers; l++) {
         REAL *next = l + 1 < c->layers ? inputs + (l + 1) * step : NULL;
-        factor = rotate_layer(work, inputs + l * step, c->n, c->cos + l * c->n, c->sin + l * c->n, 0,
+        factor = rotate_layer(work, inputs + l * step, c->n, c->cos + l * c->n, c->sin + l * c->n,
                               l ? dim : c->width, next, c->forward, c->inverse);
     }
     return factor;
@@ -531,9 +541,9 @@ int qaa_backward(const Circuit *c, const REAL *grad_out, REAL *grad_x, double *g
         for (int64_t l = c->layers - 1; l >= 0; l--) {
             REAL *back = lam_spare;
             double sums[64];
-            scale /= rotate_layer(back, lam, c->n, c->cos + l * c->n, c->sin + l * c->n, 1, dim, NULL, NULL, NULL);
+            scale /= unrotate_layer(back, lam, inputs + l * rows * CHUNK, c->n, c->cos + l * c->n,
+                                    c->sin + l * c->n, acc, sums);
             lam_spare = lam, lam = back;
-            layer_sums(inputs + l * rows * CHUNK, lam, c->n, acc, sums);
             for (int64_t q = 0; q < c->n; q++) grad_angles[(chunk * c->layers + l) * c->n + q] = 0.5 * sums[q] / scale;
             if (l) { /* undo the ring: adjoint[j] = adjoint_after[forward[j]], at scale 1 again */
                 gather(lam, lam_spare, c->forward, dim, (REAL)(1 / scale));
