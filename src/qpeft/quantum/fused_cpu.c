@@ -462,18 +462,6 @@ int qaa_forward(const Circuit *c, REAL *out, int threads) {
     return failed;
 }
 
-/* sum a[k] b[k] in CHUNK partial sums, which the compiler keeps in vector registers (one running sum is a
- * serial chain: floating-point addition may not be reordered) */
-static REAL dot(const REAL *restrict a, const REAL *restrict b, int64_t count) {
-    REAL partial[CHUNK] = {0}, total = 0;
-    int64_t k = 0;
-    for (; k + CHUNK <= count; k += CHUNK)
-        for (int i = 0; i < CHUNK; i++) partial[i] += a[k + i] * b[k + i];
-    for (; k < count; k++) total += a[k] * b[k];
-    for (int i = 0; i < CHUNK; i++) total += partial[i];
-    return total;
-}
-
 /* table[r] = sum_i (-1)^(bit i of r, counted from the top) g_i over `wires` rows g_i, for r < 2^wires: built
  * one wire at a time, doubling the table each time */
 static void signed_sums(REAL *restrict table, const REAL *restrict g, int64_t wires) {
@@ -551,14 +539,18 @@ int qaa_backward(const Circuit *c, const REAL *grad_out, REAL *grad_x, double *g
                 scale = 1;
             }
         }
-        /* the adjoint of the amplitudes into the tokens' rows, less each row's radial part */
+        /* the adjoint of the amplitudes less each token's radial part, taken against the kept input state (the
+         * inputs' rows), then into the tokens' rows */
+        REAL unscale = (REAL)(1 / scale), *share = acc;
+        const REAL *state = inputs;
+        memset(share, 0, sizeof(REAL) * CHUNK);
+        for (int64_t k = 0; k < c->width; k++)
+            for (int t = 0; t < CHUNK; t++) share[t] += state[k * CHUNK + t] * lam[k * CHUNK + t];
+        for (int t = 0; t < CHUNK; t++) share[t] *= unscale / norm_sq[t];
+        for (int64_t k = 0; k < c->width; k++)
+            for (int t = 0; t < CHUNK; t++)
+                lam[k * CHUNK + t] = unscale * lam[k * CHUNK + t] - state[k * CHUNK + t] * share[t];
         transpose(grad_x + t0 * c->width, c->width, lam, CHUNK, c->width, tb);
-        for (int64_t t = 0; t < tb; t++) {
-            const REAL *restrict row = c->x + (t0 + t) * c->width;
-            REAL *restrict out = grad_x + (t0 + t) * c->width;
-            REAL unscale = (REAL)(1 / scale), share = unscale * dot(row, out, c->width) / norm_sq[t];
-            for (int64_t k = 0; k < c->width; k++) out[k] = unscale * out[k] - row[k] * share;
-        }
     }
     return failed;
 }
