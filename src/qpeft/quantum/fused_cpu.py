@@ -6,9 +6,11 @@ on a CPU those passes, not the arithmetic, set its speed. Here each core takes a
 tokens and runs the whole circuit on it in buffers that stay in its L2 cache: the rotations two
 wires at a time (each group of four amplitudes read and written once, the tokens as the vector
 lanes), those of the low index bits block by block in the L1 cache, each as f [[1, -t], [t, 1]]
-(one fused multiply-add per amplitude, the factors f put back once per layer), the CNOT ring a
-row gather, the Z readout by folding the probabilities one wire at a time (about 2 operations
-per amplitude instead of n). No library simulates a circuit this way.
+or f [[t, -1], [1, t]] (one fused multiply-add per amplitude; the factors f, the larger of cos
+and sin, are put back once per layer), the CNOT ring carried by each layer's last pass (its rows
+written through the ring), the Z readout in one pass (each probability added into the sums over
+the high and the low half of its index's bits, each wire's value a signed sum of one half). No
+library simulates a circuit this way.
 
 The backward keeps nothing from the forward either. It reruns the chunk's circuit, keeping
 each layer's input state in its buffers (not autograd's), then sends the adjoint alone back
