@@ -115,7 +115,7 @@ class QAALinear(nn.Module, AdapterLayer):
             elif self.inference_form:
                 return self._add_inference_update(result, x)
             else:
-                update = self._training_update(x, self.qaa_angles)
+                return self._add_training_update(result, x)
         return result + update.to(result.dtype)
 
     def _update(self, z: Tensor, x: Tensor) -> Tensor:
@@ -125,16 +125,29 @@ class QAALinear(nn.Module, AdapterLayer):
             up, bias = up * self.scale, None if bias is None else bias * self.scale
         return _affine(z, up, bias, x)
 
-    def _training_update(self, x: Tensor, angles: Tensor) -> Tensor:
-        """s (W_up z + b), differentiable: with a bias, one matrix multiply by s [W_up | b] of the readout and its
-        presence column (1 for a non-zero input), which keeps the bias off zero inputs without a mask pass."""
+    def _training_readout(self, x: Tensor, angles: Tensor) -> tuple[Tensor, Tensor]:
+        """The readout z and s W_up, differentiable: with a bias, z has its presence column (1 for a non-zero
+        input) and the matrix is s [W_up | b], so that one matrix multiply keeps the bias off zero inputs
+        without a mask pass."""
         if self.qaa_bias is None:
             z = simulate(x, angles, self.spec, memory_lean=self.memory_lean)
             affine = self.qaa_up.to(z.dtype)
         else:
             z = simulate(x, angles, self.spec, memory_lean=self.memory_lean, presence=True)
             affine = torch.cat([self.qaa_up, self.qaa_bias[:, None]], 1).to(z.dtype)
-        return F.linear(z, affine * self.scale if self.scale != 1.0 else affine)
+        return z, affine * self.scale if self.scale != 1.0 else affine
+
+    def _training_update(self, x: Tensor, angles: Tensor) -> Tensor:
+        """s (W_up z + b), differentiable."""
+        return F.linear(*self._training_readout(x, angles))
+
+    def _add_training_update(self, result: Tensor, x: Tensor) -> Tensor:
+        """result + the update, as one addmm where the dtypes agree (no update tensor to write and add)."""
+        z, affine = self._training_readout(x, self.qaa_angles)
+        if z.dtype != result.dtype:
+            return result + F.linear(z, affine).to(result.dtype)
+        flat = torch.addmm(result.reshape(-1, result.shape[-1]), z.reshape(-1, z.shape[-1]), affine.t())
+        return flat.view(result.shape)
 
     def update(self, x: Tensor) -> Tensor:
         """The adapter's contribution s (W_up z(x) + b) alone, differentiable (training path, any dtype)."""
