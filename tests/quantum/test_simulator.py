@@ -168,8 +168,8 @@ def test_both_fused_builds_match_pennylane(n, readout, tokens):
 @pytest.mark.parametrize("readout", ["z", "probs"])
 def test_the_fused_kernel_stays_exact_on_deep_circuits_whatever_form_each_rotation_takes(readout):
     # The kernel applies each rotation as f T, f = cos or sin of the half angle (the larger), and puts the
-    # factors back once per layer: angles near pi make sin the larger, near 0 cos; twelve layers of both
-    # would under- or overflow float32 if a layer's factors were not put back.
+    # factors back once per layer: angles near pi make sin the larger, near 0 cos. Twelve layers of both: a
+    # factor left out anywhere (a layer's, the readout's, the adjoint's scale) shows in values or gradients.
     spec = CircuitSpec(9, 12, "ry", readout)
     x, _ = inputs(spec, tokens=37, seed=5, width=300)
     gen = torch.Generator().manual_seed(6)

@@ -245,43 +245,48 @@ static void gather(const REAL *restrict src, REAL *restrict dst, const int64_t *
     }
 }
 
-/* One layer's rotations (wire q acts on index bit n - 1 - q) from src into dst (the same buffer, or another): two
- * wires at a time, the wires of the low BLOCK_BITS bits block by block, then the others over the whole state.
- * They commute, so the order is free. Returns the product F of the layer's factors f: dst holds the true result
- * over it (T = R / f). Rows at and past `live` are zero in src. With a ring, the result goes through it into
- * ring_out instead, times F, so true: ring_out[forward[k]] = F dst[k] (dst is then scratch), in the layer's last
- * pass where that is a pair's over the whole state, else by a gather. */
+/* The gates of one layer into g[0 .. n), and the product of their factors f */
+static double layer_gates(Gate *g, int64_t n, const REAL *cos, const REAL *sin) {
+    double factor = 1;
+    for (int64_t q = 0; q < n; q++) g[q] = gate(cos[q], sin[q]), factor *= g[q].f;
+    return factor;
+}
+
+/* Wires q .. end - 1 (or with undo their transposes) over the rows [0, rows): one alone first where their count
+ * is odd, then two at a time; the first pass reads src, the others dst. Returns where the result is: dst, or
+ * src where there was no wire. */
+static const REAL *rotate_wires(REAL *dst, const REAL *src, int64_t rows, int64_t n, const Gate *g, int64_t q,
+                                int64_t end, int undo) {
+    if ((end - q) % 2) rotate(dst, src, rows, n - 1 - q, g[q], undo), q++, src = dst;
+    for (; q + 1 < end; q += 2, src = dst) rotate_two(dst, src, rows, n - 1 - q, g[q], g[q + 1], undo, NULL, 1);
+    return src;
+}
+
+/* One layer's rotations (wire q acts on index bit n - 1 - q) from src into dst (the same buffer, or another): the
+ * wires of the low BLOCK_BITS bits block by block, then the others over the whole state. They commute, so the
+ * order is free. Returns the product F of the layer's factors f: dst holds the true result over it (T = R / f).
+ * Rows at and past `live` are zero in src. With a ring, the result goes through it into ring_out instead, times
+ * F, so true: ring_out[forward[k]] = F dst[k] (dst is then scratch), in the layer's last pass where that is a
+ * pair's over the whole state (the last pair of the high wires, or of a single block), else by a gather. */
 static double rotate_layer(REAL *dst, const REAL *src, int64_t n, const REAL *cos, const REAL *sin, int64_t live,
                            REAL *ring_out, const int64_t *forward, const int64_t *inverse) {
     int64_t dim = (int64_t)1 << n, low = n < BLOCK_BITS ? n : BLOCK_BITS, rows = (int64_t)1 << low, high = n - low;
     Gate g[64];
-    double factor = 1;
-    for (int64_t q = 0; q < n; q++) g[q] = gate(cos[q], sin[q]), factor *= g[q].f;
+    double factor = layer_gates(g, n, cos, sin);
+    int ring_in_high = ring_out && high >= 2, ring_in_block = ring_out && high == 0 && n >= 2;
     for (int64_t block = 0; block < dim; block += rows) {
         REAL *to = dst + block * CHUNK;
-        const REAL *from = src + block * CHUNK; /* the first pass reads src, the others dst */
+        const REAL *from = src + block * CHUNK;
         if (block >= live) { /* zero in, zero out: the low wires keep a block to itself */
             if (to != from) memset(to, 0, sizeof(REAL) * CHUNK * rows);
             continue;
         }
-        int64_t q = high;
-        if (low % 2) rotate(to, from, rows, n - 1 - q, g[q], 0), q++, from = to;
-        for (; q + 1 < n; q += 2, from = to) {
-            int last = q + 2 == n && ring_out && rows == dim; /* one block, the whole state: its last pass */
-            rotate_two(last ? ring_out : to, from, rows, n - 1 - q, g[q], g[q + 1], 0, last ? forward : NULL,
-                       (REAL)factor);
-            if (last) return factor;
-        }
+        from = rotate_wires(to, from, rows, n, g, high, ring_in_block ? n - 2 : n, 0);
+        if (ring_in_block) rotate_two(ring_out, from, rows, 1, g[n - 2], g[n - 1], 0, forward, (REAL)factor);
     }
-    int64_t q = 0;
-    if (high % 2) rotate(dst, dst, dim, n - 1 - q, g[q], 0), q++;
-    for (; q + 1 < high; q += 2) {
-        int last = q + 2 == high && ring_out;
-        rotate_two(last ? ring_out : dst, dst, dim, n - 1 - q, g[q], g[q + 1], 0, last ? forward : NULL,
-                   (REAL)factor);
-        if (last) return factor;
-    }
-    if (ring_out) gather(dst, ring_out, inverse, dim, (REAL)factor); /* no pair of high wires to carry the ring */
+    rotate_wires(dst, dst, dim, n, g, 0, ring_in_high ? high - 2 : high, 0);
+    if (ring_in_high) rotate_two(ring_out, dst, dim, n - high + 1, g[high - 2], g[high - 1], 0, forward, (REAL)factor);
+    else if (ring_out && !ring_in_block) gather(dst, ring_out, inverse, dim, (REAL)factor); /* no pair to carry it */
     return factor;
 }
 
@@ -328,6 +333,13 @@ static void pair_sums_two(const REAL *restrict psi, const REAL *restrict lam, in
     for (int i = 0; i < CHUNK; i++) acc[i] += first_a[i] + first_b[i], acc[CHUNK + i] += second_a[i] + second_b[i];
 }
 
+/* The sums of pair_sums_* for wires q .. end - 1 over the rows [0, rows) into their rows of acc, as rotate_wires
+ * walks them */
+static void sum_wires(const REAL *psi, const REAL *lam, int64_t rows, int64_t n, int64_t q, int64_t end, REAL *acc) {
+    if ((end - q) % 2) pair_sums_one(psi, lam, rows, n - 1 - q, acc + q * CHUNK), q++;
+    for (; q + 1 < end; q += 2) pair_sums_two(psi, lam, rows, n - 1 - q, acc + q * CHUNK);
+}
+
 /* Backward through one layer: the adjoint from src back through its rotations (R^T) into dst, and the sums of
  * pair_sums_* for each of its n wires into sums[], with `input` the state at the layer's input and the adjoint
  * there (see qaa_backward). The high wires first, then the low ones block by block, each block's sums taken
@@ -337,27 +349,16 @@ static double unrotate_layer(REAL *dst, const REAL *src, const REAL *input, int6
                              const REAL *sin, REAL *acc, double *sums) {
     int64_t dim = (int64_t)1 << n, low = n < BLOCK_BITS ? n : BLOCK_BITS, rows = (int64_t)1 << low, high = n - low;
     Gate g[64];
-    double factor = 1;
-    for (int64_t q = 0; q < n; q++) g[q] = gate(cos[q], sin[q]), factor *= g[q].f;
+    double factor = layer_gates(g, n, cos, sin);
     memset(acc, 0, sizeof(REAL) * CHUNK * n);
-    const REAL *from = src; /* the first pass reads src, the others dst */
-    int64_t q = 0;
-    if (high % 2) rotate(dst, from, dim, n - 1 - q, g[q], 1), q++, from = dst;
-    for (; q + 1 < high; q += 2, from = dst) rotate_two(dst, from, dim, n - 1 - q, g[q], g[q + 1], 1, NULL, 1);
+    const REAL *from = rotate_wires(dst, src, dim, n, g, 0, high, 1);
     for (int64_t block = 0; block < dim; block += rows) {
         REAL *to = dst + block * CHUNK;
-        const REAL *part = from + block * CHUNK, *state = input + block * CHUNK;
-        q = high;
-        if (low % 2) rotate(to, part, rows, n - 1 - q, g[q], 1), q++, part = to;
-        for (; q + 1 < n; q += 2, part = to) rotate_two(to, part, rows, n - 1 - q, g[q], g[q + 1], 1, NULL, 1);
-        q = high;
-        if (low % 2) pair_sums_one(state, to, rows, n - 1 - q, acc + q * CHUNK), q++;
-        for (; q + 1 < n; q += 2) pair_sums_two(state, to, rows, n - 1 - q, acc + q * CHUNK);
+        rotate_wires(to, from + block * CHUNK, rows, n, g, high, n, 1);
+        sum_wires(input + block * CHUNK, to, rows, n, high, n, acc);
     }
-    q = 0;
-    if (high % 2) pair_sums_one(input, dst, dim, n - 1 - q, acc + q * CHUNK), q++;
-    for (; q + 1 < high; q += 2) pair_sums_two(input, dst, dim, n - 1 - q, acc + q * CHUNK);
-    for (q = 0; q < n; q++) sums[q] = lane_sum(acc + q * CHUNK);
+    sum_wires(input, dst, dim, n, 0, high, acc);
+    for (int64_t q = 0; q < n; q++) sums[q] = lane_sum(acc + q * CHUNK);
     return factor;
 }
 
@@ -378,12 +379,11 @@ static double run(const Circuit *c, int64_t t0, int64_t tb, REAL *inputs, int64_
     return factor;
 }
 
-/* Every state buffer has 2^n + 1 rows: one more than the state, so that the two half tables of the Z readout and
- * its adjoint (2^(n - n/2) + 2^(n/2) rows, 3 for n = 1) fit in a spare one. */
-
 /* The probabilities p_j = psi[inverse[j]]^2 after the last ring summed by the high and the low half of the bits of
  * j: high_sums has 2^(n - n/2) rows, low_sums 2^(n/2). In order of j, so that a high row's sum stays in registers
- * and a low row is added into once every 2^(n/2) rows (not in a chain of dependent additions). */
+ * and a low row is added into once every 2^(n/2) rows (not in a chain of dependent additions). Every state buffer
+ * has 2^n + 1 rows, one more than the state, so that these two tables (and the adjoint's two of signed_sums),
+ * 2^(n - n/2) + 2^(n/2) rows in all (3 for n = 1), fit in a spare one. */
 static void half_sums(const REAL *restrict psi, const int64_t *inverse, int64_t n, REAL *restrict high_sums,
                       REAL *restrict low_sums) {
     int64_t low = n / 2, lows = (int64_t)1 << low, highs = (int64_t)1 << (n - low);
@@ -434,13 +434,13 @@ int qaa_forward(const Circuit *c, REAL *out, int threads) {
             /* z_q = sum_j (-1)^bit_q(j) p_j over the probabilities after the last ring, p_j = psi[inverse[j]]^2.
              * One pass adds each p_j into the sums over its index's high and low halves of bits; each wire's
              * z is then a signed sum over one of those halves (2^(n/2) terms, not 2^n). */
-            int64_t low = c->n / 2, mask = ((int64_t)1 << low) - 1;
+            int64_t low = c->n / 2;
             REAL *high_sums = spare, *low_sums = spare + (dim >> low) * CHUNK;
             half_sums(psi, c->inverse, c->n, high_sums, low_sums);
             for (int64_t q = 0; q < c->n; q++) {
                 int64_t bit = c->n - 1 - q;
                 const REAL *sums = bit >= low ? high_sums : low_sums;
-                int64_t rows = bit >= low ? dim >> low : mask + 1, b = bit >= low ? bit - low : bit;
+                int64_t rows = bit >= low ? dim >> low : (int64_t)1 << low, b = bit >= low ? bit - low : bit;
                 REAL *restrict z = acc + q * CHUNK;
                 memset(z, 0, sizeof(REAL) * CHUNK);
                 for (int64_t r = 0; r < rows; r++) {
