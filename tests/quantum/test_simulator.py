@@ -229,21 +229,27 @@ def test_the_kernel_rule_takes_the_fused_kernel_for_real_circuits_on_cpu_only():
     assert auto_kernel(torch.zeros(3, 8, device="meta"), CircuitSpec(3, 2)) == "torch"
 
 
-def test_the_fused_kernel_reuses_its_half_angle_tables_only_while_the_angles_are_unchanged():
+def test_the_fused_kernel_reads_the_angles_as_they_are_at_each_call():
+    # the kernel makes its gates from the angles on every call: edits in place, with or without the Parameter's
+    # version counter (gradcheck edits through .data), reach the next call, forward and backward
     spec = CircuitSpec(4, 2)
     x, _ = inputs(spec, seed=5)
     angles = torch.nn.Parameter(torch.randn(spec.angle_shape, dtype=torch.float64))
     seen = []
-    with torch.no_grad():
-        for change in (None, "in place", "through .data"):
+    for change in (None, "in place", "through .data"):
+        with torch.no_grad():
             if change == "in place":
                 angles.add_(0.5)  # an optimizer step
             elif change == "through .data":
-                angles.data.mul_(-1.5)  # in place without the Parameter's version counter (as gradcheck does)
-            got = simulate(x, angles, spec, kernel="fused")
-            assert torch.allclose(got, simulate(x, angles.detach().clone(), spec, kernel="torch"), atol=1e-12)
-            assert torch.equal(got, simulate(x, angles, spec, kernel="fused"))  # the tables reused: the same result
-            seen.append(got)
+                angles.data.mul_(-1.5)
+        got = simulate(x, angles, spec, kernel="fused")
+        reference = angles.detach().clone().requires_grad_()
+        expected = simulate(x, reference, spec, kernel="torch")
+        assert torch.allclose(got, expected, atol=1e-12)
+        (grad,) = torch.autograd.grad(got.sum(), angles)
+        (expected_grad,) = torch.autograd.grad(expected.sum(), reference)
+        assert torch.allclose(grad, expected_grad, atol=1e-10)
+        seen.append(got.detach())
     assert not torch.allclose(seen[0], seen[1]) and not torch.allclose(seen[1], seen[2])
 
 

@@ -7,6 +7,7 @@
  * PyTorch has loaded already, so the kernel runs on PyTorch's own (already awake) worker threads
  * instead of competing with them.
  */
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,7 +23,7 @@
 typedef struct {
     int64_t tokens, width, layers, n;
     const REAL *x;        /* (tokens, width), width <= 2**n */
-    const REAL *cos, *sin; /* (layers, n): cos and sin of half the angles */
+    const REAL *angles;   /* (layers, n) */
     const int64_t *inverse, *forward; /* CNOT ring: state'[k] = state[inverse[k]]; forward is its inverse */
     int z_readout;
     int presence; /* forward only: one more output column, 1 for a token with a non-zero input, else 0 */
@@ -245,10 +246,21 @@ static void gather(const REAL *restrict src, REAL *restrict dst, const int64_t *
     }
 }
 
-/* The gates of one layer into g[0 .. n), and the product of their factors f */
-static double layer_gates(Gate *g, int64_t n, const REAL *cos, const REAL *sin) {
+/* Every layer's gates (layers x n), made once per call from the angles (cos and sin of half of each, in double,
+ * rounded to REAL); NULL where they cannot be allocated. Made per chunk, they took 4% of a forward. */
+static Gate *circuit_gates(const Circuit *c) {
+    Gate *g = malloc(sizeof(Gate) * (size_t)(c->layers * c->n + 1)); /* + 1: never malloc(0) */
+    for (int64_t i = 0; g && i < c->layers * c->n; i++) {
+        double half = 0.5 * (double)c->angles[i];
+        g[i] = gate((REAL)cos(half), (REAL)sin(half));
+    }
+    return g;
+}
+
+/* The product of one layer's factors f */
+static double layer_factor(const Gate *g, int64_t n) {
     double factor = 1;
-    for (int64_t q = 0; q < n; q++) g[q] = gate(cos[q], sin[q]), factor *= g[q].f;
+    for (int64_t q = 0; q < n; q++) factor *= g[q].f;
     return factor;
 }
 
@@ -268,11 +280,10 @@ static const REAL *rotate_wires(REAL *dst, const REAL *src, int64_t rows, int64_
  * Rows at and past `live` are zero in src. With a ring, the result goes through it into ring_out instead, times
  * F, so true: ring_out[forward[k]] = F dst[k] (dst is then scratch), in the layer's last pass where that is a
  * pair's over the whole state (the last pair of the high wires, or of a single block), else by a gather. */
-static double rotate_layer(REAL *dst, const REAL *src, int64_t n, const REAL *cos, const REAL *sin, int64_t live,
-                           REAL *ring_out, const int64_t *forward, const int64_t *inverse) {
+static double rotate_layer(REAL *dst, const REAL *src, int64_t n, const Gate *g, int64_t live, REAL *ring_out,
+                           const int64_t *forward, const int64_t *inverse) {
     int64_t dim = (int64_t)1 << n, low = n < BLOCK_BITS ? n : BLOCK_BITS, rows = (int64_t)1 << low, high = n - low;
-    Gate g[64];
-    double factor = layer_gates(g, n, cos, sin);
+    double factor = layer_factor(g, n);
     int ring_in_high = ring_out && high >= 2, ring_in_block = ring_out && high == 0 && n >= 2;
     for (int64_t block = 0; block < dim; block += rows) {
         REAL *to = dst + block * CHUNK;
@@ -345,11 +356,10 @@ static void sum_wires(const REAL *psi, const REAL *lam, int64_t rows, int64_t n,
  * there (see qaa_backward). The high wires first, then the low ones block by block, each block's sums taken
  * while it is still in the L1 cache; then the high wires' sums over the whole state. Returns the product of the
  * layer's factors f (dst holds the true adjoint over it). acc: n rows of scratch. */
-static double unrotate_layer(REAL *dst, const REAL *src, const REAL *input, int64_t n, const REAL *cos,
-                             const REAL *sin, REAL *acc, double *sums) {
+static double unrotate_layer(REAL *dst, const REAL *src, const REAL *input, int64_t n, const Gate *g, REAL *acc,
+                             double *sums) {
     int64_t dim = (int64_t)1 << n, low = n < BLOCK_BITS ? n : BLOCK_BITS, rows = (int64_t)1 << low, high = n - low;
-    Gate g[64];
-    double factor = layer_gates(g, n, cos, sin);
+    double factor = layer_factor(g, n);
     memset(acc, 0, sizeof(REAL) * CHUNK * n);
     const REAL *from = rotate_wires(dst, src, dim, n, g, 0, high, 1);
     for (int64_t block = 0; block < dim; block += rows) {
@@ -367,14 +377,15 @@ static double unrotate_layer(REAL *dst, const REAL *src, const REAL *input, int6
  * one buffer for every layer's input; the backward keeps them all). Leaves the state before the last ring in
  * work, over the last layer's factor, which it returns: each earlier layer's is multiplied back in by the
  * ring's copy. */
-static double run(const Circuit *c, int64_t t0, int64_t tb, REAL *inputs, int64_t step, REAL *work, REAL *norm_sq) {
+static double run(const Circuit *c, const Gate *gates, int64_t t0, int64_t tb, REAL *inputs, int64_t step, REAL *work,
+                  REAL *norm_sq) {
     int64_t dim = (int64_t)1 << c->n;
     double factor = 1;
     embed(c, t0, tb, inputs, norm_sq);
     for (int64_t l = 0; l < c->layers; l++) {
         REAL *next = l + 1 < c->layers ? inputs + (l + 1) * step : NULL;
-        factor = rotate_layer(work, inputs + l * step, c->n, c->cos + l * c->n, c->sin + l * c->n,
-                              l ? dim : c->width, next, c->forward, c->inverse);
+        factor = rotate_layer(work, inputs + l * step, c->n, gates + l * c->n, l ? dim : c->width, next, c->forward,
+                              c->inverse);
     }
     return factor;
 }
@@ -416,6 +427,8 @@ static REAL has_input(const Circuit *c, int64_t token) {
  * unwritten). */
 int qaa_forward(const Circuit *c, REAL *out, int threads) {
     int64_t dim = (int64_t)1 << c->n, stride = (c->z_readout ? c->n : dim) + c->presence;
+    Gate *gates = circuit_gates(c);
+    if (!gates) return 1;
     int failed = 0;
     /* no return from inside the parallel loop: a failing chunk sets the flag, which the reduction ors together */
 #pragma omp parallel for schedule(static) num_threads(threads) reduction(| : failed)
@@ -428,7 +441,7 @@ int qaa_forward(const Circuit *c, REAL *out, int threads) {
         REAL *spare = psi + (dim + 1) * CHUNK, *acc = spare + (dim + 1) * CHUNK; /* state buffers: see half_sums */
         REAL *norm_sq = acc + c->n * CHUNK;
         int64_t t0 = chunk * CHUNK, tb = c->tokens - t0 < CHUNK ? c->tokens - t0 : CHUNK;
-        double factor = run(c, t0, tb, spare, 0, psi, norm_sq);
+        double factor = run(c, gates, t0, tb, spare, 0, psi, norm_sq);
         for (int t = 0; t < CHUNK; t++) norm_sq[t] /= (REAL)(factor * factor); /* the readout of psi f */
         if (c->z_readout) {
             /* z_q = sum_j (-1)^bit_q(j) p_j over the probabilities after the last ring, p_j = psi[inverse[j]]^2.
@@ -460,6 +473,7 @@ int qaa_forward(const Circuit *c, REAL *out, int threads) {
         if (c->presence)
             for (int64_t t = 0; t < tb; t++) out[(t0 + t) * stride + stride - 1] = has_input(c, t0 + t);
     }
+    free(gates);
     return failed;
 }
 
@@ -478,18 +492,26 @@ static void signed_sums(REAL *restrict table, const REAL *restrict g, int64_t wi
             }
 }
 
-/* Gradients of sum(grad_out * readout): wrt x into grad_x (tokens, width), wrt the angles into
- * grad_angles (chunks, layers, n), one slice per chunk. The circuit is rerun keeping each layer's input
+/* Gradients of sum(grad_out * readout), grad_out's rows `grad_stride` apart (the readout's columns first, at unit
+ * stride): wrt x into grad_x (tokens, width), wrt the angles into grad_angles (layers, n), summed over the
+ * chunks in their order after the parallel loop (the same sum whatever the thread count). The circuit is rerun keeping each layer's input
  * state, then the adjoint alone is sent back layer by layer, and each angle's dL/dtheta =
  * 1/2 sum (lam1 psi0 - lam0 psi1) over its wire's amplitude pairs and the tokens, at the layer's input.
  * The readout r(x) / |x|^2 has r quadratic in x, so x . d(r.g)/dx = 2 r.g (Euler): the share of the
  * norm, -2x (r.g) / |x|^4, is minus the radial part of the rest, and r itself is not needed.
  * Returns 0, or 1 where a thread could not allocate its buffers, as qaa_forward. */
-int qaa_backward(const Circuit *c, const REAL *grad_out, REAL *grad_x, double *grad_angles, int threads) {
-    int64_t dim = (int64_t)1 << c->n, n_out = c->z_readout ? c->n : dim;
+int qaa_backward(const Circuit *c, const REAL *grad_out, int64_t grad_stride, REAL *grad_x, REAL *grad_angles,
+                 int threads) {
+    int64_t dim = (int64_t)1 << c->n, chunks = (c->tokens + CHUNK - 1) / CHUNK, angles = c->layers * c->n;
+    Gate *gates = circuit_gates(c);
+    double *partial = calloc((size_t)(chunks * angles + 1), sizeof(double)); /* each chunk's angle gradients */
+    if (!gates || !partial) {
+        free(gates), free(partial);
+        return 1;
+    }
     int failed = 0;
 #pragma omp parallel for schedule(static) num_threads(threads) reduction(| : failed)
-    for (int64_t chunk = 0; chunk < (c->tokens + CHUNK - 1) / CHUNK; chunk++) {
+    for (int64_t chunk = 0; chunk < chunks; chunk++) {
         /* each layer's input, the state, the adjoint and its spare, of 2^n + 1 rows each (see half_sums) */
         int64_t rows = dim + 1;
         REAL *inputs = workspace((c->layers + 3) * rows + c->n + 1);
@@ -500,7 +522,7 @@ int qaa_backward(const Circuit *c, const REAL *grad_out, REAL *grad_x, double *g
         REAL *psi = inputs + c->layers * rows * CHUNK, *lam = psi + rows * CHUNK, *lam_spare = lam + rows * CHUNK;
         REAL *acc = lam_spare + rows * CHUNK, *norm_sq = acc + c->n * CHUNK;
         int64_t t0 = chunk * CHUNK, tb = c->tokens - t0 < CHUNK ? c->tokens - t0 : CHUNK;
-        double scale = 1 / run(c, t0, tb, inputs, rows * CHUNK, psi, norm_sq); /* stored = true times scale */
+        double scale = 1 / run(c, gates, t0, tb, inputs, rows * CHUNK, psi, norm_sq); /* stored = true times scale */
         /* d loss / d state before the last ring: 2 psi times d loss / d probability (over |x|^2) */
         if (c->z_readout) {
             /* w_j = sum_q (-1)^bit_q(j) g_q over the basis after the last ring, so that d loss / d psi_k =
@@ -509,7 +531,7 @@ int qaa_backward(const Circuit *c, const REAL *grad_out, REAL *grad_x, double *g
             REAL *g = acc, *high_table = lam_spare, *low_table = lam_spare + (dim >> low) * CHUNK;
             memset(g, 0, sizeof(REAL) * CHUNK * c->n);
             for (int64_t q = 0; q < c->n; q++)
-                for (int64_t t = 0; t < tb; t++) g[q * CHUNK + t] = grad_out[(t0 + t) * n_out + q] / norm_sq[t];
+                for (int64_t t = 0; t < tb; t++) g[q * CHUNK + t] = grad_out[(t0 + t) * grad_stride + q] / norm_sq[t];
             signed_sums(high_table, g, c->n - low);
             signed_sums(low_table, g + (c->n - low) * CHUNK, low);
             for (int64_t k = 0; k < dim; k++) {
@@ -521,7 +543,8 @@ int qaa_backward(const Circuit *c, const REAL *grad_out, REAL *grad_x, double *g
             memset(lam, 0, sizeof(REAL) * CHUNK << c->n);
             for (int64_t k = 0; k < dim; k++)
                 for (int64_t t = 0; t < tb; t++)
-                    lam[k * CHUNK + t] = 2 * psi[k * CHUNK + t] * grad_out[(t0 + t) * n_out + c->forward[k]] / norm_sq[t];
+                    lam[k * CHUNK + t] =
+                        2 * psi[k * CHUNK + t] * grad_out[(t0 + t) * grad_stride + c->forward[k]] / norm_sq[t];
         }
         /* The adjoint alone goes back through each layer (R^T, then the ring's inverse); each angle's gradient is
          * read off at the layer's input, where the state is kept: the layer's rotations commute and
@@ -530,10 +553,9 @@ int qaa_backward(const Circuit *c, const REAL *grad_out, REAL *grad_x, double *g
         for (int64_t l = c->layers - 1; l >= 0; l--) {
             REAL *back = lam_spare;
             double sums[64];
-            scale /= unrotate_layer(back, lam, inputs + l * rows * CHUNK, c->n, c->cos + l * c->n,
-                                    c->sin + l * c->n, acc, sums);
+            scale /= unrotate_layer(back, lam, inputs + l * rows * CHUNK, c->n, gates + l * c->n, acc, sums);
             lam_spare = lam, lam = back;
-            for (int64_t q = 0; q < c->n; q++) grad_angles[(chunk * c->layers + l) * c->n + q] = 0.5 * sums[q] / scale;
+            for (int64_t q = 0; q < c->n; q++) partial[chunk * angles + l * c->n + q] = 0.5 * sums[q] / scale;
             if (l) { /* undo the ring: adjoint[j] = adjoint_after[forward[j]], at scale 1 again */
                 gather(lam, lam_spare, c->forward, dim, (REAL)(1 / scale));
                 back = lam_spare, lam_spare = lam, lam = back;
@@ -553,6 +575,12 @@ int qaa_backward(const Circuit *c, const REAL *grad_out, REAL *grad_x, double *g
                 lam[k * CHUNK + t] = unscale * lam[k * CHUNK + t] - state[k * CHUNK + t] * share[t];
         transpose(grad_x + t0 * c->width, c->width, lam, CHUNK, c->width, tb);
     }
+    for (int64_t i = 0; i < angles; i++) {
+        double total = 0;
+        for (int64_t chunk = 0; chunk < chunks; chunk++) total += partial[chunk * angles + i];
+        grad_angles[i] = (REAL)total;
+    }
+    free(gates), free(partial);
     return failed;
 }
 

@@ -60,7 +60,6 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -95,12 +94,13 @@ def chunk_for(tokens: int) -> int:
 class _Circuit(ctypes.Structure):
     # Mirrors the Circuit struct of fused_cpu.c.
     _fields_ = [("tokens", ctypes.c_int64), ("width", ctypes.c_int64), ("layers", ctypes.c_int64),
-                ("n", ctypes.c_int64), ("x", ctypes.c_void_p), ("cos", ctypes.c_void_p), ("sin", ctypes.c_void_p),
+                ("n", ctypes.c_int64), ("x", ctypes.c_void_p), ("angles", ctypes.c_void_p),
                 ("inverse", ctypes.c_void_p), ("forward", ctypes.c_void_p), ("z_readout", ctypes.c_int),
                 ("presence", ctypes.c_int)]
 
 
 _FLAGS = ("-O3", "-std=gnu11", "-shared", "-fPIC")
+_LIBS = ("-lm",)  # cos and sin, for the gates the kernel makes from the angles
 # this machine's vector instructions and OpenMP where the compiler has them: the first set that compiles. GCC
 # and Clang use 256 of AVX-512's bits unless told otherwise; the full 512 made forward plus backward 10% faster
 # (float32, 512 tokens) to 23% (float64, 1,024) on this machine. Compilers for other architectures reject the
@@ -141,7 +141,7 @@ def _sha256(data: bytes) -> str:
 def key_inputs(compiler: tuple[str, str], real: str, features: str, source: bytes, chunk: int = WIDE) -> dict[str, Any]:
     """What decides whether a build runs here, as JSON values (the record stores it, the name hashes it)."""
     return {"compiler": compiler[0], "compiler_version": compiler[1],
-            "flags": [*_FLAGS, f"-DREAL={real}", f"-DCHUNK={chunk}"],
+            "flags": [*_FLAGS, f"-DREAL={real}", f"-DCHUNK={chunk}"], "libs": list(_LIBS),
             "extra_flags": [list(extra) for extra in _EXTRA_FLAGS], "machine": platform.machine(),
             "cpu_features": _sha256(features.encode()), "source": _sha256(source)}
 
@@ -233,7 +233,7 @@ def _compile(compiler: str, flags: list[str], output: Path) -> list[str] | None:
     """Compile the source into ``output`` with the first extra flags that work: those flags, or None (warned)."""
     error = ""
     for extra in _EXTRA_FLAGS:
-        result = subprocess.run([compiler, *flags, *extra, str(SOURCE), "-o", str(output)],
+        result = subprocess.run([compiler, *flags, *extra, str(SOURCE), *_LIBS, "-o", str(output)],
                                 capture_output=True, text=True)
         if result.returncode == 0:
             return list(extra)
@@ -255,8 +255,8 @@ def _check(status: int) -> None:
         raise MemoryError("qpeft: the fused QAA kernel could not allocate its buffers")
 
 
-def _pointer(array: np.ndarray | Tensor) -> ctypes.c_void_p:
-    return ctypes.c_void_p(array.ctypes.data if isinstance(array, np.ndarray) else array.data_ptr())
+def _pointer(tensor: Tensor) -> ctypes.c_void_p:
+    return ctypes.c_void_p(tensor.data_ptr())
 
 
 class FrozenCircuit:
@@ -264,14 +264,13 @@ class FrozenCircuit:
     readout (tokens, out + 1) of x2 (tokens, width) in ``dtype``, its last column 1 for a token whose input
     is not zero, else 0. No autograd.
 
-    Generation calls the kernel once per token and module: rebuilding the description (tables, pointers)
-    each time cost half as much as the circuit itself. The presence column lets the adapter apply
+    Generation calls the kernel once per token and module: rebuilding the description (pointers) each time
+    cost half as much as the circuit itself. The presence column lets the adapter apply
     ``up z + bias (present tokens only)`` as one matrix multiply by ``[up | bias]``.
     """
 
     def __init__(self, angles: Tensor, spec: CircuitSpec, dtype: torch.dtype):
-        self._keep = [*_half_angle_tables(angles, dtype), *_ring(spec)]
-        self._pointers = [_pointer(t) for t in self._keep]
+        self._angles = angles.detach().to(dtype).clone()  # frozen: later edits of the parameter do not reach it
         self.spec, self.dtype = spec, dtype
         # one C struct per calling thread, of which each call sets only the inputs: building it took 3.5 us of
         # the ~55 us a generation call costs; per thread, because the kernel runs without the GIL
@@ -281,7 +280,7 @@ class FrozenCircuit:
         x = x2 if x2.is_contiguous() else x2.contiguous()  # only read through its pointer: no autograd to detach
         circuit = getattr(self._local, "circuit", None)
         if circuit is None:
-            circuit = self._local.circuit = _describe(x, self._pointers, self.spec, presence=True)
+            circuit = self._local.circuit = _describe(x, self._angles, self.spec, presence=True)
         circuit.tokens, circuit.width, circuit.x = x.shape[0], x.shape[1], x.data_ptr()
         out = torch.empty(x.shape[0], self.spec.output_dim + 1, dtype=self.dtype)
         _check(_kernel(x).qaa_forward(ctypes.byref(circuit), _pointer(out), _threads(x.shape[0])))
@@ -293,62 +292,43 @@ class FusedCircuit(torch.autograd.Function):
 
     With ``presence``, one more column: 1 for a token whose input is not zero, else 0 (a constant: its
     gradient is dropped).
+
+    Few tensor operations on purpose: in a training step each one runs with cold caches after the kernel
+    (10-30 us each), and they cost a QAA module a third as much as its kernel did. The C description is built
+    once in the forward and reused by the backward; the kernel makes the gates from the angles itself, reads
+    the incoming gradient in place (its rows at their stride) and sums the angle gradients over its chunks.
     """
 
     @staticmethod
     def forward(ctx, x2: Tensor, angles: Tensor, spec: CircuitSpec, presence: bool = False) -> Tensor:
         ctx.save_for_backward(x2, angles)
-        ctx.spec = spec
         x = x2.detach().contiguous()
-        library, circuit, keep = _circuit(x, angles, spec, presence)
+        angles_x = angles.detach().to(x.dtype).contiguous()
+        library, circuit = _kernel(x), _describe(x, angles_x, spec, presence)
         out = torch.empty(x.shape[0], spec.output_dim + presence, dtype=x.dtype)
         _check(library.qaa_forward(ctypes.byref(circuit), _pointer(out), _threads(x.shape[0])))
-        del keep
+        ctx.kernel = library, circuit, angles_x  # angles_x: what circuit.angles points to
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable  # the C backward is not differentiable: a second derivative raises
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
         x2, angles = ctx.saved_tensors
-        spec: CircuitSpec = ctx.spec
-        x = x2.detach().contiguous()
-        library, circuit, keep = _circuit(x, angles, spec)
-        grad = grad[:, :spec.output_dim].to(x.dtype).contiguous()
+        library, circuit, angles_x = ctx.kernel
+        x = x2.detach().contiguous()  # a copy where x2 is not contiguous: the forward's is gone
+        circuit.x = x.data_ptr()
+        if grad.dtype != x.dtype or grad.stride(-1) != 1:
+            grad = grad.to(x.dtype).contiguous()
         grad_x = torch.empty_like(x)
-        grad_angles = np.zeros((-(-x.shape[0] // library.qaa_chunk()), *angles.shape), dtype=np.float64)
-        _check(library.qaa_backward(ctypes.byref(circuit), _pointer(grad), _pointer(grad_x), _pointer(grad_angles),
-                                    _threads(x.shape[0])))
-        del keep
-        return grad_x, torch.from_numpy(grad_angles.sum(0)).to(angles.dtype), None, None
+        grad_angles = torch.empty_like(angles_x)
+        _check(library.qaa_backward(ctypes.byref(circuit), _pointer(grad), ctypes.c_int64(grad.stride(0)),
+                                    _pointer(grad_x), _pointer(grad_angles), _threads(x.shape[0])))
+        return grad_x, grad_angles.to(angles.dtype), None, None
 
 
 def _threads(tokens: int) -> int:
     """PyTorch's thread count, but no more threads than chunks: an idle thread still costs the region's barrier."""
     return max(1, min(torch.get_num_threads(), -(-tokens // chunk_for(tokens))))
-
-
-def _half_angle_tables(angles: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """cos and sin of angles / 2 in ``dtype``, kept on the angles tensor while its values stay the same.
-
-    Generation calls the kernel once per token and module with the same angles, and recomputing these tables
-    cost a fifth of such a call. Reuse is decided by comparing the values (a few dozen numbers): a version
-    counter would miss edits through ``.data``, which gradcheck and some user code make.
-    """
-    values = angles.detach()
-    cached = getattr(angles, "_qpeft_half_angle_tables", None)
-    if cached is not None and cached[1] == dtype and torch.equal(cached[0], values):
-        return cached[2], cached[3]
-    half = values.to(torch.float64) / 2
-    cos, sin = torch.cos(half).to(dtype).contiguous(), torch.sin(half).to(dtype).contiguous()
-    angles._qpeft_half_angle_tables = (values.clone(), dtype, cos, sin)
-    return cos, sin
-
-
-def _circuit(x: Tensor, angles: Tensor, spec: CircuitSpec, presence: bool = False
-             ) -> tuple[ctypes.CDLL, _Circuit, list]:
-    """The compiled kernel, the C description of the circuit, and the arrays it points into (keep them alive)."""
-    keep = [*_half_angle_tables(angles, x.dtype), *_ring(spec)]
-    return _kernel(x), _describe(x, [_pointer(t) for t in keep], spec, presence), keep
 
 
 def _kernel(x: Tensor) -> ctypes.CDLL:
@@ -359,13 +339,9 @@ def _kernel(x: Tensor) -> ctypes.CDLL:
     return library
 
 
-def _ring(spec: CircuitSpec) -> tuple[Tensor, Tensor]:
-    """The CNOT ring's (inverse, forward) index maps, in the order the C struct holds them."""
+def _describe(x: Tensor, angles: Tensor, spec: CircuitSpec, presence: bool) -> _Circuit:
+    """The C struct for inputs x and angles in x's dtype (both kept alive by the caller), with the CNOT ring's
+    index maps (cached for the process)."""
     forward_map, inverse = ring_permutation(spec.n_qubits, torch.device("cpu"))
-    return inverse, forward_map
-
-
-def _describe(x: Tensor, tables: list[ctypes.c_void_p], spec: CircuitSpec, presence: bool) -> _Circuit:
-    """The C struct for inputs x (kept alive by the caller) and the pointers to cos, sin, inverse, forward."""
-    return _Circuit(x.shape[0], x.shape[1], spec.n_layers, spec.n_qubits, _pointer(x), *tables,
-                    int(spec.readout == "z"), int(presence))
+    return _Circuit(x.shape[0], x.shape[1], spec.n_layers, spec.n_qubits, x.data_ptr(), angles.data_ptr(),
+                    inverse.data_ptr(), forward_map.data_ptr(), int(spec.readout == "z"), int(presence))
