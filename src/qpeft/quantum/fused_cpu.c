@@ -344,9 +344,51 @@ static void pair_sums_two(const REAL *restrict psi, const REAL *restrict lam, in
     for (int i = 0; i < CHUNK; i++) acc[i] += first_a[i] + first_b[i], acc[CHUNK + i] += second_a[i] + second_b[i];
 }
 
-/* The sums of pair_sums_* for wires q .. end - 1 over the rows [0, rows) into their rows of acc, as rotate_wires
- * walks them */
+/* The sums for the wires of four neighbouring index bits (bit .. bit - 3) in one pass: each group of 16 rows of psi
+ * held in registers, each row of lam read once and added, signed, into the sums of the four wires it pairs on.
+ * `span` = 2^(bit - 3) rows is a constant in each copy (the addresses are then offsets from one pointer). */
+static inline __attribute__((always_inline)) void quad_sums(const REAL *restrict psi, const REAL *restrict lam,
+                                                            int64_t dim, const int64_t span, REAL *restrict acc) {
+    REAL s[4][CHUNK] = {{0}};
+    for (int64_t base = 0; base < dim; base += 16 * span)
+        for (int64_t k = base; k < base + span; k++) {
+            const REAL *restrict p = psi + k * CHUNK, *restrict m = lam + k * CHUNK;
+            for (int i = 0; i < CHUNK; i++) {
+                REAL v[16];
+#pragma GCC unroll 16
+                for (int r = 0; r < 16; r++) v[r] = p[r * span * CHUNK + i];
+#pragma GCC unroll 16
+                for (int r = 0; r < 16; r++) {
+                    REAL l = m[r * span * CHUNK + i];
+#pragma GCC unroll 4
+                    for (int w = 0; w < 4; w++) { /* wire w: pairs (r, r ^ h), lam1 psi0 - lam0 psi1 */
+                        int h = 8 >> w;
+                        s[w][i] += (r & h) ? l * v[r ^ h] : -l * v[r ^ h];
+                    }
+                }
+            }
+        }
+    for (int w = 0; w < 4; w++)
+        for (int i = 0; i < CHUNK; i++) acc[w * CHUNK + i] += s[w][i];
+}
+
+/* quad_sums for bit 3 .. FOUR_SUMS_TOP (a copy per span); above it the pair sums run */
+#define FOUR_SUMS_TOP 7
+static void four_sums(const REAL *psi, const REAL *lam, int64_t dim, int64_t bit, REAL *acc) {
+    switch (bit) {
+    case 3: quad_sums(psi, lam, dim, 1, acc); break;
+    case 4: quad_sums(psi, lam, dim, 2, acc); break;
+    case 5: quad_sums(psi, lam, dim, 4, acc); break;
+    case 6: quad_sums(psi, lam, dim, 8, acc); break;
+    case 7: quad_sums(psi, lam, dim, 16, acc); break;
+    }
+}
+
+/* The sums of pair_sums_* for wires q .. end - 1 over the rows [0, rows) into their rows of acc */
 static void sum_wires(const REAL *psi, const REAL *lam, int64_t rows, int64_t n, int64_t q, int64_t end, REAL *acc) {
+    /* four wires a pass where their bits allow: psi and lam are read half as often as two at a time, and a block's
+     * two (64 KB in float32) do not both fit in the L1 cache: the low wires' sums took 0.68 of the time, the backward 0.94 (float32) and 0.91 (float64) */
+    for (; end - q >= 4 && n - 1 - q <= FOUR_SUMS_TOP; q += 4) four_sums(psi, lam, rows, n - 1 - q, acc + q * CHUNK);
     if ((end - q) % 2) pair_sums_one(psi, lam, rows, n - 1 - q, acc + q * CHUNK), q++;
     for (; q + 1 < end; q += 2) pair_sums_two(psi, lam, rows, n - 1 - q, acc + q * CHUNK);
 }
