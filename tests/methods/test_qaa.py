@@ -138,6 +138,35 @@ def test_the_update_is_the_circuit_readout_times_w_up() -> None:
     torch.testing.assert_close(layer(x) - base(x), expected)
 
 
+@pytest.mark.parametrize("base_kind", ["linear", "linear-no-bias", "conv1d"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_training_forward_adds_into_the_base_output_and_keeps_every_gradient(base_kind: str, dtype) -> None:
+    # the training path adds the update into the base layer's own output in place: the output and every gradient
+    # (input, base weight, W_up, bias, angles) must equal base(x) + update(x) taken apart
+    from transformers.pytorch_utils import Conv1D
+
+    torch.manual_seed(4)
+    base = Conv1D(8, 24) if base_kind == "conv1d" else torch.nn.Linear(24, 8, bias=base_kind == "linear")
+    base = base.to(dtype)
+    layer = QAALinear(base, 2, scale=0.7)
+    with torch.no_grad():
+        layer.qaa_up.normal_()
+        layer.qaa_bias.normal_()
+    x = torch.randn(3, 5, 24, dtype=dtype)
+    weight = torch.randn(3, 5, 8, dtype=dtype)
+    grads = []
+    for together in (True, False):
+        xi = x.clone().requires_grad_()
+        out = layer(xi) if together else base(xi) + layer.update(xi).to(dtype)
+        params = [xi, base.weight, layer.qaa_up, layer.qaa_bias, layer.qaa_angles]
+        base.weight.requires_grad_(True)  # frozen by the layer; its gradient still shows the output is right
+        grads.append((out.detach(), torch.autograd.grad((out * weight).sum(), params)))
+    tolerance = 1e-5 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=0, atol=tolerance)
+    for got, expected in zip(grads[0][1], grads[1][1], strict=True):
+        torch.testing.assert_close(got, expected, rtol=0, atol=tolerance)
+
+
 def test_under_bf16_autocast_the_circuit_runs_in_float32() -> None:
     torch.manual_seed(2)
     base = torch.nn.Linear(40, 16)
