@@ -244,6 +244,10 @@ def _compile(compiler: str, flags: list[str], output: Path) -> list[str] | None:
 
 def _load(library: Path) -> ctypes.CDLL:
     loaded = ctypes.CDLL(str(library))
+    circuit, pointer = ctypes.POINTER(_Circuit), ctypes.c_void_p
+    # declared, so that ctypes checks each call's arguments and converts plain ints (data_ptr()) itself
+    loaded.qaa_forward.argtypes = [circuit, pointer, ctypes.c_int]
+    loaded.qaa_backward.argtypes = [circuit, pointer, ctypes.c_int64, pointer, pointer, ctypes.c_int]
     for name in ("qaa_forward", "qaa_backward"):
         getattr(loaded, name).restype = ctypes.c_int  # 0, or nonzero where its buffers could not be allocated
     loaded.qaa_chunk.restype = ctypes.c_int64
@@ -253,10 +257,6 @@ def _load(library: Path) -> ctypes.CDLL:
 def _check(status: int) -> None:
     if status:
         raise MemoryError("qpeft: the fused QAA kernel could not allocate its buffers")
-
-
-def _pointer(tensor: Tensor) -> ctypes.c_void_p:
-    return ctypes.c_void_p(tensor.data_ptr())
 
 
 class FrozenCircuit:
@@ -283,7 +283,7 @@ class FrozenCircuit:
             circuit = self._local.circuit = _describe(x, self._angles, self.spec, presence=True)
         circuit.tokens, circuit.width, circuit.x = x.shape[0], x.shape[1], x.data_ptr()
         out = torch.empty(x.shape[0], self.spec.output_dim + 1, dtype=self.dtype)
-        _check(_kernel(x).qaa_forward(ctypes.byref(circuit), _pointer(out), _threads(x.shape[0])))
+        _check(_kernel(x).qaa_forward(ctypes.byref(circuit), out.data_ptr(), _threads(x.shape[0])))
         return out
 
 
@@ -306,7 +306,7 @@ class FusedCircuit(torch.autograd.Function):
         angles_x = angles.detach().to(x.dtype).contiguous()
         library, circuit = _kernel(x), _describe(x, angles_x, spec, presence)
         out = torch.empty(x.shape[0], spec.output_dim + presence, dtype=x.dtype)
-        _check(library.qaa_forward(ctypes.byref(circuit), _pointer(out), _threads(x.shape[0])))
+        _check(library.qaa_forward(ctypes.byref(circuit), out.data_ptr(), _threads(x.shape[0])))
         ctx.kernel = library, circuit, angles_x  # angles_x: what circuit.angles points to
         return out
 
@@ -315,15 +315,15 @@ class FusedCircuit(torch.autograd.Function):
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
         x2, angles = ctx.saved_tensors
         library, circuit, angles_x = ctx.kernel
-        x = x2.detach().contiguous()  # a copy where x2 is not contiguous: the forward's is gone
+        x = x2 if x2.is_contiguous() else x2.contiguous()  # a copy where x2 is not: the forward's is gone
         circuit.x = x.data_ptr()
         if grad.dtype != x.dtype or grad.stride(-1) != 1:
             grad = grad.to(x.dtype).contiguous()
         grad_x = torch.empty_like(x)
         grad_angles = torch.empty_like(angles_x)
-        _check(library.qaa_backward(ctypes.byref(circuit), _pointer(grad), ctypes.c_int64(grad.stride(0)),
-                                    _pointer(grad_x), _pointer(grad_angles), _threads(x.shape[0])))
-        return grad_x, grad_angles.to(angles.dtype), None, None
+        _check(library.qaa_backward(ctypes.byref(circuit), grad.data_ptr(), grad.stride(0), grad_x.data_ptr(),
+                                    grad_angles.data_ptr(), _threads(x.shape[0])))
+        return grad_x, grad_angles if angles.dtype == angles_x.dtype else grad_angles.to(angles.dtype), None, None
 
 
 def _threads(tokens: int) -> int:
