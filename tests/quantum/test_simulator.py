@@ -229,6 +229,24 @@ def test_the_kernel_rule_takes_the_fused_kernel_for_real_circuits_on_cpu_only():
     assert auto_kernel(torch.zeros(3, 8, device="meta"), CircuitSpec(3, 2)) == "torch"
 
 
+@pytest.mark.parametrize("layout", ["broadcast row", "every other column"])
+def test_the_fused_kernel_takes_the_incoming_gradient_in_any_layout(layout):
+    # the backward reads the incoming gradient in place at its row stride (a broadcast row arrives with stride
+    # 0) and copies it only where its columns are not at unit stride: the same gradients as the PyTorch kernel
+    spec = CircuitSpec(5, 2)
+    x, angles = inputs(spec, tokens=40, seed=6)
+    gen = torch.Generator().manual_seed(7)
+    if layout == "broadcast row":
+        weight = torch.randn(1, spec.output_dim, generator=gen, dtype=torch.float64).expand(40, -1)
+    else:
+        weight = torch.randn(40, 2 * spec.output_dim, generator=gen, dtype=torch.float64)[:, ::2]
+    grads = []
+    for kernel in ("fused", "torch"):
+        a, b = x.clone().requires_grad_(), angles.clone().requires_grad_()
+        grads.append(torch.autograd.grad(simulate(a, b, spec, kernel=kernel), (a, b), grad_outputs=weight))
+    assert_close(grads[0], grads[1], 1e-10)
+
+
 def test_the_fused_kernel_reads_the_angles_as_they_are_at_each_call():
     # the kernel makes its gates from the angles on every call: edits in place, with or without the Parameter's
     # version counter (gradcheck edits through .data), reach the next call, forward and backward

@@ -387,7 +387,8 @@ static void four_sums(const REAL *psi, const REAL *lam, int64_t dim, int64_t bit
 /* The sums of pair_sums_* for wires q .. end - 1 over the rows [0, rows) into their rows of acc */
 static void sum_wires(const REAL *psi, const REAL *lam, int64_t rows, int64_t n, int64_t q, int64_t end, REAL *acc) {
     /* four wires a pass where their bits allow: psi and lam are read half as often as two at a time, and a block's
-     * two (64 KB in float32) do not both fit in the L1 cache: the low wires' sums took 0.68 of the time, the backward 0.94 (float32) and 0.91 (float64) */
+     * two (64 KB in float32) do not both fit in the L1 cache. The low wires' sums took 0.68 of the time, the
+     * backward 0.94 (float32) and 0.91 (float64). */
     for (; end - q >= 4 && n - 1 - q <= FOUR_SUMS_TOP; q += 4) four_sums(psi, lam, rows, n - 1 - q, acc + q * CHUNK);
     if ((end - q) % 2) pair_sums_one(psi, lam, rows, n - 1 - q, acc + q * CHUNK), q++;
     for (; q + 1 < end; q += 2) pair_sums_two(psi, lam, rows, n - 1 - q, acc + q * CHUNK);
@@ -536,8 +537,8 @@ static void signed_sums(REAL *restrict table, const REAL *restrict g, int64_t wi
 
 /* Gradients of sum(grad_out * readout), grad_out's rows `grad_stride` apart (the readout's columns first, at unit
  * stride): wrt x into grad_x (tokens, width), wrt the angles into grad_angles (layers, n), summed over the
- * chunks in their order after the parallel loop (the same sum whatever the thread count). The circuit is rerun keeping each layer's input
- * state, then the adjoint alone is sent back layer by layer, and each angle's dL/dtheta =
+ * chunks in their order after the parallel loop (the same sum whatever the thread count). The circuit is rerun
+ * keeping each layer's input state, then the adjoint alone is sent back layer by layer, and each angle's dL/dtheta =
  * 1/2 sum (lam1 psi0 - lam0 psi1) over its wire's amplitude pairs and the tokens, at the layer's input.
  * The readout r(x) / |x|^2 has r quadratic in x, so x . d(r.g)/dx = 2 r.g (Euler): the share of the
  * norm, -2x (r.g) / |x|^4, is minus the radial part of the rest, and r itself is not needed.
@@ -625,5 +626,3 @@ int qaa_backward(const Circuit *c, const REAL *grad_out, int64_t grad_stride, RE
     free(gates), free(partial);
     return failed;
 }
-
-int64_t qaa_chunk(void) { return CHUNK; }

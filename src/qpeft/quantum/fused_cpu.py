@@ -250,7 +250,6 @@ def _load(library: Path) -> ctypes.CDLL:
     loaded.qaa_backward.argtypes = [circuit, pointer, ctypes.c_int64, pointer, pointer, ctypes.c_int]
     for name in ("qaa_forward", "qaa_backward"):
         getattr(loaded, name).restype = ctypes.c_int  # 0, or nonzero where its buffers could not be allocated
-    loaded.qaa_chunk.restype = ctypes.c_int64
     return loaded
 
 
