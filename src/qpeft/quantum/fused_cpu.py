@@ -293,7 +293,7 @@ class FusedCircuit(torch.autograd.Function):
     gradient is dropped).
 
     Few tensor operations on purpose: in a training step each one runs with cold caches after the kernel
-    (10-30 us each), and they cost a QAA module a third as much as its kernel did. The C description is built
+    (10-30 us each), and they had cost a QAA module half as much again as its kernel. The C description is built
     once in the forward and reused by the backward; the kernel makes the gates from the angles itself, reads
     the incoming gradient in place (its rows at their stride) and sums the angle gradients over its chunks.
     """

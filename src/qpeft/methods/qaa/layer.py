@@ -143,9 +143,9 @@ class QAALinear(nn.Module, AdapterLayer):
 
     def _add_training_update(self, result: Tensor, x: Tensor) -> Tensor:
         """result + the update, added into the base layer's fresh output by one in-place addmm where the dtypes
-        agree: no update tensor, and no new output to allocate (a fresh 1.2 MB buffer faults its pages in, which
-        cost a 576-wide module 0.2 ms a step here). Autograd allows it: the base layer's backward does not read its
-        own output (were it saved, backward would raise, not go wrong)."""
+        agree: no update tensor, and no new output to allocate (a fresh 1.2 MB buffer faults its pages in: the
+        update took 0.59 ms a call in a SmolLM2 step here, 0.68 out of place). Autograd allows it: the base
+        layer's backward does not read its own output (were it saved, backward would raise, not go wrong)."""
         z, affine = self._training_readout(x, self.qaa_angles)
         if z.dtype != result.dtype or not result.is_contiguous():
             return result + F.linear(z, affine).to(result.dtype)
