@@ -181,6 +181,21 @@ def test_the_fused_kernel_stays_exact_on_deep_circuits_whatever_form_each_rotati
     assert_close(single, reference, 1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("above", [1, 2, 3, 4])
+def test_the_fused_backward_undoes_each_ring_whatever_the_wires_above_a_cache_block(dtype, above):
+    # The wide build applies the wires of the low index bits block by block (256 rows of 32 floats, 128 of 32
+    # doubles) and the `above` others over the whole state; below the last layer, the backward undoes the ring
+    # inside the first pair's pass of those (an even count) or by a copy first (an odd one). Three layers: two
+    # rings undone.
+    low_bits = 8 if dtype == torch.float32 else 7
+    spec = CircuitSpec(low_bits + above, 3, "ry", "z")
+    x, angles = inputs(spec, tokens=40, seed=above, width=spec.dim * 9 // 16 + 1)
+    reference = value_and_grads(lambda a, b: simulate(a, b, spec, kernel="torch"), x, angles)
+    ours = value_and_grads(lambda a, b: simulate(a, b, spec, kernel="fused"), x.to(dtype), angles.to(dtype))
+    assert_close(ours, reference, 1e-10 if dtype == torch.float64 else 1e-5)
+
+
 def test_the_narrow_build_runs_at_most_eight_tokens():
     assert [fused_cpu.chunk_for(t) for t in (1, 8, 9, 1000)] == [8, 8, 32, 32]
 

@@ -193,12 +193,14 @@ static inline __attribute__((always_inline)) void turn_two(REAL *dst, const REAL
     for (int64_t base = 0; base < dim; base += 2 * hi)
         for (int64_t mid = base; mid < base + hi; mid += 2 * lo)
             for (int64_t k = mid; k < mid + lo; k++) {
-                const REAL *p00 = src + k * CHUNK, *p01 = src + (k + lo) * CHUNK;
-                const REAL *p10 = src + (k + hi) * CHUNK, *p11 = src + (k + hi + lo) * CHUNK;
-                /* with a map (the ring, where this is a layer's last pass), row k goes to map[k], times scale */
-                REAL *q00 = dst + (map ? map[k] : k) * CHUNK, *q01 = dst + (map ? map[k + lo] : k + lo) * CHUNK;
-                REAL *q10 = dst + (map ? map[k + hi] : k + hi) * CHUNK;
-                REAL *q11 = dst + (map ? map[k + hi + lo] : k + hi + lo) * CHUNK;
+                /* with a map (the ring, where this is a layer's last pass, or with undo the first), row k goes to
+                 * map[k], or with undo comes from map[k], times scale */
+                const int64_t *from = undo ? map : NULL, *to = undo ? NULL : map;
+                const REAL *p00 = src + (from ? from[k] : k) * CHUNK, *p01 = src + (from ? from[k + lo] : k + lo) * CHUNK;
+                const REAL *p10 = src + (from ? from[k + hi] : k + hi) * CHUNK;
+                const REAL *p11 = src + (from ? from[k + hi + lo] : k + hi + lo) * CHUNK;
+                REAL *q00 = dst + (to ? to[k] : k) * CHUNK, *q01 = dst + (to ? to[k + lo] : k + lo) * CHUNK;
+                REAL *q10 = dst + (to ? to[k + hi] : k + hi) * CHUNK, *q11 = dst + (to ? to[k + hi + lo] : k + hi + lo) * CHUNK;
 #pragma GCC ivdep
                 for (int i = 0; i < CHUNK; i++) {
                     REAL b00, b01, b10, b11, c00, c01, c10, c11;
@@ -225,10 +227,12 @@ static void rotate(REAL *dst, const REAL *src, int64_t dim, int64_t bit, Gate g,
         else turn_two(dst, src, dim, bit, g1.t, g2.t, 0, 0, undo, map, scale);                          \
     } while (0)
 
-/* with a map: dst row map[k] = scale times result row k (dst must not be src then); no map with undo */
+/* with a map (dst must not be src then): dst row map[k] = scale times result row k, or with undo the transposes
+ * applied to the rows src[map[k]] times scale */
 static void rotate_two(REAL *dst, const REAL *src, int64_t dim, int64_t bit, Gate g1, Gate g2, int undo,
                        const int64_t *map, REAL scale) {
-    if (map) TURN_TWO(0, map);
+    if (map && undo) TURN_TWO(1, map);
+    else if (map) TURN_TWO(0, map);
     else if (undo) TURN_TWO(1, NULL);
     else TURN_TWO(0, NULL);
 }
@@ -400,11 +404,17 @@ static void sum_wires(const REAL *psi, const REAL *lam, int64_t rows, int64_t n,
  * while it is still in the L1 cache; then the high wires' sums over the whole state. Returns the product of the
  * layer's factors f (dst holds the true adjoint over it). acc: n rows of scratch. */
 static double unrotate_layer(REAL *dst, const REAL *src, const REAL *input, int64_t n, const Gate *g, REAL *acc,
-                             double *sums) {
+                             double *sums, const int64_t *forward, REAL ring_scale) {
     int64_t dim = (int64_t)1 << n, low = n < BLOCK_BITS ? n : BLOCK_BITS, rows = (int64_t)1 << low, high = n - low;
     double factor = layer_factor(g, n);
     memset(acc, 0, sizeof(REAL) * CHUNK * n);
-    const REAL *from = rotate_wires(dst, src, dim, n, g, 0, high, 1);
+    const REAL *from = src;
+    if (forward && high >= 2 && high % 2 == 0) /* the ring undone in the first pair's pass over the whole state */
+        rotate_two(dst, src, dim, n - 1, g[0], g[1], 1, forward, ring_scale), from = rotate_wires(dst, dst, dim, n, g, 2, high, 1);
+    else {
+        if (forward) gather(src, dst, forward, dim, ring_scale), src = dst; /* no such pass: a copy */
+        from = rotate_wires(dst, src, dim, n, g, 0, high, 1);
+    }
     for (int64_t block = 0; block < dim; block += rows) {
         REAL *to = dst + block * CHUNK;
         rotate_wires(to, from + block * CHUNK, rows, n, g, high, n, 1);
@@ -596,14 +606,13 @@ int qaa_backward(const Circuit *c, const REAL *grad_out, int64_t grad_stride, RE
         for (int64_t l = c->layers - 1; l >= 0; l--) {
             REAL *back = lam_spare;
             double sums[64];
-            scale /= unrotate_layer(back, lam, inputs + l * rows * CHUNK, c->n, gates + l * c->n, acc, sums);
+            /* below the last layer, the ring undone first: adjoint[j] = adjoint_after[forward[j]], at scale 1 again */
+            const int64_t *ring = l + 1 < c->layers ? c->forward : NULL;
+            double factor = unrotate_layer(back, lam, inputs + l * rows * CHUNK, c->n, gates + l * c->n, acc, sums, ring,
+                                           (REAL)(1 / scale));
+            scale = (ring ? 1 : scale) / factor;
             lam_spare = lam, lam = back;
             for (int64_t q = 0; q < c->n; q++) partial[chunk * angles + l * c->n + q] = 0.5 * sums[q] / scale;
-            if (l) { /* undo the ring: adjoint[j] = adjoint_after[forward[j]], at scale 1 again */
-                gather(lam, lam_spare, c->forward, dim, (REAL)(1 / scale));
-                back = lam_spare, lam_spare = lam, lam = back;
-                scale = 1;
-            }
         }
         /* the adjoint of the amplitudes less each token's radial part, taken against the kept input state (the
          * inputs' rows), then into the tokens' rows */
