@@ -188,8 +188,10 @@ static inline __attribute__((always_inline)) void turn_one(REAL *dst, const REAL
 
 static inline __attribute__((always_inline)) void turn_two(REAL *dst, const REAL *src, int64_t dim, int64_t bit,
                                                             REAL t1, REAL t2, const int s1, const int s2,
-                                                            const int undo, const int64_t *map, REAL scale) {
+                                                            const int undo, const int64_t *map, REAL scale,
+                                                            const REAL *psi, REAL *acc) {
     int64_t hi = (int64_t)1 << bit, lo = hi >> 1;
+    REAL first_a[CHUNK] = {0}, first_b[CHUNK] = {0}, second_a[CHUNK] = {0}, second_b[CHUNK] = {0};
     for (int64_t base = 0; base < dim; base += 2 * hi)
         for (int64_t mid = base; mid < base + hi; mid += 2 * lo)
             for (int64_t k = mid; k < mid + lo; k++) {
@@ -208,10 +210,18 @@ static inline __attribute__((always_inline)) void turn_two(REAL *dst, const REAL
                     TURN(s1, undo, t1, p01[i], p11[i], b01, b11);
                     TURN(s2, undo, t2, b00, b01, c00, c01); /* second wire: (00, 01), (10, 11) */
                     TURN(s2, undo, t2, b10, b11, c10, c11);
-                    q00[i] = map ? scale * c00 : c00, q01[i] = map ? scale * c01 : c01;
-                    q10[i] = map ? scale * c10 : c10, q11[i] = map ? scale * c11 : c11;
+                    if (map) c00 *= scale, c01 *= scale, c10 *= scale, c11 *= scale;
+                    q00[i] = c00, q01[i] = c01, q10[i] = c10, q11[i] = c11;
+                    if (psi) { /* the sums of pair_sums_two of the result against psi's rows k.. */
+                        const REAL *r00 = psi + k * CHUNK, *r01 = r00 + lo * CHUNK, *r10 = r00 + hi * CHUNK;
+                        const REAL *r11 = r10 + lo * CHUNK;
+                        first_a[i] += c10 * r00[i] - c00 * r10[i], first_b[i] += c11 * r01[i] - c01 * r11[i];
+                        second_a[i] += c01 * r00[i] - c00 * r01[i], second_b[i] += c11 * r10[i] - c10 * r11[i];
+                    }
                 }
             }
+    if (psi)
+        for (int i = 0; i < CHUNK; i++) acc[i] += first_a[i] + first_b[i], acc[CHUNK + i] += second_a[i] + second_b[i];
 }
 
 static void rotate(REAL *dst, const REAL *src, int64_t dim, int64_t bit, Gate g, int undo) {
@@ -219,22 +229,30 @@ static void rotate(REAL *dst, const REAL *src, int64_t dim, int64_t bit, Gate g,
     else g.by_sin ? turn_one(dst, src, dim, bit, g.t, 1, 0) : turn_one(dst, src, dim, bit, g.t, 0, 0);
 }
 
-#define TURN_TWO(undo, map)                                                                             \
-    do {                                                                                                \
-        if (g1.by_sin && g2.by_sin) turn_two(dst, src, dim, bit, g1.t, g2.t, 1, 1, undo, map, scale);   \
-        else if (g1.by_sin) turn_two(dst, src, dim, bit, g1.t, g2.t, 1, 0, undo, map, scale);           \
-        else if (g2.by_sin) turn_two(dst, src, dim, bit, g1.t, g2.t, 0, 1, undo, map, scale);           \
-        else turn_two(dst, src, dim, bit, g1.t, g2.t, 0, 0, undo, map, scale);                          \
+#define TURN_TWO(undo, map, psi)                                                                              \
+    do {                                                                                                      \
+        if (g1.by_sin && g2.by_sin) turn_two(dst, src, dim, bit, g1.t, g2.t, 1, 1, undo, map, scale, psi, acc); \
+        else if (g1.by_sin) turn_two(dst, src, dim, bit, g1.t, g2.t, 1, 0, undo, map, scale, psi, acc);         \
+        else if (g2.by_sin) turn_two(dst, src, dim, bit, g1.t, g2.t, 0, 1, undo, map, scale, psi, acc);         \
+        else turn_two(dst, src, dim, bit, g1.t, g2.t, 0, 0, undo, map, scale, psi, acc);                        \
     } while (0)
 
 /* with a map (dst must not be src then): dst row map[k] = scale times result row k, or with undo the transposes
  * applied to the rows src[map[k]] times scale */
 static void rotate_two(REAL *dst, const REAL *src, int64_t dim, int64_t bit, Gate g1, Gate g2, int undo,
                        const int64_t *map, REAL scale) {
-    if (map && undo) TURN_TWO(1, map);
-    else if (map) TURN_TWO(0, map);
-    else if (undo) TURN_TWO(1, NULL);
-    else TURN_TWO(0, NULL);
+    REAL *acc = NULL;
+    if (map && undo) TURN_TWO(1, map, NULL);
+    else if (map) TURN_TWO(0, map, NULL);
+    else if (undo) TURN_TWO(1, NULL, NULL);
+    else TURN_TWO(0, NULL, NULL);
+}
+
+/* rotate_two with undo, adding the sums of pair_sums_two of its result against psi into acc's two rows */
+static void unrotate_two_summing(REAL *dst, const REAL *src, int64_t dim, int64_t bit, Gate g1, Gate g2,
+                                 const int64_t *map, REAL scale, const REAL *psi, REAL *acc) {
+    if (map) TURN_TWO(1, map, psi);
+    else TURN_TWO(1, NULL, psi);
 }
 
 /* log2 of the rows per block whose wires are applied while the block stays in the L1 cache: 32 KB (256 rows of
@@ -283,9 +301,11 @@ static const REAL *rotate_wires(REAL *dst, const REAL *src, int64_t rows, int64_
  * order is free. Returns the product F of the layer's factors f: dst holds the true result over it (T = R / f).
  * Rows at and past `live` are zero in src. With a ring, the result goes through it into ring_out instead, times
  * F, so true: ring_out[forward[k]] = F dst[k] (dst is then scratch), in the layer's last pass where that is a
- * pair's over the whole state (the last pair of the high wires, or of a single block), else by a gather. */
+ * pair's over the whole state (the last pair of the high wires, or of a single block), else by a gather. Without
+ * a ring, `high_out` (where there are high wires) takes their result out of place, so that dst keeps the state
+ * after the low wires; NULL: in place. */
 static double rotate_layer(REAL *dst, const REAL *src, int64_t n, const Gate *g, int64_t live, REAL *ring_out,
-                           const int64_t *forward, const int64_t *inverse) {
+                           const int64_t *forward, const int64_t *inverse, REAL *high_out) {
     int64_t dim = (int64_t)1 << n, low = n < BLOCK_BITS ? n : BLOCK_BITS, rows = (int64_t)1 << low, high = n - low;
     double factor = layer_factor(g, n);
     int ring_in_high = ring_out && high >= 2, ring_in_block = ring_out && high == 0 && n >= 2;
@@ -299,7 +319,7 @@ static double rotate_layer(REAL *dst, const REAL *src, int64_t n, const Gate *g,
         from = rotate_wires(to, from, rows, n, g, high, ring_in_block ? n - 2 : n, 0);
         if (ring_in_block) rotate_two(ring_out, from, rows, 1, g[n - 2], g[n - 1], 0, forward, (REAL)factor);
     }
-    rotate_wires(dst, dst, dim, n, g, 0, ring_in_high ? high - 2 : high, 0);
+    rotate_wires(!ring_out && high_out ? high_out : dst, dst, dim, n, g, 0, ring_in_high ? high - 2 : high, 0);
     if (ring_in_high) rotate_two(ring_out, dst, dim, n - high + 1, g[high - 2], g[high - 1], 0, forward, (REAL)factor);
     else if (ring_out && !ring_in_block) gather(dst, ring_out, inverse, dim, (REAL)factor); /* no pair to carry it */
     return factor;
@@ -398,29 +418,36 @@ static void sum_wires(const REAL *psi, const REAL *lam, int64_t rows, int64_t n,
     for (; q + 1 < end; q += 2) pair_sums_two(psi, lam, rows, n - 1 - q, acc + q * CHUNK);
 }
 
-/* Backward through one layer: the adjoint from src back through its rotations (R^T) into dst, and the sums of
- * pair_sums_* for each of its n wires into sums[], with `input` the state at the layer's input and the adjoint
- * there (see qaa_backward). The high wires first, then the low ones block by block, each block's sums taken
- * while it is still in the L1 cache; then the high wires' sums over the whole state. Returns the product of the
- * layer's factors f (dst holds the true adjoint over it). acc: n rows of scratch. */
-static double unrotate_layer(REAL *dst, const REAL *src, const REAL *input, int64_t n, const Gate *g, REAL *acc,
-                             double *sums, const int64_t *forward, REAL ring_scale) {
+/* Backward through one layer: the adjoint from src (with a ring, from src[forward[j]] times ring_scale: the ring
+ * undone) back through its rotations (R^T) into dst, and the sums of pair_sums_* for each of its n wires into
+ * sums[], with `input` the state at the layer's input and the adjoint there (see qaa_backward). The high wires
+ * first, then the low ones block by block, each block's sums taken while it is still in the L1 cache; then the
+ * high wires' sums over the whole state. Returns the product of the layer's factors f (dst holds the true adjoint
+ * over it). acc: n rows of scratch.
+ * With two high wires, `after_low` may hold the state after the low wires (R_low input, kept by the rerun): the
+ * rotations commute, so the pair's sums are those of R_high^T adjoint against it, taken in the pair's own pass,
+ * and the blocks at and past `live` (zero in input: their sums are 0) are skipped, their adjoint left unwritten. */
+static double unrotate_layer(REAL *dst, const REAL *src, const REAL *input, const REAL *after_low, int64_t live,
+                             int64_t n, const Gate *g, REAL *acc, double *sums, const int64_t *forward,
+                             REAL ring_scale) {
     int64_t dim = (int64_t)1 << n, low = n < BLOCK_BITS ? n : BLOCK_BITS, rows = (int64_t)1 << low, high = n - low;
     double factor = layer_factor(g, n);
     memset(acc, 0, sizeof(REAL) * CHUNK * n);
     const REAL *from = src;
-    if (forward && high >= 2 && high % 2 == 0) /* the ring undone in the first pair's pass over the whole state */
+    if (after_low) /* high == 2 */
+        unrotate_two_summing(dst, src, dim, n - 1, g[0], g[1], forward, ring_scale, after_low, acc), from = dst;
+    else if (forward && high >= 2 && high % 2 == 0) /* the ring undone in the first pair's pass over the whole state */
         rotate_two(dst, src, dim, n - 1, g[0], g[1], 1, forward, ring_scale), from = rotate_wires(dst, dst, dim, n, g, 2, high, 1);
     else {
         if (forward) gather(src, dst, forward, dim, ring_scale), src = dst; /* no such pass: a copy */
         from = rotate_wires(dst, src, dim, n, g, 0, high, 1);
     }
-    for (int64_t block = 0; block < dim; block += rows) {
+    for (int64_t block = 0; block < (after_low ? live : dim); block += rows) {
         REAL *to = dst + block * CHUNK;
         rotate_wires(to, from + block * CHUNK, rows, n, g, high, n, 1);
         sum_wires(input + block * CHUNK, to, rows, n, high, n, acc);
     }
-    sum_wires(input, dst, dim, n, 0, high, acc);
+    if (!after_low) sum_wires(input, dst, dim, n, 0, high, acc);
     for (int64_t q = 0; q < n; q++) sums[q] = lane_sum(acc + q * CHUNK);
     return factor;
 }
@@ -429,16 +456,18 @@ static double unrotate_layer(REAL *dst, const REAL *src, const REAL *input, int6
  * work, then, but after the last, the ring from work into the next layer's input (the forward passes step 0,
  * one buffer for every layer's input; the backward keeps them all). Leaves the state before the last ring in
  * work, over the last layer's factor, which it returns: each earlier layer's is multiplied back in by the
- * ring's copy. */
+ * ring's copy. With `after_low` (two high wires only), each layer's state after its low wires is kept there too,
+ * at after_low + l step. */
 static double run(const Circuit *c, const Gate *gates, int64_t t0, int64_t tb, REAL *inputs, int64_t step, REAL *work,
-                  REAL *norm_sq) {
+                  REAL *norm_sq, REAL *after_low) {
     int64_t dim = (int64_t)1 << c->n;
     double factor = 1;
     embed(c, t0, tb, inputs, norm_sq);
     for (int64_t l = 0; l < c->layers; l++) {
         REAL *next = l + 1 < c->layers ? inputs + (l + 1) * step : NULL;
-        factor = rotate_layer(work, inputs + l * step, c->n, gates + l * c->n, l ? dim : c->width, next, c->forward,
-                              c->inverse);
+        REAL *low_out = after_low ? after_low + l * step : work;
+        factor = rotate_layer(low_out, inputs + l * step, c->n, gates + l * c->n, l ? dim : c->width, next, c->forward,
+                              c->inverse, after_low ? work : NULL);
     }
     return factor;
 }
@@ -494,7 +523,7 @@ int qaa_forward(const Circuit *c, REAL *out, int threads) {
         REAL *spare = psi + (dim + 1) * CHUNK, *acc = spare + (dim + 1) * CHUNK; /* state buffers: see half_sums */
         REAL *norm_sq = acc + c->n * CHUNK;
         int64_t t0 = chunk * CHUNK, tb = c->tokens - t0 < CHUNK ? c->tokens - t0 : CHUNK;
-        double factor = run(c, gates, t0, tb, spare, 0, psi, norm_sq);
+        double factor = run(c, gates, t0, tb, spare, 0, psi, norm_sq, NULL);
         for (int t = 0; t < CHUNK; t++) norm_sq[t] /= (REAL)(factor * factor); /* the readout of psi f */
         if (c->z_readout) {
             /* z_q = sum_j (-1)^bit_q(j) p_j over the probabilities after the last ring, p_j = psi[inverse[j]]^2.
@@ -556,6 +585,8 @@ static void signed_sums(REAL *restrict table, const REAL *restrict g, int64_t wi
 int qaa_backward(const Circuit *c, const REAL *grad_out, int64_t grad_stride, REAL *grad_x, REAL *grad_angles,
                  int threads) {
     int64_t dim = (int64_t)1 << c->n, chunks = (c->tokens + CHUNK - 1) / CHUNK, angles = c->layers * c->n;
+    /* the high wires' sums in their own pass, and layer 0's zero blocks skipped (unrotate_layer): 0.9x here */
+    int keep_after_low = c->n - (c->n < BLOCK_BITS ? c->n : BLOCK_BITS) == 2;
     Gate *gates = circuit_gates(c);
     double *partial = calloc((size_t)(chunks * angles + 1), sizeof(double)); /* each chunk's angle gradients */
     if (!gates || !partial) {
@@ -565,17 +596,19 @@ int qaa_backward(const Circuit *c, const REAL *grad_out, int64_t grad_stride, RE
     int failed = 0;
 #pragma omp parallel for schedule(static) num_threads(threads) reduction(| : failed)
     for (int64_t chunk = 0; chunk < chunks; chunk++) {
-        /* each layer's input, the state, the adjoint and its spare, of 2^n + 1 rows each (see half_sums) */
-        int64_t rows = dim + 1;
-        REAL *inputs = workspace((c->layers + 3) * rows + c->n + 1);
+        /* each layer's input (and with two high wires its state after the low ones), the state, the adjoint and
+         * its spare, of 2^n + 1 rows each (see half_sums) */
+        int64_t rows = dim + 1, kept = c->layers * (1 + keep_after_low);
+        REAL *inputs = workspace((kept + 3) * rows + c->n + 1);
         if (!inputs) {
             failed |= 1;
             continue;
         }
-        REAL *psi = inputs + c->layers * rows * CHUNK, *lam = psi + rows * CHUNK, *lam_spare = lam + rows * CHUNK;
+        REAL *after_low = keep_after_low ? inputs + c->layers * rows * CHUNK : NULL;
+        REAL *psi = inputs + kept * rows * CHUNK, *lam = psi + rows * CHUNK, *lam_spare = lam + rows * CHUNK;
         REAL *acc = lam_spare + rows * CHUNK, *norm_sq = acc + c->n * CHUNK;
         int64_t t0 = chunk * CHUNK, tb = c->tokens - t0 < CHUNK ? c->tokens - t0 : CHUNK;
-        double scale = 1 / run(c, gates, t0, tb, inputs, rows * CHUNK, psi, norm_sq); /* stored = true times scale */
+        double scale = 1 / run(c, gates, t0, tb, inputs, rows * CHUNK, psi, norm_sq, after_low); /* stored = true times scale */
         /* d loss / d state before the last ring: 2 psi times d loss / d probability (over |x|^2) */
         if (c->z_readout) {
             /* w_j = sum_q (-1)^bit_q(j) g_q over the basis after the last ring, so that d loss / d psi_k =
@@ -608,8 +641,9 @@ int qaa_backward(const Circuit *c, const REAL *grad_out, int64_t grad_stride, RE
             double sums[64];
             /* below the last layer, the ring undone first: adjoint[j] = adjoint_after[forward[j]], at scale 1 again */
             const int64_t *ring = l + 1 < c->layers ? c->forward : NULL;
-            double factor = unrotate_layer(back, lam, inputs + l * rows * CHUNK, c->n, gates + l * c->n, acc, sums, ring,
-                                           (REAL)(1 / scale));
+            double factor = unrotate_layer(back, lam, inputs + l * rows * CHUNK,
+                                           after_low ? after_low + l * rows * CHUNK : NULL, l ? dim : c->width, c->n,
+                                           gates + l * c->n, acc, sums, ring, (REAL)(1 / scale));
             scale = (ring ? 1 : scale) / factor;
             lam_spare = lam, lam = back;
             for (int64_t q = 0; q < c->n; q++) partial[chunk * angles + l * c->n + q] = 0.5 * sums[q] / scale;
