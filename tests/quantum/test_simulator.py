@@ -186,8 +186,9 @@ def test_the_fused_kernel_stays_exact_on_deep_circuits_whatever_form_each_rotati
 def test_the_fused_backward_undoes_each_ring_whatever_the_wires_above_a_cache_block(dtype, above):
     # The wide build applies the wires of the low index bits block by block (256 rows of 32 floats, 128 of 32
     # doubles) and the `above` others over the whole state; below the last layer, the backward undoes the ring
-    # inside the first pair's pass of those (an even count) or by a copy first (an odd one). Three layers: two
-    # rings undone.
+    # inside the first pair's pass of those (an even count) or by a copy first (an odd one); with exactly two, the
+    # rerun stops before the last layer's pair, whose pass then also seeds the adjoint of the z readout. Three
+    # layers: two rings undone.
     low_bits = 8 if dtype == torch.float32 else 7
     spec = CircuitSpec(low_bits + above, 3, "ry", "z")
     x, angles = inputs(spec, tokens=40, seed=above, width=spec.dim * 9 // 16 + 1)

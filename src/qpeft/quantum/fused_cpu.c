@@ -186,10 +186,23 @@ static inline __attribute__((always_inline)) void turn_one(REAL *dst, const REAL
         }
 }
 
+/* The z readout's adjoint seed: d loss / d psi_k = 2 psi_k w[forward[k]], w_j the sum of the rows j >> low of
+ * high_table and j & (2^low - 1) of low_table (see qaa_backward) */
+typedef struct {
+    const REAL *high_table, *low_table;
+    const int64_t *forward;
+    int64_t low;
+} Seed;
+
+static inline __attribute__((always_inline)) const REAL *seed_row(const Seed *seed, const REAL *table, int64_t k) {
+    int64_t j = seed->forward[k];
+    return table == seed->high_table ? table + (j >> seed->low) * CHUNK : table + (j & (((int64_t)1 << seed->low) - 1)) * CHUNK;
+}
+
 static inline __attribute__((always_inline)) void turn_two(REAL *dst, const REAL *src, int64_t dim, int64_t bit,
                                                             REAL t1, REAL t2, const int s1, const int s2,
                                                             const int undo, const int64_t *map, REAL scale,
-                                                            const REAL *psi, REAL *acc) {
+                                                            const REAL *psi, REAL *acc, const Seed *seed) {
     int64_t hi = (int64_t)1 << bit, lo = hi >> 1;
     REAL first_a[CHUNK] = {0}, first_b[CHUNK] = {0}, second_a[CHUNK] = {0}, second_b[CHUNK] = {0};
     for (int64_t base = 0; base < dim; base += 2 * hi)
@@ -203,11 +216,26 @@ static inline __attribute__((always_inline)) void turn_two(REAL *dst, const REAL
                 const REAL *p11 = src + (from ? from[k + hi + lo] : k + hi + lo) * CHUNK;
                 REAL *q00 = dst + (to ? to[k] : k) * CHUNK, *q01 = dst + (to ? to[k + lo] : k + lo) * CHUNK;
                 REAL *q10 = dst + (to ? to[k + hi] : k + hi) * CHUNK, *q11 = dst + (to ? to[k + hi + lo] : k + hi + lo) * CHUNK;
+                const REAL *h00 = NULL, *h01 = NULL, *h10 = NULL, *h11 = NULL, *l00 = NULL, *l01 = NULL, *l10 = NULL, *l11 = NULL;
+                if (seed) {
+                    h00 = seed_row(seed, seed->high_table, k), l00 = seed_row(seed, seed->low_table, k);
+                    h01 = seed_row(seed, seed->high_table, k + lo), l01 = seed_row(seed, seed->low_table, k + lo);
+                    h10 = seed_row(seed, seed->high_table, k + hi), l10 = seed_row(seed, seed->low_table, k + hi);
+                    h11 = seed_row(seed, seed->high_table, k + hi + lo), l11 = seed_row(seed, seed->low_table, k + hi + lo);
+                }
 #pragma GCC ivdep
                 for (int i = 0; i < CHUNK; i++) {
-                    REAL b00, b01, b10, b11, c00, c01, c10, c11;
-                    TURN(s1, undo, t1, p00[i], p10[i], b00, b10); /* first wire: pairs (00, 10), (01, 11) */
-                    TURN(s1, undo, t1, p01[i], p11[i], b01, b11);
+                    REAL a00 = p00[i], a01 = p01[i], a10 = p10[i], a11 = p11[i], b00, b01, b10, b11, c00, c01, c10, c11;
+                    if (seed) { /* src is the state before the pair: the pair forward (T), then the seed 2 psi w */
+                        TURN(s1, 0, t1, a00, a10, b00, b10);
+                        TURN(s1, 0, t1, a01, a11, b01, b11);
+                        TURN(s2, 0, t2, b00, b01, c00, c01);
+                        TURN(s2, 0, t2, b10, b11, c10, c11);
+                        a00 = 2 * c00 * (h00[i] + l00[i]), a01 = 2 * c01 * (h01[i] + l01[i]);
+                        a10 = 2 * c10 * (h10[i] + l10[i]), a11 = 2 * c11 * (h11[i] + l11[i]);
+                    }
+                    TURN(s1, undo, t1, a00, a10, b00, b10); /* first wire: pairs (00, 10), (01, 11) */
+                    TURN(s1, undo, t1, a01, a11, b01, b11);
                     TURN(s2, undo, t2, b00, b01, c00, c01); /* second wire: (00, 01), (10, 11) */
                     TURN(s2, undo, t2, b10, b11, c10, c11);
                     if (map) c00 *= scale, c01 *= scale, c10 *= scale, c11 *= scale;
@@ -229,12 +257,12 @@ static void rotate(REAL *dst, const REAL *src, int64_t dim, int64_t bit, Gate g,
     else g.by_sin ? turn_one(dst, src, dim, bit, g.t, 1, 0) : turn_one(dst, src, dim, bit, g.t, 0, 0);
 }
 
-#define TURN_TWO(undo, map, psi)                                                                              \
-    do {                                                                                                      \
-        if (g1.by_sin && g2.by_sin) turn_two(dst, src, dim, bit, g1.t, g2.t, 1, 1, undo, map, scale, psi, acc); \
-        else if (g1.by_sin) turn_two(dst, src, dim, bit, g1.t, g2.t, 1, 0, undo, map, scale, psi, acc);         \
-        else if (g2.by_sin) turn_two(dst, src, dim, bit, g1.t, g2.t, 0, 1, undo, map, scale, psi, acc);         \
-        else turn_two(dst, src, dim, bit, g1.t, g2.t, 0, 0, undo, map, scale, psi, acc);                        \
+#define TURN_TWO(undo, map, psi, seed)                                                                              \
+    do {                                                                                                            \
+        if (g1.by_sin && g2.by_sin) turn_two(dst, src, dim, bit, g1.t, g2.t, 1, 1, undo, map, scale, psi, acc, seed); \
+        else if (g1.by_sin) turn_two(dst, src, dim, bit, g1.t, g2.t, 1, 0, undo, map, scale, psi, acc, seed);         \
+        else if (g2.by_sin) turn_two(dst, src, dim, bit, g1.t, g2.t, 0, 1, undo, map, scale, psi, acc, seed);         \
+        else turn_two(dst, src, dim, bit, g1.t, g2.t, 0, 0, undo, map, scale, psi, acc, seed);                        \
     } while (0)
 
 /* with a map (dst must not be src then): dst row map[k] = scale times result row k, or with undo the transposes
@@ -242,17 +270,19 @@ static void rotate(REAL *dst, const REAL *src, int64_t dim, int64_t bit, Gate g,
 static void rotate_two(REAL *dst, const REAL *src, int64_t dim, int64_t bit, Gate g1, Gate g2, int undo,
                        const int64_t *map, REAL scale) {
     REAL *acc = NULL;
-    if (map && undo) TURN_TWO(1, map, NULL);
-    else if (map) TURN_TWO(0, map, NULL);
-    else if (undo) TURN_TWO(1, NULL, NULL);
-    else TURN_TWO(0, NULL, NULL);
+    if (map && undo) TURN_TWO(1, map, NULL, NULL);
+    else if (map) TURN_TWO(0, map, NULL, NULL);
+    else if (undo) TURN_TWO(1, NULL, NULL, NULL);
+    else TURN_TWO(0, NULL, NULL, NULL);
 }
 
-/* rotate_two with undo, adding the sums of pair_sums_two of its result against psi into acc's two rows */
+/* rotate_two with undo, adding the sums of pair_sums_two of its result against psi into acc's two rows; with a
+ * seed (and no map), src is the state before the pair and the pass starts from the seed of its result */
 static void unrotate_two_summing(REAL *dst, const REAL *src, int64_t dim, int64_t bit, Gate g1, Gate g2,
-                                 const int64_t *map, REAL scale, const REAL *psi, REAL *acc) {
-    if (map) TURN_TWO(1, map, psi);
-    else TURN_TWO(1, NULL, psi);
+                                 const int64_t *map, REAL scale, const REAL *psi, REAL *acc, const Seed *seed) {
+    if (seed) TURN_TWO(1, NULL, psi, seed);
+    else if (map) TURN_TWO(1, map, psi, NULL);
+    else TURN_TWO(1, NULL, psi, NULL);
 }
 
 /* log2 of the rows per block whose wires are applied while the block stays in the L1 cache: 32 KB (256 rows of
@@ -303,9 +333,10 @@ static const REAL *rotate_wires(REAL *dst, const REAL *src, int64_t rows, int64_
  * F, so true: ring_out[forward[k]] = F dst[k] (dst is then scratch), in the layer's last pass where that is a
  * pair's over the whole state (the last pair of the high wires, or of a single block), else by a gather. Without
  * a ring, `high_out` (where there are high wires) takes their result out of place, so that dst keeps the state
- * after the low wires; NULL: in place. */
+ * after the low wires; NULL: in place. With `low_only` (and no ring), the low wires alone (the backward applies the
+ * high ones as it starts); the factor returned is still the whole layer's. */
 static double rotate_layer(REAL *dst, const REAL *src, int64_t n, const Gate *g, int64_t live, REAL *ring_out,
-                           const int64_t *forward, const int64_t *inverse, REAL *high_out) {
+                           const int64_t *forward, const int64_t *inverse, REAL *high_out, int low_only) {
     int64_t dim = (int64_t)1 << n, low = n < BLOCK_BITS ? n : BLOCK_BITS, rows = (int64_t)1 << low, high = n - low;
     double factor = layer_factor(g, n);
     int ring_in_high = ring_out && high >= 2, ring_in_block = ring_out && high == 0 && n >= 2;
@@ -319,6 +350,7 @@ static double rotate_layer(REAL *dst, const REAL *src, int64_t n, const Gate *g,
         from = rotate_wires(to, from, rows, n, g, high, ring_in_block ? n - 2 : n, 0);
         if (ring_in_block) rotate_two(ring_out, from, rows, 1, g[n - 2], g[n - 1], 0, forward, (REAL)factor);
     }
+    if (low_only) return factor;
     rotate_wires(!ring_out && high_out ? high_out : dst, dst, dim, n, g, 0, ring_in_high ? high - 2 : high, 0);
     if (ring_in_high) rotate_two(ring_out, dst, dim, n - high + 1, g[high - 2], g[high - 1], 0, forward, (REAL)factor);
     else if (ring_out && !ring_in_block) gather(dst, ring_out, inverse, dim, (REAL)factor); /* no pair to carry it */
@@ -426,16 +458,18 @@ static void sum_wires(const REAL *psi, const REAL *lam, int64_t rows, int64_t n,
  * over it). acc: n rows of scratch.
  * With two high wires, `after_low` may hold the state after the low wires (R_low input, kept by the rerun): the
  * rotations commute, so the pair's sums are those of R_high^T adjoint against it, taken in the pair's own pass,
- * and the blocks at and past `live` (zero in input: their sums are 0) are skipped, their adjoint left unwritten. */
+ * and the blocks at and past `live` (zero in input: their sums are 0) are skipped, their adjoint left unwritten.
+ * With a seed (the last layer, its high wires not yet applied by the rerun: src is after_low), that pass applies
+ * them, seeds the adjoint and takes it back through them, all in registers. */
 static double unrotate_layer(REAL *dst, const REAL *src, const REAL *input, const REAL *after_low, int64_t live,
                              int64_t n, const Gate *g, REAL *acc, double *sums, const int64_t *forward,
-                             REAL ring_scale) {
+                             REAL ring_scale, const Seed *seed) {
     int64_t dim = (int64_t)1 << n, low = n < BLOCK_BITS ? n : BLOCK_BITS, rows = (int64_t)1 << low, high = n - low;
     double factor = layer_factor(g, n);
     memset(acc, 0, sizeof(REAL) * CHUNK * n);
     const REAL *from = src;
     if (after_low) /* high == 2 */
-        unrotate_two_summing(dst, src, dim, n - 1, g[0], g[1], forward, ring_scale, after_low, acc), from = dst;
+        unrotate_two_summing(dst, src, dim, n - 1, g[0], g[1], forward, ring_scale, after_low, acc, seed), from = dst;
     else if (forward && high >= 2 && high % 2 == 0) /* the ring undone in the first pair's pass over the whole state */
         rotate_two(dst, src, dim, n - 1, g[0], g[1], 1, forward, ring_scale), from = rotate_wires(dst, dst, dim, n, g, 2, high, 1);
     else {
@@ -457,9 +491,9 @@ static double unrotate_layer(REAL *dst, const REAL *src, const REAL *input, cons
  * one buffer for every layer's input; the backward keeps them all). Leaves the state before the last ring in
  * work, over the last layer's factor, which it returns: each earlier layer's is multiplied back in by the
  * ring's copy. With `after_low` (two high wires only), each layer's state after its low wires is kept there too,
- * at after_low + l step. */
+ * at after_low + l step; with `low_only` too, the last layer stops there (work is left untouched). */
 static double run(const Circuit *c, const Gate *gates, int64_t t0, int64_t tb, REAL *inputs, int64_t step, REAL *work,
-                  REAL *norm_sq, REAL *after_low) {
+                  REAL *norm_sq, REAL *after_low, int low_only) {
     int64_t dim = (int64_t)1 << c->n;
     double factor = 1;
     embed(c, t0, tb, inputs, norm_sq);
@@ -467,7 +501,7 @@ static double run(const Circuit *c, const Gate *gates, int64_t t0, int64_t tb, R
         REAL *next = l + 1 < c->layers ? inputs + (l + 1) * step : NULL;
         REAL *low_out = after_low ? after_low + l * step : work;
         factor = rotate_layer(low_out, inputs + l * step, c->n, gates + l * c->n, l ? dim : c->width, next, c->forward,
-                              c->inverse, after_low ? work : NULL);
+                              c->inverse, after_low ? work : NULL, low_only && !next);
     }
     return factor;
 }
@@ -523,7 +557,7 @@ int qaa_forward(const Circuit *c, REAL *out, int threads) {
         REAL *spare = psi + (dim + 1) * CHUNK, *acc = spare + (dim + 1) * CHUNK; /* state buffers: see half_sums */
         REAL *norm_sq = acc + c->n * CHUNK;
         int64_t t0 = chunk * CHUNK, tb = c->tokens - t0 < CHUNK ? c->tokens - t0 : CHUNK;
-        double factor = run(c, gates, t0, tb, spare, 0, psi, norm_sq, NULL);
+        double factor = run(c, gates, t0, tb, spare, 0, psi, norm_sq, NULL, 0);
         for (int t = 0; t < CHUNK; t++) norm_sq[t] /= (REAL)(factor * factor); /* the readout of psi f */
         if (c->z_readout) {
             /* z_q = sum_j (-1)^bit_q(j) p_j over the probabilities after the last ring, p_j = psi[inverse[j]]^2.
@@ -608,19 +642,24 @@ int qaa_backward(const Circuit *c, const REAL *grad_out, int64_t grad_stride, RE
         REAL *psi = inputs + kept * rows * CHUNK, *lam = psi + rows * CHUNK, *lam_spare = lam + rows * CHUNK;
         REAL *acc = lam_spare + rows * CHUNK, *norm_sq = acc + c->n * CHUNK;
         int64_t t0 = chunk * CHUNK, tb = c->tokens - t0 < CHUNK ? c->tokens - t0 : CHUNK;
-        double scale = 1 / run(c, gates, t0, tb, inputs, rows * CHUNK, psi, norm_sq, after_low); /* stored = true times scale */
+        /* with two high wires and the z readout, the last layer's high wires, the seed and their undoing are one pass */
+        int seeding = after_low && c->z_readout;
+        double scale = 1 / run(c, gates, t0, tb, inputs, rows * CHUNK, psi, norm_sq, after_low, seeding); /* stored = true times scale */
         /* d loss / d state before the last ring: 2 psi times d loss / d probability (over |x|^2) */
+        Seed seed;
         if (c->z_readout) {
             /* w_j = sum_q (-1)^bit_q(j) g_q over the basis after the last ring, so that d loss / d psi_k =
              * 2 psi_k w[forward[k]]: w_j is the sum of two tables, over the high and the low half of j's bits */
             int64_t low = c->n / 2, mask = ((int64_t)1 << low) - 1;
-            REAL *g = acc, *high_table = lam_spare, *low_table = lam_spare + (dim >> low) * CHUNK;
+            REAL *tables = seeding ? lam : lam_spare; /* lam_spare is the first pass's output when seeding */
+            REAL *g = acc, *high_table = tables, *low_table = tables + (dim >> low) * CHUNK;
             memset(g, 0, sizeof(REAL) * CHUNK * c->n);
             for (int64_t q = 0; q < c->n; q++)
                 for (int64_t t = 0; t < tb; t++) g[q * CHUNK + t] = grad_out[(t0 + t) * grad_stride + q] / norm_sq[t];
             signed_sums(high_table, g, c->n - low);
             signed_sums(low_table, g + (c->n - low) * CHUNK, low);
-            for (int64_t k = 0; k < dim; k++) {
+            seed = (Seed){high_table, low_table, c->forward, low};
+            for (int64_t k = 0; !seeding && k < dim; k++) {
                 const REAL *restrict h = high_table + (c->forward[k] >> low) * CHUNK;
                 const REAL *restrict l = low_table + (c->forward[k] & mask) * CHUNK;
                 for (int t = 0; t < CHUNK; t++) lam[k * CHUNK + t] = 2 * psi[k * CHUNK + t] * (h[t] + l[t]);
@@ -641,9 +680,11 @@ int qaa_backward(const Circuit *c, const REAL *grad_out, int64_t grad_stride, RE
             double sums[64];
             /* below the last layer, the ring undone first: adjoint[j] = adjoint_after[forward[j]], at scale 1 again */
             const int64_t *ring = l + 1 < c->layers ? c->forward : NULL;
-            double factor = unrotate_layer(back, lam, inputs + l * rows * CHUNK,
-                                           after_low ? after_low + l * rows * CHUNK : NULL, l ? dim : c->width, c->n,
-                                           gates + l * c->n, acc, sums, ring, (REAL)(1 / scale));
+            int first = seeding && l + 1 == c->layers;
+            const REAL *kept = after_low ? after_low + l * rows * CHUNK : NULL;
+            double factor = unrotate_layer(back, first ? kept : lam, inputs + l * rows * CHUNK, kept,
+                                           l ? dim : c->width, c->n, gates + l * c->n, acc, sums, ring,
+                                           (REAL)(1 / scale), first ? &seed : NULL);
             scale = (ring ? 1 : scale) / factor;
             lam_spare = lam, lam = back;
             for (int64_t q = 0; q < c->n; q++) partial[chunk * angles + l * c->n + q] = 0.5 * sums[q] / scale;
