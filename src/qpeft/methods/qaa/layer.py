@@ -108,6 +108,8 @@ class QAALinear(nn.Module, AdapterLayer):
     # Forward paths -----------------------------------------------------------------
 
     def forward(self, x: Tensor, *args: object, **kwargs: object) -> Tensor:
+        if self.noise is None and not self.inference_form and not args and not kwargs:
+            return self._training_forward(x)
         result = self.base_layer(x, *args, **kwargs)
         with autocast_off(x.device.type):
             if self.noise is not None:
@@ -115,8 +117,17 @@ class QAALinear(nn.Module, AdapterLayer):
             elif self.inference_form:
                 return self._add_inference_update(result, x)
             else:
-                return self._add_training_update(result, x)
+                update = self._training_update(x, self.qaa_angles)
         return result + update.to(result.dtype)
+
+    def _training_forward(self, x: Tensor) -> Tensor:
+        """base(x) + the update, the base layer run on the tokens as rows (a 2-D output of its own, which the
+        update goes into in place)."""
+        x2 = x.reshape(-1, x.shape[-1])
+        result = self.base_layer(x2)
+        with autocast_off(x.device.type):
+            result = self._add_training_update(result, x2)
+        return result.view(*x.shape[:-1], result.shape[-1])
 
     def _update(self, z: Tensor, x: Tensor) -> Tensor:
         """s (W_up z + b) in the readout's dtype (zero where x is zero)."""
@@ -141,16 +152,17 @@ class QAALinear(nn.Module, AdapterLayer):
         """s (W_up z + b), differentiable."""
         return F.linear(*self._training_readout(x, angles))
 
-    def _add_training_update(self, result: Tensor, x: Tensor) -> Tensor:
-        """result + the update, added into the base layer's fresh output by one in-place addmm where the dtypes
-        agree: no update tensor, and no new output to allocate (a fresh 1.2 MB buffer faults its pages in: the
-        update took 0.59 ms a call in a SmolLM2 step here, 0.68 out of place). Autograd allows it: the base
-        layer's backward does not read its own output (were it saved, backward would raise, not go wrong)."""
-        z, affine = self._training_readout(x, self.qaa_angles)
-        if z.dtype != result.dtype or not result.is_contiguous():
+    def _add_training_update(self, result: Tensor, x2: Tensor) -> Tensor:
+        """result + the update for the rows x2 (result: the base layer's 2-D output), added into it by one in-place
+        addmm where the dtypes agree: no update tensor, and no new output to allocate (a fresh 1.2 MB buffer faults
+        its pages in: the update took 0.59 ms a call in a SmolLM2 step here, 0.68 out of place). Autograd allows
+        it: the base layer's backward does not read its own output (were it saved, backward would raise, not go
+        wrong). Into a view (of a 3-D output, say), autograd would copy the whole output gradient in backward
+        (CopySlices: 6 ms of a SmolLM2 step here)."""
+        z, affine = self._training_readout(x2, self.qaa_angles)
+        if z.dtype != result.dtype or not result.is_contiguous() or result._is_view():
             return result + F.linear(z, affine).to(result.dtype)
-        result.view(-1, result.shape[-1]).addmm_(z.reshape(-1, z.shape[-1]), affine.t())
-        return result
+        return result.addmm_(z, affine.t())
 
     def update(self, x: Tensor) -> Tensor:
         """The adapter's contribution s (W_up z(x) + b) alone, differentiable (training path, any dtype)."""
