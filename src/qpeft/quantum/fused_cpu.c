@@ -306,6 +306,11 @@ static void unrotate_two_summing(REAL *dst, const REAL *src, int64_t dim, int64_
  * 32 floats; at CHUNK 8 the whole state of 10 qubits) */
 #define BLOCK_BITS ((int64_t)__builtin_ctz(32768 / (CHUNK * sizeof(REAL))))
 
+/* the wires of an n-qubit state applied over the whole state, above its blocks */
+static int64_t wires_above_block(int64_t n) {
+    return n < BLOCK_BITS ? 0 : n - BLOCK_BITS;
+}
+
 /* dst row k = scale times src row index[k] */
 static void gather(const REAL *restrict src, REAL *restrict dst, const int64_t *index, int64_t dim, REAL scale) {
     for (int64_t k = 0; k < dim; k++) {
@@ -354,7 +359,7 @@ static const REAL *rotate_wires(REAL *dst, const REAL *src, int64_t rows, int64_
  * high ones as it starts); the factor returned is still the whole layer's. */
 static double rotate_layer(REAL *dst, const REAL *src, int64_t n, const Gate *g, int64_t live, REAL *ring_out,
                            const int64_t *forward, const int64_t *inverse, REAL *high_out, int low_only) {
-    int64_t dim = (int64_t)1 << n, low = n < BLOCK_BITS ? n : BLOCK_BITS, rows = (int64_t)1 << low, high = n - low;
+    int64_t dim = (int64_t)1 << n, high = wires_above_block(n), low = n - high, rows = (int64_t)1 << low;
     double factor = layer_factor(g, n);
     int ring_in_high = ring_out && high >= 2, ring_in_block = ring_out && high == 0 && n >= 2;
     for (int64_t block = 0; block < dim; block += rows) {
@@ -481,7 +486,7 @@ static void sum_wires(const REAL *psi, const REAL *lam, int64_t rows, int64_t n,
 static double unrotate_layer(REAL *dst, const REAL *src, const REAL *input, const REAL *after_low, int64_t live,
                              int64_t n, const Gate *g, REAL *acc, double *sums, const int64_t *forward,
                              REAL ring_scale, const Seed *seed) {
-    int64_t dim = (int64_t)1 << n, low = n < BLOCK_BITS ? n : BLOCK_BITS, rows = (int64_t)1 << low, high = n - low;
+    int64_t dim = (int64_t)1 << n, high = wires_above_block(n), low = n - high, rows = (int64_t)1 << low;
     double factor = layer_factor(g, n);
     memset(acc, 0, sizeof(REAL) * CHUNK * n);
     const REAL *from = src;
@@ -639,7 +644,7 @@ int qaa_backward(const Circuit *c, const REAL *grad_out, int64_t grad_stride, RE
     int64_t dim = (int64_t)1 << c->n, chunks = (c->tokens + CHUNK - 1) / CHUNK, angles = c->layers * c->n;
     /* the high wires' sums in their own pass, layer 0's zero blocks skipped, and with the z readout the seed in
      * the first pass (unrotate_layer): backward 0.95x, then 0.93x (float32, 512 tokens, paired) */
-    int keep_after_low = c->n - (c->n < BLOCK_BITS ? c->n : BLOCK_BITS) == 2;
+    int keep_after_low = wires_above_block(c->n) == 2;
     Gate *gates = circuit_gates(c);
     double *partial = calloc((size_t)(chunks * angles + 1), sizeof(double)); /* each chunk's angle gradients */
     if (!gates || !partial) {
@@ -670,7 +675,7 @@ int qaa_backward(const Circuit *c, const REAL *grad_out, int64_t grad_stride, RE
         if (c->z_readout) {
             /* w_j = sum_q (-1)^bit_q(j) g_q over the basis after the last ring, so that d loss / d psi_k =
              * 2 psi_k w[forward[k]]: w_j is the sum of two tables, over the high and the low half of j's bits */
-            int64_t low = c->n / 2, mask = ((int64_t)1 << low) - 1;
+            int64_t low = c->n / 2;
             REAL *tables = seeding ? lam : lam_spare; /* lam_spare is the first pass's output when seeding */
             REAL *g = acc, *high_table = tables, *low_table = tables + (dim >> low) * CHUNK;
             memset(g, 0, sizeof(REAL) * CHUNK * c->n);
@@ -679,11 +684,11 @@ int qaa_backward(const Circuit *c, const REAL *grad_out, int64_t grad_stride, RE
             signed_sums(high_table, g, c->n - low);
             signed_sums(low_table, g + (c->n - low) * CHUNK, low);
             seed = (Seed){high_table, low_table, c->forward, low};
-            for (int64_t k = 0; !seeding && k < dim; k++) {
-                const REAL *restrict h = high_table + (c->forward[k] >> low) * CHUNK;
-                const REAL *restrict l = low_table + (c->forward[k] & mask) * CHUNK;
-                for (int t = 0; t < CHUNK; t++) lam[k * CHUNK + t] = 2 * psi[k * CHUNK + t] * (h[t] + l[t]);
-            }
+            if (!seeding) /* else the first pass seeds */
+                for (int64_t k = 0; k < dim; k++) {
+                    const REAL *restrict h = high_row(&seed, k), *restrict l = low_row(&seed, k);
+                    for (int t = 0; t < CHUNK; t++) lam[k * CHUNK + t] = 2 * psi[k * CHUNK + t] * (h[t] + l[t]);
+                }
         } else {
             memset(lam, 0, sizeof(REAL) * CHUNK << c->n);
             for (int64_t k = 0; k < dim; k++)
