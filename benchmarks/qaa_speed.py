@@ -5,10 +5,14 @@
 2. Step time: one training step (forward, backward, AdamW) of SmolLM2-135M with QAA (L = 2) on
    q_proj and v_proj against LoRA r = 8 on the same modules, same batch (8 x 64 tokens). Both
    models live in one process and take turns (ABAB..., the order flipping every round) after a
-   warm-up; the median of the timed steps is reported.
+   warm-up; the ratio of the medians of the timed steps is ``qaa_over_lora_step_time``.
    Then greedy generation with both trained models, 8 prompts of 16 tokens, 16 new tokens, timed
-   in turns (``evaluation.latency.paired_latency``): ``qaa_over_lora_generation_latency``. Each
-   generates in the form evaluation loads it in: QAA's inference form, LoRA's unmerged PEFT model.
+   in turns (``evaluation.latency.paired_generation_ms``): the ratio of the medians is
+   ``qaa_over_lora_generation_latency``. Each generates in the form evaluation loads it in: QAA's
+   inference form, LoRA's unmerged PEFT model.
+   Each round's two timings form a pair; ``*_paired`` holds the median of the per-pair ratios and the
+   sign-test interval for it (``evaluation.latency.paired_ratio``: no distribution assumed, coverage at
+   least 95%), so that a target such as 1.03 is judged against the run's own noise.
 3. Peak memory of that step: each method trains in a fresh subprocess (started before the
    timing runs load their models), which reports
    - the kernel's peak resident set over the training steps: VmHWM, reset through
@@ -42,7 +46,7 @@ from pathlib import Path
 
 import torch
 
-from qpeft.evaluation.latency import paired_latency
+from qpeft.evaluation.latency import PairedRatio, paired_generation_ms, paired_ratio
 from qpeft.methods import get_method
 from qpeft.methods.lora import LoRAConfig
 from qpeft.methods.qaa import QAAConfig
@@ -92,8 +96,9 @@ def step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, ids: torch.Te
     return time.perf_counter() - started
 
 
-def step_times(repeats: int, warmup: int) -> tuple[dict[str, list[float]], dict[str, float]]:
-    """Training step seconds per method (interleaved), then both models' generation latency (paired)."""
+def step_times(repeats: int, warmup: int) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Training step seconds per method (interleaved, the i-th of each from one round), then both models'
+    generation milliseconds per token (in turns, the i-th of each a pair)."""
     runs = {name: build(name) for name in ("lora", "qaa")}
     if torch.cuda.is_available():
         runs = {name: (model.cuda(), optimizer) for name, (model, optimizer) in runs.items()}
@@ -109,8 +114,18 @@ def step_times(repeats: int, warmup: int) -> tuple[dict[str, list[float]], dict[
     # the form its method's ``load`` gives evaluation: QAA's inference form, LoRA's unmerged PEFT model
     for _, layer in qaa_layers(runs["qaa"][0]):
         layer.to_inference()
-    qaa_ms, lora_ms = paired_latency(runs["qaa"][0], runs["lora"][0], ids[:, :16], 16, max(repeats, 5))
-    return times, {"qaa_ms_per_token": qaa_ms, "lora_ms_per_token": lora_ms}
+    qaa_ms, lora_ms = paired_generation_ms(runs["qaa"][0], runs["lora"][0], ids[:, :16], 16, max(repeats, 5))
+    return times, {"qaa": qaa_ms, "lora": lora_ms}
+
+
+def ratio_text(ratio: PairedRatio) -> str:
+    return (f"median of {ratio.pairs} paired ratios {ratio.median:.3f}, "
+            f"{ratio.coverage:.1%} interval {ratio.low:.3f}-{ratio.high:.3f}")
+
+
+def ratio_json(ratio: PairedRatio) -> dict[str, float]:
+    return {"median": round(ratio.median, 4), "low": round(ratio.low, 4), "high": round(ratio.high, 4),
+            "coverage": round(ratio.coverage, 4), "pairs": ratio.pairs}
 
 
 # Memory: one method per fresh process ---------------------------------------------------------
@@ -242,18 +257,21 @@ def main() -> None:
           f"PennyLane {sim['pennylane_seconds'] * 1e3:.0f} ms: {sim['sim_vs_pennylane_speedup']:.0f}x; "
           f"max |difference| {sim['max_abs_diff_vs_pennylane']:.1e}")
 
-    times, latency = step_times(repeats, warmup)
+    times, latency_ms = step_times(repeats, warmup)
     medians = {name: statistics.median(values) for name, values in times.items()}
     ratio = medians["qaa"] / medians["lora"]
+    step_paired = paired_ratio(times["qaa"], times["lora"])
     print(f"2. {MODEL}, q_proj + v_proj, batch {BATCH} x {TOKENS}, {torch.get_num_threads()} threads, median of "
           f"{repeats} interleaved steps after {warmup} warm-up: LoRA r=8 {medians['lora']:.3f} s, "
-          f"QAA L=2 {medians['qaa']:.3f} s: QAA / LoRA {ratio:.3f}")
+          f"QAA L=2 {medians['qaa']:.3f} s: QAA / LoRA {ratio:.3f} ({ratio_text(step_paired)})")
     for name, values in times.items():
         print(f"   {name} steps (s): {' '.join(f'{v:.3f}' for v in values)}")
 
-    latency_ratio = latency["qaa_ms_per_token"] / latency["lora_ms_per_token"]
-    print(f"   generation, greedy, 8 prompts x 16 new tokens, in turns: LoRA {latency['lora_ms_per_token']:.2f} ms, "
-          f"QAA {latency['qaa_ms_per_token']:.2f} ms per token: QAA / LoRA {latency_ratio:.3f}")
+    latency = {name: statistics.median(values) for name, values in latency_ms.items()}
+    latency_ratio = latency["qaa"] / latency["lora"]
+    latency_paired = paired_ratio(latency_ms["qaa"], latency_ms["lora"])
+    print(f"   generation, greedy, 8 prompts x 16 new tokens, in turns: LoRA {latency['lora']:.2f} ms, "
+          f"QAA {latency['qaa']:.2f} ms per token: QAA / LoRA {latency_ratio:.3f} ({ratio_text(latency_paired)})")
 
     if "cuda_max_allocated_mb" in memory["lora"]:
         key = "cuda_max_allocated_mb"
@@ -277,8 +295,9 @@ def main() -> None:
         "qaa_over_lora_step_time": round(ratio, 4),
         "qaa_over_lora_peak_memory": round(ratios[key], 4),
         "qaa_over_lora_generation_latency": round(latency_ratio, 4),
-        "generation_ms_per_token": {name.removesuffix("_ms_per_token"): round(value, 3)
-                                    for name, value in latency.items()},
+        "qaa_over_lora_step_time_paired": ratio_json(step_paired),
+        "qaa_over_lora_generation_latency_paired": ratio_json(latency_paired),
+        "generation_ms_per_token": {name: round(value, 3) for name, value in latency.items()},
         "peak_memory_measure": key,
         "qaa_over_lora_training_rss_increase": round(ratios["training_rss_increase_mb"], 4),
         "qaa_over_lora_saved_for_backward": round(ratios["saved_for_backward_mb"], 4),

@@ -1,8 +1,12 @@
-"""Generation latency of a model: wall time per generated token, timed alternately against the base model."""
+"""Generation latency of a model: wall time per generated token, timed alternately against the base model;
+and the ratio of two methods' paired timings with a distribution-free interval."""
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from statistics import median
 
 import torch
@@ -29,11 +33,57 @@ def paired_latency(
 
     Each is the median over ``repeats`` timings, after one short warm-up run of each.
     """
+    ours, base = paired_generation_ms(model, base_model, ids, new_tokens, repeats)
+    return median(ours), median(base)
+
+
+def paired_generation_ms(
+    model: torch.nn.Module, base_model: torch.nn.Module, ids: torch.Tensor, new_tokens: int, repeats: int
+) -> tuple[list[float], list[float]]:
+    """Each repeat's (model, base model) milliseconds per generated token, the two timed one after the other
+    (after one short warm-up run of each), so that the i-th entries of the two lists form a pair."""
     generation_seconds(model, ids, 2)
     generation_seconds(base_model, ids, 2)
     ours, base = [], []
-    for _ in range(repeats):
-        ours.append(generation_seconds(model, ids, new_tokens))
-        base.append(generation_seconds(base_model, ids, new_tokens))
     per_token = 1000.0 / (ids.shape[0] * new_tokens)
-    return median(ours) * per_token, median(base) * per_token
+    for _ in range(repeats):
+        ours.append(generation_seconds(model, ids, new_tokens) * per_token)
+        base.append(generation_seconds(base_model, ids, new_tokens) * per_token)
+    return ours, base
+
+
+@dataclass(frozen=True)
+class PairedRatio:
+    """The median of the per-pair ratios ours_i / base_i and an interval that holds the true median ratio with
+    probability at least ``coverage`` (None where too few pairs allow any interval)."""
+
+    median: float
+    low: float
+    high: float
+    coverage: float
+    pairs: int
+
+
+def paired_ratio(ours: Sequence[float], base: Sequence[float], confidence: float = 0.95) -> PairedRatio:
+    """The median of ours_i / base_i over timing pairs (the two taken back to back, so that drift in the
+    machine's speed hits both alike) and the sign-test interval for that median: order statistics
+    r_(k) .. r_(n + 1 - k) with the largest k whose binomial tail P(Bin(n, 1/2) < k) is at most (1 - confidence)
+    / 2. It assumes only independent pairs, no distribution (timings are skewed by the host's bursts, so a
+    normal interval would not hold), and its coverage is exact for the chosen ranks, reported as ``coverage``
+    (at least ``confidence``; with n < 6 pairs no ranks reach 95% and the interval is min .. max with its own,
+    lower, coverage).
+
+    Written here rather than taken from scipy: qpeft's core does not depend on scipy.
+    """
+    if len(ours) != len(base) or not ours:
+        raise ValueError(f"paired_ratio needs equally many timings, at least one: got {len(ours)} and {len(base)}")
+    if min(base) <= 0 or min(ours) < 0:
+        raise ValueError("paired_ratio needs positive base timings and non-negative timings of ours")
+    ratios = sorted(o / b for o, b in zip(ours, base, strict=True))
+    n = len(ratios)
+    below = [math.comb(n, j) / 2**n for j in range(n + 1)]  # P(Bin(n, 1/2) = j)
+    k, tail = 1, below[0]  # ranks k .. n + 1 - k, 1-based; tail = P(Bin < k)
+    while k < (n + 1) / 2 and tail + below[k] <= (1 - confidence) / 2:
+        tail += below[k]
+        k += 1
+    return PairedRatio(median(ratios), ratios[k - 1], ratios[n - k], 1 - 2 * tail, n)
