@@ -54,8 +54,8 @@ def paired_generation_ms(
 
 @dataclass(frozen=True)
 class PairedRatio:
-    """The median of the per-pair ratios ours_i / base_i and an interval that holds the true median ratio with
-    probability at least ``coverage`` (None where too few pairs allow any interval)."""
+    """The median of the per-pair ratios ours_i / base_i and an interval [low, high] that holds the true median
+    ratio with probability ``coverage``, over ``pairs`` pairs."""
 
     median: float
     low: float
@@ -81,9 +81,9 @@ def paired_ratio(ours: Sequence[float], base: Sequence[float], confidence: float
         raise ValueError("paired_ratio needs positive base timings and non-negative timings of ours")
     ratios = sorted(o / b for o, b in zip(ours, base, strict=True))
     n = len(ratios)
-    below = [math.comb(n, j) / 2**n for j in range(n + 1)]  # P(Bin(n, 1/2) = j)
-    k, tail = 1, below[0]  # ranks k .. n + 1 - k, 1-based; tail = P(Bin < k)
-    while k < (n + 1) / 2 and tail + below[k] <= (1 - confidence) / 2:
-        tail += below[k]
+    pmf = [math.comb(n, j) / 2**n for j in range(n + 1)]  # P(Bin(n, 1/2) = j)
+    k, tail = 1, pmf[0]  # ranks k .. n + 1 - k, 1-based; tail = P(Bin < k)
+    while k < (n + 1) / 2 and tail + pmf[k] <= (1 - confidence) / 2:
+        tail += pmf[k]
         k += 1
     return PairedRatio(median(ratios), ratios[k - 1], ratios[n - k], 1 - 2 * tail, n)
