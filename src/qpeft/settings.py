@@ -242,7 +242,10 @@ class AnalysisSettings:
         default=8, metadata={"help": "test prompts given to the capacity hooks and the latency measurement"}
     )
     latency_new_tokens: int = field(default=16, metadata={"help": "tokens generated per prompt when timing latency"})
-    latency_repeats: int = field(default=3, metadata={"help": "timed repetitions per model"})
+    latency_repeats: int = field(
+        default=7, metadata={"help": "timed pairs per method (the method, then the base model, in turns); 6 or more "
+                                     "give the latency ratio an interval of at least 95% coverage"}
+    )
     robustness: str = field(
         default="default",
         metadata={"help": "re-evaluations of methods with inference options: 'default' (each method's own grid; "

@@ -416,8 +416,12 @@ def test_compare_over_two_seeds_reports_per_seed_figures_and_their_spread(
         for key in ("steps_to_margin", "loss_at_25pct", "loss_at_50pct", "loss_tail_std", "grad_norm_median",
                     "grad_norm_p95", "grad_norm_max", "non_finite_steps", "effective_rank_median",
                     "update_jacobian_rank_median",
-                    "latency_ms_per_token", "latency_vs_base"):
+                    "latency_ms_per_token", "latency_vs_base", "latency_vs_base_low", "latency_vs_base_high"):
             assert isinstance(figures[key], (int, float)), key
+        # each seed's latency from its own 7 pairs (the default), the median inside its interval
+        assert len(figures["latency_ratios"]) == 7
+        assert figures["latency_vs_base_low"] <= figures["latency_vs_base"] <= figures["latency_vs_base_high"]
+    assert len(results["methods"]["lora"]["latency_ratios"]) == 14  # both seeds' pairs, pooled
     loss = [f["test_loss"] for f in per_seed]
     assert per_seed[0]["train_tokens"] > 0 and loss[0] != loss[1]  # the seeds really differ
     assert results["methods"]["lora"]["test_loss"] == pytest.approx(sum(loss) / 2)

@@ -1,10 +1,13 @@
-"""The paired ratio of two methods' timings and its distribution-free interval (evaluation.latency)."""
+"""Paired generation timings, the paired ratio of two methods' timings and its distribution-free interval
+(evaluation.latency)."""
 
 import math
 
 import numpy as np
 import pytest
+import torch
 
+from qpeft.evaluation import latency
 from qpeft.evaluation.latency import paired_ratio
 
 
@@ -63,3 +66,24 @@ def test_a_shift_in_the_hosts_speed_mid_run_leaves_the_paired_ratio_in_place():
     assert np.median(ours) / np.median(base) > 1.04
     assert ratio.median == pytest.approx(1.02)
     assert ratio.low == pytest.approx(1.02) and ratio.high == pytest.approx(1.02)
+
+
+def test_paired_generation_takes_turns_first_so_that_neither_side_always_runs_on_the_warmer_machine(monkeypatch):
+    calls = []
+    monkeypatch.setattr(latency, "generation_seconds", lambda model, ids, new_tokens: calls.append(model) or 0.01)
+    ours, base = latency.paired_generation_ms("ours", "base", torch.zeros(2, 3, dtype=torch.long), 4, 4)
+    assert calls[:2] == ["ours", "base"]  # the warm-up runs
+    assert calls[2:] == ["ours", "base", "base", "ours", "ours", "base", "base", "ours"]
+    assert len(ours) == len(base) == 4
+
+
+def test_latency_figures_give_the_median_ratio_and_its_interval_from_the_pairs_ratios():
+    ratios = [1.0, 1.2, 0.9, 1.1, 1.3, 1.05, 0.95]
+    figures = latency.latency_figures(ratios, 0.95)
+    assert figures["latency_vs_base"] == pytest.approx(1.05)
+    # 7 pairs: no ranks inside the range reach 95%, so the whole range at 1 - 2 / 2**7
+    assert (figures["latency_vs_base_low"], figures["latency_vs_base_high"]) == (0.9, 1.3)
+    assert figures["latency_vs_base_coverage"] == pytest.approx(1 - 2 / 128)
+    assert figures["latency_ratios"] == ratios
+    shuffled = latency.latency_figures(list(reversed(ratios)), 0.95)
+    assert {**shuffled, "latency_ratios": ratios} == figures  # the order of the pairs does not matter

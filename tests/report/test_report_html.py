@@ -16,6 +16,7 @@ import torch
 
 from qpeft.analysis.capacity import jacobian_rank, linear_capacity, summarise_capacity
 from qpeft.analysis.convergence import convergence_figures, loss_curve
+from qpeft.evaluation.latency import latency_figures
 from qpeft.experiment.results import build_payload
 from qpeft.report.findings import findings
 from qpeft.report.html import html_report
@@ -53,7 +54,8 @@ def synthetic_seed(seed: int, robustness: bool) -> dict[str, Any]:
             "bleu": bleu + jitter, "rougeL": rouge + jitter, "bertscore_f1": 90.0 + jitter / 10, "test_loss": floor,
             "trainable_params": params, "trainable_pct": 100.0 * params / 1_000_000, "peak_memory_mb": memory,
             "train_tokens_per_s": speed * (1 + rng.gauss(0, 0.02)), "train_seconds": 100.0, "adapter_bytes": 4 * params,
-            "generation_ms_per_token": 3.0, "latency_ms_per_token": 2.0 * latency, "latency_vs_base": latency,
+            "generation_ms_per_token": 3.0, "latency_ms_per_token": 2.0 * latency,
+            **latency_figures([latency * (1 + rng.gauss(0, 0.01)) for _ in range(7)], 0.95),
             "test_items": 10, **convergence_figures(log, total_steps=100),
         }
         curves[name] = loss_curve(log)
@@ -321,3 +323,46 @@ def test_the_noise_finding_never_calls_the_exact_row_the_worst() -> None:
     payload["methods"]["qaa"]["robustness"][1]["bleu"] = 40.0
     sentence = next(s for s in findings(payload) if s.startswith("Under finite shots"))
     assert "to 40.00 at worst (1,000 shots)" in sentence
+
+
+def with_latency(payload: dict[str, Any], ratios: dict[str, list[float]]) -> dict[str, Any]:
+    """The payload with each named method's latency figures made from these pairs' ratios."""
+    changed = copy.deepcopy(payload)
+    for name, pairs in ratios.items():
+        changed["methods"][name].update(latency_figures(pairs, 0.95))
+    return changed
+
+
+def test_the_latency_finding_names_a_slow_generator_only_beyond_the_timing_noise() -> None:
+    quick = {name: [1.0, 1.01, 0.99, 1.02, 0.98, 1.0, 1.01] for name in PROFILES}
+    # qaa's median pair is 8% slower, but its pairs spread from 0.97 to 1.25: the interval reaches under 1.05
+    noisy = with_latency(synthetic_payload(seeds=(0,)), {**quick, "qaa": [0.97, 1.25, 1.08, 1.02, 1.2, 1.1, 1.04]})
+    text = "\n".join(findings(noisy))
+    assert "is the slowest to generate" not in text
+    assert ("qaa measured more than 5% slower than the base model (1.08x), but its 98% interval 0.97–1.25x "
+            "reaches 1.05x or under") in text
+    assert "within this run's timing noise" in text
+
+    clear = with_latency(noisy, {"qaa": [1.21, 1.25, 1.28, 1.22, 1.3, 1.24, 1.23]})
+    text = "\n".join(findings(clear))
+    assert "**qaa** is the slowest to generate, 24% slower than the base model (98% interval 1.21–1.30x)." in text
+
+    # no median over 1.05, but an interval past it: the run does not show every method within 5%
+    unsure = with_latency(noisy, {"qaa": [0.95, 1.12, 1.03, 1.0, 1.06, 1.02, 1.01]})
+    text = "\n".join(findings(unsure))
+    assert "No method generates more than 5% slower" not in text
+    assert "No method measured more than 5% slower than the base model, but qaa's interval reaches 1.12x" in text
+
+    text = "\n".join(findings(with_latency(noisy, {"qaa": quick["qaa"]})))
+    assert "No method generates more than 5% slower than the base model (every interval under 1.05x)." in text
+
+
+def test_a_comparisons_latency_pools_the_timing_pairs_of_all_its_seeds() -> None:
+    payload = synthetic_payload(seeds=(0, 1, 2))
+    seeds = [payload["per_seed"][s]["methods"]["qaa"]["latency_ratios"] for s in ("0", "1", "2")]
+    pooled = sorted(r for ratios in seeds for r in ratios)
+    qaa = payload["methods"]["qaa"]
+    assert sorted(qaa["latency_ratios"]) == pooled and len(pooled) == 21
+    assert qaa["latency_vs_base"] == pooled[10]  # the median of the 21 pairs, not the mean of three medians
+    assert qaa["latency_vs_base_low"] == pooled[5] and qaa["latency_vs_base_high"] == pooled[15]
+    assert "latency_ratios" not in payload["aggregate"]["qaa"] and "latency_vs_base" in payload["aggregate"]["qaa"]

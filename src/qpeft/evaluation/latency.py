@@ -8,6 +8,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from statistics import median
+from typing import Any
 
 import torch
 
@@ -26,29 +27,19 @@ def generation_seconds(model: torch.nn.Module, ids: torch.Tensor, new_tokens: in
     return time.perf_counter() - started
 
 
-def paired_latency(
-    model: torch.nn.Module, base_model: torch.nn.Module, ids: torch.Tensor, new_tokens: int, repeats: int
-) -> tuple[float, float]:
-    """(model, base model) milliseconds per generated token, timed alternately so that drift hits both alike.
-
-    Each is the median over ``repeats`` timings, after one short warm-up run of each.
-    """
-    ours, base = paired_generation_ms(model, base_model, ids, new_tokens, repeats)
-    return median(ours), median(base)
-
-
 def paired_generation_ms(
     model: torch.nn.Module, base_model: torch.nn.Module, ids: torch.Tensor, new_tokens: int, repeats: int
 ) -> tuple[list[float], list[float]]:
     """Each repeat's (model, base model) milliseconds per generated token, the two timed one after the other
-    (after one short warm-up run of each), so that the i-th entries of the two lists form a pair."""
+    (after one short warm-up run of each), so that the i-th entries of the two lists form a pair. The one that
+    goes first alternates, so that neither always runs on the machine its partner has just warmed (or heated)."""
     generation_seconds(model, ids, 2)
     generation_seconds(base_model, ids, 2)
     ours, base = [], []
     per_token = 1000.0 / (ids.shape[0] * new_tokens)
-    for _ in range(repeats):
-        ours.append(generation_seconds(model, ids, new_tokens) * per_token)
-        base.append(generation_seconds(base_model, ids, new_tokens) * per_token)
+    for repeat in range(repeats):
+        for timings, timed in ((ours, model), (base, base_model))[:: 1 if repeat % 2 == 0 else -1]:
+            timings.append(generation_seconds(timed, ids, new_tokens) * per_token)
     return ours, base
 
 
@@ -79,7 +70,14 @@ def paired_ratio(ours: Sequence[float], base: Sequence[float], confidence: float
         raise ValueError(f"paired_ratio needs equally many timings, at least one: got {len(ours)} and {len(base)}")
     if min(base) <= 0 or min(ours) < 0:
         raise ValueError("paired_ratio needs positive base timings and non-negative timings of ours")
-    ratios = sorted(o / b for o, b in zip(ours, base, strict=True))
+    return median_ratio([o / b for o, b in zip(ours, base, strict=True)], confidence)
+
+
+def median_ratio(ratios: Sequence[float], confidence: float = 0.95) -> PairedRatio:
+    """``paired_ratio`` from the pairs' ratios themselves (pooled over seeds, say)."""
+    if not ratios:
+        raise ValueError("median_ratio needs at least one ratio")
+    ratios = sorted(ratios)
     n = len(ratios)
     pmf = [math.comb(n, j) / 2**n for j in range(n + 1)]  # P(Bin(n, 1/2) = j)
     k, tail = 1, pmf[0]  # ranks k .. n + 1 - k, 1-based; tail = P(Bin < k)
@@ -87,3 +85,13 @@ def paired_ratio(ours: Sequence[float], base: Sequence[float], confidence: float
         tail += pmf[k]
         k += 1
     return PairedRatio(median(ratios), ratios[k - 1], ratios[n - k], 1 - 2 * tail, n)
+
+
+def latency_figures(ratios: Sequence[float], confidence: float) -> dict[str, Any]:
+    """A method's generation latency against the base model from its pairs' ratios (method / base, each pair
+    timed back to back): ``latency_vs_base`` their median, ``latency_vs_base_low`` .. ``_high`` its
+    distribution-free interval at ``latency_vs_base_coverage``, and the ratios themselves, so that the
+    figures of several seeds can be pooled."""
+    ratio = median_ratio(ratios, confidence)
+    return {"latency_vs_base": ratio.median, "latency_vs_base_low": ratio.low, "latency_vs_base_high": ratio.high,
+            "latency_vs_base_coverage": ratio.coverage, "latency_ratios": list(ratios)}

@@ -19,7 +19,7 @@ from qpeft.analysis.capacity import summarise_capacity
 from qpeft.analysis.convergence import convergence_figures, loss_curve, read_log
 from qpeft.analysis.significance import CLASSIFICATION_METRICS, GENERATION_METRICS
 from qpeft.data.prompts import encode_prompt
-from qpeft.evaluation.latency import paired_latency
+from qpeft.evaluation.latency import latency_figures, paired_generation_ms
 from qpeft.experiment.checks import check_experiment
 from qpeft.experiment.processes import isolated
 from qpeft.experiment.results import BASE, FAILED, FEWSHOT, build_payload, read_predictions, write_results
@@ -366,12 +366,13 @@ def measure_models(
     methods: dict[str, str],
     data_dir: str | None,
     settings: AnalysisSettings,
-) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, float]], dict[str, str]]:
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]], dict[str, str]]:
     """Capacity entries per method, generation latency figures per model, and capacity errors.
 
-    All in this process, one trained model at a time, each timed alternately with the bare
-    base model (``latency_vs_base`` is the ratio of the paired medians). A method whose
-    capacity hook fails gets no entries and its error, and the rest goes on.
+    All in this process, one trained model at a time, each timed in turns with the bare base model:
+    ``latency_vs_base`` is the median of the pairs' ratios, with its distribution-free interval
+    (``evaluation.latency.latency_figures``). A method whose capacity hook fails gets no entries and its
+    error, and the rest goes on.
     """
     ids = sample_prompt_ids(experiment, data_dir, settings.sample_prompts)
     base_model = load_model(experiment.model, split_qkv=experiment.split_qkv)
@@ -379,7 +380,7 @@ def measure_models(
         base_model = base_model.to("cuda")
     base_model.eval()
     ids = ids.to(next(base_model.parameters()).device)
-    latency: dict[str, dict[str, float]] = {}
+    latency: dict[str, dict[str, Any]] = {}
     base_samples = []
     capacity: dict[str, dict[str, Any]] = {}
     errors: dict[str, str] = {}
@@ -392,9 +393,11 @@ def measure_models(
             log.exception("%s: capacity analysis failed", name)
             capacity[name] = {}
             errors[name] = f"{type(error).__name__}: {error}"
-        ours, base = paired_latency(model, base_model, ids, settings.latency_new_tokens, settings.latency_repeats)
-        latency[name] = {"latency_ms_per_token": ours, "latency_vs_base": ours / base}
-        base_samples.append(base)
+        ours, base = paired_generation_ms(model, base_model, ids, settings.latency_new_tokens,
+                                          settings.latency_repeats)
+        ratios = [o / b for o, b in zip(ours, base, strict=True)]
+        latency[name] = {"latency_ms_per_token": median(ours), **latency_figures(ratios, settings.confidence)}
+        base_samples += base
         del model
         gc.collect()
     latency[BASE] = {"latency_ms_per_token": median(base_samples), "latency_vs_base": 1.0} if base_samples else {}

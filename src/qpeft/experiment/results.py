@@ -19,6 +19,7 @@ from qpeft.analysis.significance import (
     SystemScores,
     bootstrap_comparison,
 )
+from qpeft.evaluation.latency import latency_figures
 from qpeft.settings import AnalysisSettings, Experiment
 from qpeft.utils.atomic import write_csv, write_json
 from qpeft.utils.errors import UsageError
@@ -37,7 +38,7 @@ RESULT_COLUMNS = [
 
 # Figures the comparative analysis adds (``compare.analyse_seed``); results.csv lists them after RESULT_COLUMNS.
 ANALYSIS_COLUMNS = [
-    "latency_ms_per_token", "latency_vs_base",
+    "latency_ms_per_token", "latency_vs_base", "latency_vs_base_low", "latency_vs_base_high",
     "best_smoothed_loss", "loss_drop_pct", "steps_to_margin", "steps_to_margin_pct", "loss_at_25pct", "loss_at_50pct",
     "final_smoothed_loss", "loss_tail_std", "grad_norm_median", "grad_norm_p95", "grad_norm_max",
     "non_finite_steps", "capacity_modules", "update_jacobian_rank_min", "update_jacobian_rank_median",
@@ -68,6 +69,7 @@ def build_payload(
     ``run_dirs`` holds, per seed, each row's run folder (whose predictions the bootstrap reads).
     """
     means, spread = aggregate_methods({seed: values["methods"] for seed, values in per_seed.items()})
+    pool_latency(means, spread, per_seed, analysis.confidence)
     task = experiment.task_type()
     statistics = quality_statistics(run_dirs, per_seed, analysis, TASK_METRICS[task]) if run_dirs else {}
     for name, values in statistics.get("methods", {}).items():
@@ -85,6 +87,20 @@ def build_payload(
         "aggregate": spread,
         "per_seed": per_seed,
     }
+
+
+def pool_latency(means: dict[str, dict[str, Any]], spread: dict[str, dict[str, Any]],
+                 per_seed: dict[str, dict[str, Any]], confidence: float) -> None:
+    """Each method's latency against the base model from the timing pairs of all its seeds together: the
+    median and interval of the pooled ratios, in place of the mean of each seed's median and bounds."""
+    for name, figures in means.items():
+        ratios = [r for seed in per_seed.values() for r in seed["methods"].get(name, {}).get("latency_ratios") or []]
+        if not ratios:
+            continue
+        pooled = latency_figures(ratios, confidence)
+        figures.update(pooled)
+        for key in pooled.keys() - {"latency_vs_base"}:  # the spread of the seeds' medians stays
+            spread.get(name, {}).pop(key, None)
 
 
 def test_sample_record(methods: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -229,7 +229,9 @@ def efficiency_bars(payload: dict[str, Any]) -> bytes | None:
     for axis, (key, ylabel, title) in zip(axes, panels, strict=True):
         names = [m for m in trained if number(methods[m].get(key)) is not None]
         values = [number(methods[m][key]) for m in names]
-        errors = [std(payload, m, key) or 0.0 for m in names]
+        errors = latency_errors(methods, names) if key == "latency_vs_base" else None
+        if errors is None:
+            errors = [std(payload, m, key) or 0.0 for m in names]
         positions = list(range(len(names)))
         axis.bar(positions, values, yerr=errors if any(errors) else None, capsize=3,
                  color=[colors[m] for m in names], alpha=0.85, error_kw={"elinewidth": 1})
@@ -242,6 +244,17 @@ def efficiency_bars(payload: dict[str, Any]) -> bytes | None:
         axis.margins(y=0.15)
         axis.grid(axis="x", visible=False)
     return _png(figure)
+
+
+def latency_errors(methods: dict[str, Any], names: list[str]) -> list[list[float]] | None:
+    """The latency ratios' intervals as error bars (below, above), where every method has one."""
+    bounds = [(number(methods[m].get("latency_vs_base_low")), number(methods[m].get("latency_vs_base_high")))
+              for m in names]
+    if any(low is None or high is None for low, high in bounds):
+        return None
+    values = [number(methods[m]["latency_vs_base"]) for m in names]
+    return [[v - low for v, (low, _) in zip(values, bounds, strict=True)],
+            [high - v for v, (_, high) in zip(values, bounds, strict=True)]]
 
 
 def _short(value: float) -> str:
@@ -493,7 +506,8 @@ PLOTS = {
     )),
     "plot-efficiency": Plot(efficiency_bars, (
         "Peak memory in training, training throughput, and generation latency per token as a multiple of the "
-        "bare base model's (measured in the same process)."
+        "bare base model's (measured in the same process, in turns; its bars: the interval of the median ratio, "
+        "the others' ± one standard deviation over seeds)."
     )),
     "plot-capacity-spectra": Plot(capacity_spectra, (
         "Singular values of each adapted module's update ΔW, divided by the largest (log scale); faint: one "

@@ -222,7 +222,10 @@ def figure_table(payload: dict[str, Any], columns: list[tuple[str, str, str]], n
         for column, _, fmt in columns:
             raw = figures.get(column)
             cell = format_cell(column, raw, fmt) if isinstance(raw, (int, float)) else "–"
-            cells.append(with_std(cell, column, fmt, spread.get(name, {})))
+            cell = with_std(cell, column, fmt, spread.get(name, {}))
+            if cell != "–":  # a figure measured with its own interval (latency vs base)
+                cell += interval_text([figures.get(f"{column}_low"), figures.get(f"{column}_high")], fmt)
+            cells.append(cell)
         rows.append([name, *cells])
     return headers, rows
 
@@ -276,7 +279,8 @@ CONVERGENCE_NOTE = (
 EFFICIENCY_NOTE = (
     "Eval gen ms/token is measured during evaluation (variable output lengths); latency ms/token comes from "
     "one process that times greedy generation of a fixed number of tokens for the base model and every "
-    "method, and latency vs base is its ratio to the base model."
+    "method in turns, and latency vs base is the median of the ratios of those pairs (pooled over seeds), "
+    "with its distribution-free (sign-test) interval in brackets."
 )
 CAPACITY_NOTE = (
     "Jacobian rank: numerical rank of the Jacobian of a module's update with respect to the layer input, "
