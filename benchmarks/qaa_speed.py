@@ -7,7 +7,7 @@
    models live in one process and take turns (ABAB..., the order flipping every round) after a
    warm-up. Each round's two steps form a pair: ``qaa_over_lora_step_time`` is the median of the
    per-round ratios QAA / LoRA, ``qaa_over_lora_step_time_interval`` the sign-test interval for it
-   (``evaluation.latency.paired_ratio``: no distribution assumed, coverage at least 95% from 6 rounds
+   (``analysis.timing.paired_ratio``: no distribution assumed, coverage at least 95% from 6 rounds
    on), so that a target such as 1.03 is judged against the run's own noise.
    Then greedy generation with both trained models, 8 prompts of 16 tokens, 16 new tokens, timed
    in turns (``evaluation.latency.paired_generation_ms``), paired the same way:
@@ -50,7 +50,8 @@ from pathlib import Path
 
 import torch
 
-from qpeft.evaluation.latency import PairedRatio, paired_generation_ms, paired_ratio
+from qpeft.analysis.timing import PairedRatio, paired_ratio
+from qpeft.evaluation.latency import paired_generation_ms
 from qpeft.methods import get_method
 from qpeft.methods.lora import LoRAConfig
 from qpeft.methods.qaa import QAAConfig

@@ -24,7 +24,7 @@ STAGES: dict[str, int] = {
     "qpeft.utils.extras": 0,  # which optional libraries (Qiskit, PennyLane) are installed
     "qpeft.data": 1,  # data types and loaders, prompts
     "qpeft.quantum": 1,  # the circuit, its simulators, noise, hardware export
-    "qpeft.analysis": 1,  # pure functions of numbers: convergence, capacity, seeds, significance
+    "qpeft.analysis": 1,  # pure functions of numbers: convergence, capacity, seeds, significance, timing
     "qpeft.methods": 2,  # the method contract and the five methods
     "qpeft.methods.sora.config": 2,  # SoRA's options: defaults, help, validation
     "qpeft.methods.qaa.config": 2,  # QAA's options, eval options and robustness grid

@@ -16,7 +16,7 @@ import torch
 
 from qpeft.analysis.capacity import jacobian_rank, linear_capacity, summarise_capacity
 from qpeft.analysis.convergence import convergence_figures, loss_curve
-from qpeft.evaluation.latency import latency_figures
+from qpeft.analysis.timing import latency_figures
 from qpeft.experiment.results import build_payload
 from qpeft.report.findings import findings
 from qpeft.report.html import html_report

@@ -18,8 +18,9 @@ import torch
 from qpeft.analysis.capacity import summarise_capacity
 from qpeft.analysis.convergence import convergence_figures, loss_curve, read_log
 from qpeft.analysis.significance import CLASSIFICATION_METRICS, GENERATION_METRICS
+from qpeft.analysis.timing import latency_figures
 from qpeft.data.prompts import encode_prompt
-from qpeft.evaluation.latency import latency_figures, paired_generation_ms
+from qpeft.evaluation.latency import paired_generation_ms
 from qpeft.experiment.checks import check_experiment
 from qpeft.experiment.processes import isolated
 from qpeft.experiment.results import BASE, FAILED, FEWSHOT, build_payload, read_predictions, write_results
@@ -371,7 +372,7 @@ def measure_models(
 
     All in this process, one trained model at a time, each timed in turns with the bare base model:
     ``latency_vs_base`` is the median of the pairs' ratios, with its distribution-free interval
-    (``evaluation.latency.latency_figures``). A method whose capacity hook fails gets no entries and its
+    (``analysis.timing.latency_figures``). A method whose capacity hook fails gets no entries and its
     error, and the rest goes on.
     """
     ids = sample_prompt_ids(experiment, data_dir, settings.sample_prompts)

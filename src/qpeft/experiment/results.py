@@ -19,7 +19,7 @@ from qpeft.analysis.significance import (
     SystemScores,
     bootstrap_comparison,
 )
-from qpeft.evaluation.latency import latency_figures
+from qpeft.analysis.timing import latency_figures
 from qpeft.settings import AnalysisSettings, Experiment
 from qpeft.utils.atomic import write_csv, write_json
 from qpeft.utils.errors import UsageError
