@@ -1,4 +1,4 @@
-"""The comparative analysis: convergence, capacity and the aggregation over seeds.
+"""The comparative analysis: convergence, capacity, the aggregation over seeds, significance and timing.
 
 Everything here is a pure function of numbers (a training log, a weight update, a
 function to differentiate) or of the figures already written by the runs, so the
@@ -9,4 +9,6 @@ analysis of a finished comparison is recomputed cheaply from its files.
 - ``qpeft.analysis.capacity``: singular values and effective rank of a linear update,
   numerical rank of a Jacobian, and their summary over a method's modules.
 - ``qpeft.analysis.seeds``: mean and standard deviation of every figure over seeds.
+- ``qpeft.analysis.significance``: the paired bootstrap over test items and seeds.
+- ``qpeft.analysis.timing``: the median ratio of paired timings and its sign-test interval.
 """
