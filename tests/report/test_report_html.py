@@ -339,9 +339,14 @@ def test_the_latency_finding_names_a_slow_generator_only_beyond_the_timing_noise
     noisy = with_latency(synthetic_payload(seeds=(0,)), {**quick, "qaa": [0.97, 1.25, 1.08, 1.02, 1.2, 1.1, 1.04]})
     text = "\n".join(findings(noisy))
     assert "is the slowest to generate" not in text
-    assert ("qaa measured more than 5% slower than the base model (1.08x), but its 98% interval 0.97–1.25x "
-            "reaches 1.05x or under") in text
+    assert ("qaa (1.08x, 98% interval 0.97–1.25x) measured more than 5% slower than the base model, but its "
+            "interval reaches 1.05x or under") in text
     assert "within this run's timing noise" in text
+
+    two = with_latency(noisy, {"lora": [0.99, 1.2, 1.06, 1.1, 1.02, 1.07, 1.15]})
+    text = "\n".join(findings(two))
+    assert ("lora (1.07x, 98% interval 0.99–1.20x) and qaa (1.08x, 98% interval 0.97–1.25x) measured more than 5% "
+            "slower than the base model, but each interval reaches 1.05x or under") in text
 
     clear = with_latency(noisy, {"qaa": [1.21, 1.25, 1.28, 1.22, 1.3, 1.24, 1.23]})
     text = "\n".join(findings(clear))

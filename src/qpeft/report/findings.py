@@ -299,11 +299,12 @@ def _slow_generators(payload: dict[str, Any], ranked: list[tuple[str, float]]) -
         slowest, ratio = clear[-1]
         text += f" **{slowest}** is the slowest to generate, {100 * (ratio - 1):.0f}% slower than the base model"
         text += f" ({_interval_words(payload, slowest)})." if intervals[slowest] else "."
-    for name, ratio in over:
-        if (name, ratio) not in clear:
-            text += (f" {name} measured more than 5% slower than the base model ({ratio:.2f}x), but its "
-                     f"{_interval_words(payload, name)} reaches {SLOW:.2f}x or under: within this run's timing "
-                     "noise (more --latency-repeats would narrow it).")
+    noisy = [f"{name} ({ratio:.2f}x, {_interval_words(payload, name)})" for name, ratio in over
+             if (name, ratio) not in clear]
+    if noisy:
+        each = "its interval reaches" if len(noisy) == 1 else "each interval reaches"
+        text += (f" {_join(noisy)} measured more than 5% slower than the base model, but {each} {SLOW:.2f}x or "
+                 "under: within this run's timing noise (more --latency-repeats would narrow it).")
     if over:
         return text
     unsure = [(name, bounds[1]) for name, bounds in intervals.items() if bounds and bounds[1] > SLOW]
