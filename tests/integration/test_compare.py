@@ -51,9 +51,10 @@ def test_the_sample_is_recorded_in_metrics_predictions_and_results(tiny_llama_di
                                                                      tmp_path: Path) -> None:
     out = tmp_path / "cmp"
     args = compare_args("lora", out, tiny_llama_dir, toy_data_dir, "--max-test-items", "3", "--seed", "5",
-                        "--same-process")
+                        "--same-process", "--latency-repeats", "2")
     assert main(args) == 0
     results = json.loads((out / "results.json").read_text())
+    assert len(results["methods"]["lora"]["latency_ratios"]) == 2 and results["analysis"]["latency_repeats"] == 2
     indices = results["test_sample"]["indices"]
     assert len(indices) == 3 and results["test_sample"]["items"] == 3
     assert indices == EvalSettings(max_test_items=3).sample_indices(6, seed=5)
@@ -239,6 +240,15 @@ def test_a_run_process_ends_with_the_comparison_that_started_it(tiny_llama_dir: 
     parent.wait()
     gone, alive = psutil.wait_procs(children, timeout=30)
     assert not alive, f"run processes outlived their comparison: {alive}"
+
+
+def test_no_latency_pairs_is_refused_before_anything_is_written(
+    tiny_llama_dir: Path, toy_data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "cmp"
+    assert main(compare_args("lora", out, tiny_llama_dir, toy_data_dir, "--latency-repeats", "0")) == 2
+    assert capsys.readouterr().err.strip() == "qpeft: error: --latency-repeats must be positive"
+    assert not out.exists()
 
 
 def test_a_misspelt_reference_is_refused_before_anything_is_written(

@@ -56,7 +56,8 @@ def comparison_rows(args: argparse.Namespace) -> tuple[dict[str, str], dict[str,
 def run_compare(args: argparse.Namespace) -> int:
     rows, configs = comparison_rows(args)
     analysis = AnalysisSettings(convergence_margin=args.convergence_margin, reference=args.reference,
-                                bootstrap_resamples=args.bootstrap_resamples, robustness=args.robustness)
+                                bootstrap_resamples=args.bootstrap_resamples, latency_repeats=args.latency_repeats,
+                                robustness=args.robustness)
     experiment = experiment_from_args(args)
     failed: list[str] = []
 

@@ -189,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="train every method in this process (starts faster; each method's peak memory then "
                               "includes what the methods before it left behind)")
     add_setting_flag(compare, analysis, "bootstrap_resamples", type=int)
+    add_setting_flag(compare, analysis, "latency_repeats", type=int)
     add_setting_flag(compare, analysis, "robustness", metavar="default|none|OPTION=VALUE,...")
     compare.add_argument("--tune", action="store_true",
                          help="first choose every method's learning rates on the validation loss, on one grid "
