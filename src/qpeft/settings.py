@@ -243,8 +243,9 @@ class AnalysisSettings:
     )
     latency_new_tokens: int = field(default=16, metadata={"help": "tokens generated per prompt when timing latency"})
     latency_repeats: int = field(
-        default=7, metadata={"help": "timed pairs per method (the method, then the base model, in turns); 6 or more "
-                                     "give the latency ratio an interval of at least 95% coverage"}
+        default=7, metadata={"help": "timed pairs per method (the method and the base model back to back, the one "
+                                     "that goes first alternating); 6 or more give the latency ratio an interval of "
+                                     "at least 95% coverage"}
     )
     robustness: str = field(
         default="default",

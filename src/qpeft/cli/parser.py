@@ -40,8 +40,9 @@ def field_help(cls: type, name: str) -> str:
 
 
 def flag_help(cls: type, name: str, default: Any) -> str:
-    """A field's help text followed by its flag's default."""
-    return f"{field_help(cls, name)} (default {default})"
+    """A field's help text followed by its flag's default, as argparse takes it: argparse formats help with %,
+    so a literal % (a field's "95%", a default's) is doubled."""
+    return f"{field_help(cls, name)} (default {default})".replace("%", "%%")
 
 
 def add_dataclass_flags(parser: argparse.ArgumentParser, prefix: str, cls: type) -> None:
