@@ -34,11 +34,16 @@ def paired_ratio(ours: Sequence[float], base: Sequence[float], confidence: float
 
     Written here rather than taken from scipy: qpeft's core does not depend on scipy.
     """
+    return median_ratio(pair_ratios(ours, base), confidence)
+
+
+def pair_ratios(ours: Sequence[float], base: Sequence[float]) -> list[float]:
+    """ours_i / base_i for each timing pair."""
     if len(ours) != len(base) or not ours:
         raise ValueError(f"paired_ratio needs equally many timings, at least one: got {len(ours)} and {len(base)}")
     if min(base) <= 0 or min(ours) < 0:
         raise ValueError("paired_ratio needs positive base timings and non-negative timings of ours")
-    return median_ratio([o / b for o, b in zip(ours, base, strict=True)], confidence)
+    return [o / b for o, b in zip(ours, base, strict=True)]
 
 
 def median_ratio(ratios: Sequence[float], confidence: float = 0.95) -> PairedRatio:

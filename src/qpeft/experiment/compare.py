@@ -18,7 +18,7 @@ import torch
 from qpeft.analysis.capacity import summarise_capacity
 from qpeft.analysis.convergence import convergence_figures, loss_curve, read_log
 from qpeft.analysis.significance import CLASSIFICATION_METRICS, GENERATION_METRICS
-from qpeft.analysis.timing import latency_figures
+from qpeft.analysis.timing import latency_figures, pair_ratios
 from qpeft.data.prompts import encode_prompt
 from qpeft.evaluation.latency import paired_generation_ms
 from qpeft.experiment.checks import check_experiment
@@ -396,8 +396,8 @@ def measure_models(
             errors[name] = f"{type(error).__name__}: {error}"
         ours, base = paired_generation_ms(model, base_model, ids, settings.latency_new_tokens,
                                           settings.latency_repeats)
-        ratios = [o / b for o, b in zip(ours, base, strict=True)]
-        latency[name] = {"latency_ms_per_token": median(ours), **latency_figures(ratios, settings.confidence)}
+        latency[name] = {"latency_ms_per_token": median(ours),
+                         **latency_figures(pair_ratios(ours, base), settings.confidence)}
         base_samples += base
         del model
         gc.collect()

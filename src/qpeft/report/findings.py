@@ -9,7 +9,7 @@ import math
 from typing import Any
 
 from qpeft.report.hardware import hardware_findings
-from qpeft.report.payload import multi_seed, robustness_sets, trained, value
+from qpeft.report.payload import interval, multi_seed, robustness_sets, trained, value
 from qpeft.report.tables import interval_text, main_metric, noise_label, p_value_text, quality_metrics
 from qpeft.report.tuning import is_tuned, learning_rate_sentence
 
@@ -273,7 +273,7 @@ def _latency_finding(payload: dict[str, Any]) -> str:
         how = (f" (same process, greedy, {settings['latency_new_tokens']} new tokens for up to "
                f"{settings['sample_prompts']} prompts)")
     text = f"Generation latency per token against the bare base model{how}: "
-    text += ", ".join(f"{name} {ratio:.2f}x" + interval_text(_latency_interval(payload, name), "{:.2f}")
+    text += ", ".join(f"{name} {ratio:.2f}x" + interval_text(interval(payload, name, "latency_vs_base"), "{:.2f}")
                       for name, ratio in ranked) + "."
     return text + _slow_generators(payload, ranked)
 
@@ -281,25 +281,21 @@ def _latency_finding(payload: dict[str, Any]) -> str:
 SLOW = 1.05  # a method generating more than 5% slower than the base model is called slower
 
 
-def _latency_interval(payload: dict[str, Any], name: str) -> list[float] | None:
-    """[low, high] of a method's latency ratio (None in results written before the intervals were)."""
-    low, high = value(payload, name, "latency_vs_base_low"), value(payload, name, "latency_vs_base_high")
-    return None if low is None or high is None else [low, high]
-
-
 def _slow_generators(payload: dict[str, Any], ranked: list[tuple[str, float]]) -> str:
     """Which methods generate more than 5% slower than the base model: a method is named slower only where its
     interval lies wholly above 1.05x; one whose median is above it and whose interval is not, as inside the
     timing noise."""
-    intervals = {name: _latency_interval(payload, name) for name, _ in ranked}
+    # None in results written before the intervals were
+    intervals = {name: interval(payload, name, "latency_vs_base") for name, _ in ranked}
     over = [(name, ratio) for name, ratio in ranked if ratio > SLOW]
     clear = [(name, ratio) for name, ratio in over if intervals[name] is None or intervals[name][0] > SLOW]
     text = ""
     if clear:
         slowest, ratio = clear[-1]
         text += f" **{slowest}** is the slowest to generate, {100 * (ratio - 1):.0f}% slower than the base model"
-        text += f" ({_interval_words(payload, slowest)})." if intervals[slowest] else "."
-    noisy = [f"{name} ({ratio:.2f}x, {_interval_words(payload, name)})" for name, ratio in over
+        bounds = intervals[slowest]
+        text += f" ({_interval_words(payload, slowest, bounds)})." if bounds else "."
+    noisy = [f"{name} ({ratio:.2f}x, {_interval_words(payload, name, intervals[name])})" for name, ratio in over
              if (name, ratio) not in clear]
     if noisy:
         each = "its interval reaches" if len(noisy) == 1 else "each interval reaches"
@@ -316,9 +312,9 @@ def _slow_generators(payload: dict[str, Any], ranked: list[tuple[str, float]]) -
     return f" No method generates more than 5% slower than the base model{every}."
 
 
-def _interval_words(payload: dict[str, Any], name: str) -> str:
+def _interval_words(payload: dict[str, Any], name: str, bounds: tuple[float, float]) -> str:
     """"98% interval 1.21–1.30x" (the coverage left out where the results do not hold it)."""
-    low, high = _latency_interval(payload, name) or (math.nan, math.nan)
+    low, high = bounds
     coverage = value(payload, name, "latency_vs_base_coverage")
     return (f"{coverage:.0%} " if coverage is not None else "") + f"interval {low:.2f}–{high:.2f}x"
 

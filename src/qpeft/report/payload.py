@@ -18,6 +18,12 @@ def value(payload: dict[str, Any], method: str, key: str) -> float | None:
     return number(payload["methods"].get(method, {}).get(key))
 
 
+def interval(payload: dict[str, Any], method: str, key: str) -> tuple[float, float] | None:
+    """(low, high) of a figure measured with its own interval (``<key>_low`` / ``_high``), else None."""
+    low, high = value(payload, method, f"{key}_low"), value(payload, method, f"{key}_high")
+    return None if low is None or high is None else (low, high)
+
+
 def std(payload: dict[str, Any], method: str, key: str) -> float | None:
     """The sample standard deviation over seeds (None with one seed)."""
     stats = payload.get("aggregate", {}).get(method, {}).get(key)

@@ -22,7 +22,7 @@ from typing import Any
 from qpeft.analysis.convergence import smooth
 from qpeft.experiment.results import BASE, BASELINES, FEWSHOT
 from qpeft.report.hardware import error_curve
-from qpeft.report.payload import number, robustness_sets, std
+from qpeft.report.payload import interval, number, robustness_sets, std, value
 from qpeft.report.payload import trained as trained_methods
 from qpeft.report.tables import quality_metrics
 
@@ -229,7 +229,7 @@ def efficiency_bars(payload: dict[str, Any]) -> bytes | None:
     for axis, (key, ylabel, title) in zip(axes, panels, strict=True):
         names = [m for m in trained if number(methods[m].get(key)) is not None]
         values = [number(methods[m][key]) for m in names]
-        errors = latency_errors(methods, names) if key == "latency_vs_base" else None
+        errors = interval_errors(payload, names, key)
         if errors is None:
             errors = [std(payload, m, key) or 0.0 for m in names]
         positions = list(range(len(names)))
@@ -246,13 +246,12 @@ def efficiency_bars(payload: dict[str, Any]) -> bytes | None:
     return _png(figure)
 
 
-def latency_errors(methods: dict[str, Any], names: list[str]) -> list[list[float]] | None:
-    """The latency ratios' intervals as error bars (below, above), where every method has one."""
-    bounds = [(number(methods[m].get("latency_vs_base_low")), number(methods[m].get("latency_vs_base_high")))
-              for m in names]
-    if any(low is None or high is None for low, high in bounds):
+def interval_errors(payload: dict[str, Any], names: list[str], key: str) -> list[list[float]] | None:
+    """A figure's own intervals (latency vs base) as error bars (below, above), where every method has one."""
+    bounds = [interval(payload, m, key) for m in names]
+    if any(b is None for b in bounds):
         return None
-    values = [number(methods[m]["latency_vs_base"]) for m in names]
+    values = [value(payload, m, key) for m in names]
     return [[v - low for v, (low, _) in zip(values, bounds, strict=True)],
             [high - v for v, (_, high) in zip(values, bounds, strict=True)]]
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from qpeft.analysis.convergence import fraction_key
 from qpeft.experiment.results import FAILED, TASK_METRICS
-from qpeft.report.payload import multi_seed, robustness_sets, task_of, value
+from qpeft.report.payload import interval, multi_seed, robustness_sets, task_of, value
 
 METRIC_LABELS = {
     "bleu": "BLEU", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "bertscore_f1": "BERTScore F1",
@@ -224,7 +224,7 @@ def figure_table(payload: dict[str, Any], columns: list[tuple[str, str, str]], n
             cell = format_cell(column, raw, fmt) if isinstance(raw, (int, float)) else "–"
             cell = with_std(cell, column, fmt, spread.get(name, {}))
             if cell != "–":  # a figure measured with its own interval (latency vs base)
-                cell += interval_text([figures.get(f"{column}_low"), figures.get(f"{column}_high")], fmt)
+                cell += interval_text(interval(payload, name, column), fmt)
             cells.append(cell)
         rows.append([name, *cells])
     return headers, rows
