@@ -356,3 +356,13 @@ def test_every_rank_dead_is_reported_not_exported(tiny_llama_dir: Path, tmp_path
 def test_registry_and_layer_types() -> None:
     assert "sora" in REGISTRY and isinstance(REGISTRY["sora"].config_class(), SoRAConfig)
     assert issubclass(SoRALinear, torch.nn.Module)
+
+
+def test_a_learning_rate_search_scales_a_and_b_but_not_the_gates_rate() -> None:
+    # The gates' rate is a sparsity setting (the prox's threshold is η_gate λ a step): scaled with the grid, the
+    # demo's search pruned every gate from x3.16 up and so could never give A and B a high rate.
+    config = SoRAConfig(learning_rate=2e-4, gate_learning_rate=0.1)
+    scaled = config.with_learning_rates_scaled(10.0)
+    assert scaled.learning_rate == pytest.approx(2e-3)
+    assert scaled.gate_learning_rate == 0.1
+    assert SoRAConfig.learning_rate_fields == ("learning_rate",)

@@ -39,7 +39,8 @@ class MethodConfig:
 
     learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate"})
 
-    #: Every learning rate of the method: a learning-rate search scales them together, keeping their ratios.
+    #: The learning rates a learning-rate search scales together, keeping their ratios (a rate that sets
+    #: something else, as SoRA's gates' sets its sparsity, stays out).
     learning_rate_fields: ClassVar[tuple[str, ...]] = ("learning_rate",)
 
     def with_learning_rates_scaled(self, factor: float) -> MethodConfig:
