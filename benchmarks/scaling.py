@@ -31,7 +31,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import qpeft
-from qaa_speed import interval_json, ratio_text, saved_bytes
+from qaa_speed import interval_json, ratio_text, saved_bytes, step
 from qpeft.analysis.timing import paired_ratio
 from qpeft.quantum import CircuitSpec, simulate
 
@@ -48,14 +48,6 @@ def random_llama(width: int, seed: int = 0) -> LlamaForCausalLM:
     return LlamaForCausalLM(config)
 
 
-def step_seconds(model: torch.nn.Module, optimizer: torch.optim.Optimizer, ids: torch.Tensor) -> float:
-    started = time.perf_counter()
-    model(input_ids=ids, labels=ids).loss.backward()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return time.perf_counter() - started
-
-
 def measure_width(width: int, rounds: int) -> tuple[dict[str, dict], dict[str, list[float]]]:
     """Every method's figures at one width, and its step times, the i-th of each from round i."""
     runs = {}
@@ -64,17 +56,18 @@ def measure_width(width: int, rounds: int) -> tuple[dict[str, dict], dict[str, l
         runs[method] = (model, qpeft.optimizer(model, max_steps=100))
     ids = torch.randint(3, VOCAB, (BATCH, TOKENS), generator=torch.Generator().manual_seed(1))
     for run in runs.values():
-        step_seconds(*run, ids)  # warm-up (and AdamW's state exists from here on)
+        step(*run, ids)  # warm-up (and AdamW's state exists from here on)
     times: dict[str, list[float]] = {method: [] for method in METHODS}
     for index in range(rounds):
         shift = index % len(METHODS)
         for method in METHODS[shift:] + METHODS[:shift]:
-            times[method].append(step_seconds(*runs[method], ids))
-    return {method: memory_figures(model, ids) | {"step_seconds": statistics.median(times[method])}
+            times[method].append(step(*runs[method], ids))
+    return {method: counted_figures(model, ids) | {"step_seconds": statistics.median(times[method])}
             for method, (model, _) in runs.items()}, times
 
 
-def memory_figures(model: torch.nn.Module, ids: torch.Tensor) -> dict:
+def counted_figures(model: torch.nn.Module, ids: torch.Tensor) -> dict:
+    """Trainable parameters and the training memory counted from the tensors."""
     parameters = {id(p): p for p in model.parameters()}
     trainable = [p for p in parameters.values() if p.requires_grad]
     activations = saved_bytes(model, ids)  # in a step of its own: its hook would slow a timed one

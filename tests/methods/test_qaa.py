@@ -206,12 +206,11 @@ def test_the_update_matrix_reaches_backward_in_the_fast_orientation(bias: bool) 
     out = layer(torch.randn(3, 5, 24, requires_grad=True))
     nodes = [node for node in graph_node_objects(out) if type(node).__name__ == "AddmmBackward0"]
     assert len(nodes) == 1
-    matrix = nodes[0]._saved_mat2
-    assert matrix.shape == (layer.spec.output_dim + bias, 8) and matrix.is_contiguous()
+    matrix, readout = nodes[0]._saved_mat2, layer.spec.output_dim + bias
+    assert matrix.shape == (readout, 8) and matrix.is_contiguous()
     with torch.profiler.profile(record_shapes=True) as profile:
         out.sum().backward()
     products = [e.input_shapes[:2] for e in profile.events() if e.name == "aten::mm"]
-    readout = layer.spec.output_dim + bias
     assert [[readout, 15], [15, 8]] in products and [[8, 15], [15, readout]] not in products, products
 
 
