@@ -163,6 +163,33 @@ def test_a_finished_tuning_run_again_draws_no_trial(tiny_llama_dir: Path, toy_da
     assert trials(output) == first and "re-evaluating" not in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["tune", "compare"])
+def test_a_trial_trained_with_other_options_is_refused_before_training(command: str, tiny_llama_dir: Path,
+                                                                      toy_data_dir: Path, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    """A finished trial is reused by its factor; one trained at another rank would be passed off as this one's."""
+    import qpeft.experiment.tuning
+
+    output = tmp_path / "tuned"
+    argv = [command, "--tune", "--fewshot-examples", "0"] if command == "compare" else [command]
+    argv += ["--methods", "lora", "--same-process", *tune_args(tiny_llama_dir, toy_data_dir, output, grid="1")]
+    assert main([*argv, "--lora-r", "2"]) == 0
+    trial = trial_dir(output, "lora", 1.0)
+    before = sorted(path.relative_to(output) for path in output.rglob("*") if ".qpeft.lock" not in path.name)
+
+    def no_training(*_args: object) -> None:
+        raise AssertionError("trained before the folder was checked")
+
+    monkeypatch.setattr(qpeft.experiment.tuning, "train_run", no_training)
+    capsys.readouterr()
+    assert main([*argv, "--lora-r", "4"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(trial) in err and "other lora options" in err
+    assert sorted(path.relative_to(output) for path in output.rglob("*") if ".qpeft.lock" not in path.name) == before
+    assert main([*argv, "--lora-r", "2"]) == 0  # the same options reuse it
+
+
 def test_tuning_needs_a_validation_loss(tiny_llama_dir: Path, toy_data_dir: Path, tmp_path: Path,
                                         capsys: pytest.CaptureFixture) -> None:
     code = main(["tune", "--methods", "lora", *tune_args(tiny_llama_dir, toy_data_dir, tmp_path / "t"),

@@ -86,7 +86,7 @@ def compare(
     # every method, the data, the models: before the first method trains and before anything is written
     check_experiment(experiment, {name: method_configs.get(name, {}) for name in rows}, data_dir, rows)
     if tune is not None:
-        check_tuning(experiment, tune)
+        check_tuning(output, replace(experiment, seed=seeds[0]), tune, rows, method_configs)
     if tune is not None and tuned_from is not None:
         raise UsageError("--tune and --tuned-from: tune here, or take the rates of a recorded tuning, not both")
     recorded = read_tuning_record(tuned_from, experiment, rows, method_configs) if tuned_from else None

@@ -16,7 +16,9 @@ while it trains, so each grid point trains once whichever worker draws it: a wor
 point another one is training waits for it and takes its result, and a worker killed mid-trial
 leaves its lock and checkpoints behind, which the next worker on that host to draw the point
 takes over, resuming from the last checkpoint. Under ``torchrun``/``accelerate launch`` the
-processes of one launch are one data-parallel worker and take the grid in order.
+processes of one launch are one data-parallel worker and take the grid in order. A trial found in
+the folder with other options of its method is refused before anything trains: its factor alone
+would reuse it.
 """
 
 from __future__ import annotations
@@ -29,8 +31,8 @@ from typing import Any
 
 from qpeft.experiment.checks import check_experiment
 from qpeft.experiment.processes import isolated
-from qpeft.experiment.run_dir import EXPERIMENT_FILE, claimed_comparison, claimed_folder
-from qpeft.experiment.runs import train_run
+from qpeft.experiment.run_dir import EXPERIMENT_FILE, RunDir, claimed_comparison, claimed_folder
+from qpeft.experiment.runs import run_config, train_run
 from qpeft.methods import get_method
 from qpeft.settings import Experiment, TuneSettings
 from qpeft.training.trainer import TrainingDiverged
@@ -145,10 +147,31 @@ def choice(trials: list[dict[str, Any]]) -> dict[str, Any]:
             "window": {"low": min(good), "high": max(good), "points": len(good), "of": len(trials)}}
 
 
-def check_tuning(experiment: Experiment, settings: TuneSettings) -> None:
+def check_tuning(output: Path, experiment: Experiment, settings: TuneSettings, rows: dict[str, str],
+                 method_configs: dict[str, dict[str, Any]]) -> None:
+    """The grid, the validation split, and every trial already in ``output`` (``experiment`` at the tuning's seed)."""
     settings.validate()
     if not experiment.train.validation_items:
         raise UsageError("tuning chooses on the validation loss: --validation-items must be positive")
+    for row, name in rows.items():
+        for factor in settings.factors():
+            check_recorded_trial(trial_dir(output, row, factor), experiment, row, name,
+                                 trial_config(name, method_configs.get(row, {}), factor))
+
+
+def check_recorded_trial(run_dir: Path, experiment: Experiment, row: str, name: str,
+                         scaled: dict[str, Any]) -> None:
+    """A trial found in the folder is reused by its factor alone: it must have trained with these options."""
+    recorded = RunDir(run_dir).config_path
+    if not recorded.exists():
+        return
+    try:
+        same = read_json(recorded) == run_config(experiment, name, scaled)
+    except (OSError, ValueError):
+        same = False
+    if not same:
+        raise UsageError(f"{run_dir}: a trial trained with other {row} options or another experiment; "
+                         "choose another output folder (or remove the trial to train it again)")
 
 
 def claim_tuning(output: Path, experiment: Experiment, settings: TuneSettings, claim_output: bool) -> None:
@@ -175,7 +198,7 @@ def tune(output: Path, experiment: Experiment, methods: list[str] | dict[str, st
     """
     rows = methods if isinstance(methods, dict) else {name: name for name in methods}
     if claim:
-        check_tuning(experiment, settings)
+        check_tuning(output, experiment, settings, rows, method_configs)
         check_experiment(experiment, {name: method_configs.get(name, {}) for name in rows}, data_dir, rows)
     claim_tuning(output, experiment, settings, claim_output=claim)
     records = {row: tune_method(output, experiment, row, name, method_configs.get(row, {}), data_dir, settings,
