@@ -250,8 +250,9 @@ class AnalysisSettings:
     robustness: str = field(
         default="default",
         metadata={"help": "re-evaluations of methods with inference options: 'default' (each method's own grid; "
-                          "QAA: 100 and 1000 shots, depolarizing 0.01 and 0.05), 'none', or OPTION=VALUE,... "
-                          "one re-evaluation each (e.g. shots=1000,depolarizing=0.01)"},
+                          "QAA: 100 to 1,000,000 shots, four per-gate error rates, each device profile and its "
+                          "circuit's constant output, depolarizing=1), 'none', or OPTION=VALUE,... one "
+                          "re-evaluation each (e.g. shots=1000,depolarizing=0.01)"},
     )
     reference: str = field(
         default="lora", metadata={"help": "the row every p-value is against (the base model when it is absent)"}

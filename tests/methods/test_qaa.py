@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -482,6 +483,20 @@ def test_jacobian_rank_of_a_real_layer_is_at_most_n(trained_run: tuple[Path, Pat
         assert all(rank <= layer.n_qubits for rank in entry["ranks"])
 
 
+def test_loss_without_w_up(run: Path, data: Path) -> float:
+    """The run's test loss with every W_up zeroed in a copy of its adapter: the update is then s b for every token."""
+    from safetensors.torch import load_file, save_file
+
+    from qpeft.experiment.runs import evaluate_run
+
+    copy = run.parent / "run-without-w-up"
+    shutil.copytree(run, copy, dirs_exist_ok=True)
+    weights = copy / "adapter" / "adapter_model.safetensors"
+    tensors = load_file(weights)
+    save_file({name: torch.zeros_like(t) if name.endswith("qaa_up") else t for name, t in tensors.items()}, weights)
+    return evaluate_run(copy, str(data), {"test_loss": True, "metrics": "default"}, tag="no-w-up")["test_loss"]
+
+
 def test_compare_re_evaluates_qaa_on_its_robustness_grid(trained_run: tuple[Path, Path]) -> None:
     from qpeft.experiment.compare import robustness_figures
 
@@ -489,22 +504,27 @@ def test_compare_re_evaluates_qaa_on_its_robustness_grid(trained_run: tuple[Path
     assert robustness_figures(run, "lora", {}, str(data)) == []  # no grid, no re-evaluation
     metrics = json.loads((run / "metrics.json").read_text())
     rows = robustness_figures(run, "qaa", metrics, str(data))
-    assert [(row["shots"], row["gate_errors"], row["device"]) for row in rows] == [
-        (None, None, None), (100, None, None), (1000, None, None), (10000, None, None), (100000, None, None),
-        (1000000, None, None), (None, [1e-3, 1e-2, 1e-2], None), (None, [1e-4, 1e-3, 1e-3], None),
-        (None, [1e-5, 1e-4, 1e-4], None), (None, [1e-6, 1e-5, 1e-5], None),
-        (None, [4.6e-4, 1.8e-3, 9.5e-3], "ibm-heron"), (None, [1.8e-5, 1.0e-3, 1.6e-3], "quantinuum-h2")]
+    assert [(row["shots"], row["depolarizing"], row["gate_errors"], row["device"]) for row in rows] == [
+        (None, 0, None, None), (100, 0, None, None), (1000, 0, None, None), (10000, 0, None, None),
+        (100000, 0, None, None), (1000000, 0, None, None), (None, 0, [1e-3, 1e-2, 1e-2], None),
+        (None, 0, [1e-4, 1e-3, 1e-3], None), (None, 0, [1e-5, 1e-4, 1e-4], None), (None, 0, [1e-6, 1e-5, 1e-5], None),
+        (None, 0, [4.6e-4, 1.8e-3, 9.5e-3], "ibm-heron"), (None, 0, [1.8e-5, 1.0e-3, 1.6e-3], "quantinuum-h2"),
+        (None, 1.0, None, None)]  # the circuit fully depolarised: its output the same for every token
     assert rows[0]["bleu"] == metrics["bleu"] and rows[0]["predictions_unchanged_pct"] == 100.0
+    assert rows[0]["test_loss"] == metrics["test_loss"]
     for row in rows:
-        assert {"bleu", "rouge1", "rouge2", "rougeL", "bertscore_f1"} <= set(row)
+        assert {"bleu", "rouge1", "rouge2", "rougeL", "bertscore_f1", "test_loss"} <= set(row)
         assert isinstance(row["bleu"], float) and 0 <= row["predictions_unchanged_pct"] <= 100
     # 1,000,000 shots sit closer to the exact readout than 100: at least as many predictions unchanged
     assert rows[5]["predictions_unchanged_pct"] >= rows[1]["predictions_unchanged_pct"]
-    tags = ("shots100", "shots1000", "gates0.001-0.01-0.01", "device-ibm-heron", "device-quantinuum-h2")
+    tags = ("shots100", "shots1000", "gates0.001-0.01-0.01", "device-ibm-heron", "device-quantinuum-h2", "dep1")
     files = {tag: run / f"metrics_{tag}.json" for tag in tags}
     assert all(path.exists() for path in files.values())
-    # the grid skips the test loss: the re-evaluations must not carry the exact run's over
-    assert all(json.loads(path.read_text())["test_loss"] is None for path in files.values())
+    # the test loss where no shots are drawn (exact expectations: one forward pass), never the exact run's carried over
+    assert [row["test_loss"] is None for row in rows[1:]] == [True] * 5 + [False] * 7
+    assert all(row["test_loss"] != rows[0]["test_loss"] for row in rows[6:])
+    # fully depolarised, the update is s b for every token: exactly the adapter with W_up zeroed
+    assert rows[-1]["test_loss"] == pytest.approx(test_loss_without_w_up(run, data), abs=1e-4)
     stamps = {tag: path.stat().st_mtime_ns for tag, path in files.items()}
     assert robustness_figures(run, "qaa", metrics, str(data)) == rows  # finished settings are reused
     assert {tag: path.stat().st_mtime_ns for tag, path in files.items()} == stamps

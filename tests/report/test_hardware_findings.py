@@ -51,7 +51,7 @@ def test_the_report_states_half_gain_device_scores_and_time():
     payload = synthetic_payload(seeds=(0,))
     sentences = findings(payload)
     half = next(s for s in sentences if s.startswith("With every gate of the device circuit noisy"))
-    assert "keeps half its gain over the base model at a two-qubit error rate of about" in half
+    assert "keeps half of its gain over the base model at a two-qubit error rate of about" in half
     devices = next(s for s in sentences if s.startswith("At today's devices' median error rates"))
     assert "ibm-heron" in devices and "crosstalk" in devices
     time = next(s for s in sentences if "one test item on hardware" in s)
@@ -67,3 +67,53 @@ def test_durations_read_in_the_largest_unit_there_are_two_of():
     assert duration_text(3 * 86400) == "3.0 days"
     assert duration_text(136 * 365.25 * 86400) == "136.0 years"  # not 49,674.0 days
     assert duration_text(400 * 86400) == "400.0 days"  # 1.1 years: fewer than two
+
+
+def demo_like_payload() -> dict:
+    """The demo's QAA figures (stop 33): with its readout constant, QAA scored what it scored exactly."""
+    payload = synthetic_payload(seeds=(0,), robustness=False)
+    payload["methods"]["base"].update(bleu=13.92, test_loss=2.505)
+    payload["methods"]["qaa"].update(bleu=52.03, test_loss=1.533)
+    payload["methods"]["qaa"]["robustness"] = [
+        {"shots": None, "depolarizing": 0.0, "bleu": 52.03, "test_loss": 1.533},
+        {"shots": 1000, "depolarizing": 0.0, "bleu": 52.67, "test_loss": None},
+        *sweep({1e-2: 51.0, 1e-3: 55.0, 1e-4: 52.2}),
+        {"shots": None, "depolarizing": 0.0, "gate_errors": [4.6e-4, 1.8e-3, 9.5e-3], "device": "ibm-heron",
+         "bleu": 51.52},
+        {"shots": None, "depolarizing": 1.0, "bleu": 51.52, "test_loss": 1.586}]
+    return payload
+
+
+def test_the_circuit_s_share_of_the_gain_is_measured_against_its_constant_output():
+    """A fully depolarised circuit gives every token the same update: what is left of QAA's gain is not the
+    circuit's, and a noise curve that never falls below it says nothing about the circuit."""
+    sentences = findings(demo_like_payload())
+    share = next(s for s in sentences if s.startswith("With its circuit's output made constant"))
+    assert "qaa's BLEU was 51.52 and its test loss 1.586 (exact 52.03 and 1.533; base model 13.92 and 2.505" in share
+    assert ("of the 38.11 BLEU qaa gains over the base model, its circuit's input-dependent output carries 0.51 (1%); "
+            "of the 0.972 it takes off the test loss, 0.053 (5%).") in share
+    half = next(s for s in sentences if s.startswith("With every gate of the device circuit noisy"))
+    assert "more than half its gain" not in half
+    assert "the circuit adds 0.51 over its constant output (51.52), under 5% of qaa's gain" in half
+    devices = next(s for s in sentences if s.startswith("At today's devices' median error rates"))
+    assert "exact 52.03, circuit output constant 51.52, base model 13.92" in devices
+    noise = [s for s in sentences if s.startswith("Under finite shots")]
+    assert noise and all("depolarising p = 1" not in s for s in noise)  # the constant-output row is not "noise"
+
+
+def test_the_half_gain_rate_counts_the_gain_over_the_constant_output_where_there_is_one():
+    payload = demo_like_payload()
+    payload["methods"]["qaa"]["robustness"][-1].update(bleu=30.0)  # the circuit carries 22 of the 38 points
+    payload["methods"]["qaa"]["robustness"][2:5] = sweep({1e-2: 31.0, 1e-3: 45.0, 1e-4: 52.0})
+    half = next(s for s in findings(payload) if s.startswith("With every gate of the device circuit noisy"))
+    # half of the 22.03 over 30.00 is 41.02: between 45 at 1e-3 and 31 at 1e-2
+    assert "keeps half of what its circuit adds over its constant output (30.00) at a two-qubit error rate" in half
+
+
+def test_the_constant_output_alone_draws_no_depolarising_curve():
+    from qpeft.report.plots import noise_curves
+
+    payload = demo_like_payload()
+    assert noise_curves(payload) is None  # p = 0 and p = 1 alone: two points, no curve
+    payload["methods"]["qaa"]["robustness"].append({"shots": None, "depolarizing": 0.01, "bleu": 50.0})
+    assert noise_curves(payload) is not None

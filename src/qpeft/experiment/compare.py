@@ -222,7 +222,7 @@ def method_configs_of(run_dirs: dict[str, Path], methods: list[str],
     return configs
 
 
-ROBUSTNESS_METRICS = (*GENERATION_METRICS, *CLASSIFICATION_METRICS)
+ROBUSTNESS_FIGURES = (*GENERATION_METRICS, *CLASSIFICATION_METRICS, "test_loss")
 
 
 def robustness_settings(method_name: str, spec: str) -> list[EvalOptions]:
@@ -263,16 +263,16 @@ def robustness_figures(
 
     Empty for methods without one. The first row is the run's own evaluation under the
     default options; each setting is a re-evaluation of the generated text into
-    ``metrics_<tag>.json`` (without the test loss, which under sampled shots costs more than
-    the rest together), reused when that file exists, so an interrupted comparison resumes
-    where it stopped.
+    ``metrics_<tag>.json`` (with the test loss where nothing is sampled: under sampled shots
+    it costs more than the rest together), reused when that file exists, so an interrupted
+    comparison resumes where it stopped.
     """
     method = get_method(name)
     grid = robustness_settings(name, spec)
     if not grid:
         return []
     run = RunDir(run_dir)
-    rows = [{**method.eval_options_class().describe(), **{k: metrics.get(k) for k in ROBUSTNESS_METRICS},
+    rows = [{**method.eval_options_class().describe(), **{k: metrics.get(k) for k in ROBUSTNESS_FIGURES},
              "predictions_unchanged_pct": 100.0}]
     for options in grid:
         tag = options.tag()
@@ -281,9 +281,10 @@ def robustness_figures(
             scores = read_json(path)
         else:
             log.info("%s: re-evaluating under %s", name, tag)
-            # neither the test loss nor the E2E suite: the grid reports ROBUSTNESS_METRICS only
-            scores = evaluate_run(run_dir, data_dir, {"test_loss": False, "metrics": "default"}, options, tag)
-        rows.append({**options.describe(), **{k: scores.get(k) for k in ROBUSTNESS_METRICS},
+            # not the E2E suite: the grid reports ROBUSTNESS_FIGURES only
+            scores = evaluate_run(run_dir, data_dir, {"test_loss": not options.draws_samples(), "metrics": "default"},
+                                  options, tag)
+        rows.append({**options.describe(), **{k: scores.get(k) for k in ROBUSTNESS_FIGURES},
                      "predictions_unchanged_pct": unchanged_pct(run.predictions(), run.predictions(tag))})
         gc.collect()
     return rows

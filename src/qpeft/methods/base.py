@@ -73,6 +73,11 @@ class EvalOptions:
         """A short file-name tag for an evaluation under these options (``metrics_<tag>.json``)."""
         return "_".join(f"{key}{value}" for key, value in asdict(self).items()) or "default"
 
+    def draws_samples(self) -> bool:
+        """Whether the model's outputs are sampled under these options (QAA's shots): its test loss is then a
+        Monte Carlo estimate that costs more than the rest of the evaluation together."""
+        return False
+
 
 class Method:
     """Base class: override ``prepare``, ``save`` and ``load``; the rest is optional."""

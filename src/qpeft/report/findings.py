@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from qpeft.report.hardware import hardware_findings
+from qpeft.report.hardware import constant_output, hardware_findings
 from qpeft.report.payload import interval, multi_seed, robustness_sets, trained, value
 from qpeft.report.tables import interval_text, main_metric, noise_label, p_value_text, quality_metrics
 from qpeft.report.tuning import is_tuned, learning_rate_sentence
@@ -383,7 +383,9 @@ def _robustness_findings(payload: dict[str, Any]) -> list[str]:
     key, label = main_metric(payload)
     sentences = []
     for name, rows in robustness_sets(payload).items():
-        scored = [r for r in rows if isinstance(r.get(key), (int, float)) and not r.get("gate_errors")]
+        # the circuit's constant output is no setting a device runs at: the hardware findings weigh it
+        scored = [r for r in rows if isinstance(r.get(key), (int, float)) and not r.get("gate_errors")
+                  and r is not constant_output(rows)]
         clean = [r for r in scored if not r.get("shots") and not r.get("depolarizing")]
         noisy = [r for r in scored if r.get("shots") or r.get("depolarizing")]
         if not noisy:

@@ -360,10 +360,12 @@ def _rank_boxes(axis: Any, rows: list[tuple[str, list[float]]], colors: dict[str
 def noise_curves(payload: dict[str, Any]) -> bytes | None:
     """Quality against depolarising noise, one line per shot count (exact expectations when shots is null or 0).
 
-    Only where some row has depolarising noise; the hardware model's rows have their own plot.
+    Only where some row has depolarising noise short of the fully depolarised circuit (whose constant output the
+    findings weigh on its own: beside the exact row alone it is no curve); the hardware model's rows have their
+    own plot.
     """
     sets = {name: [r for r in rows if not r.get("gate_errors")] for name, rows in robustness_sets(payload).items()}
-    if not any(r.get("depolarizing") for rows in sets.values() for r in rows):
+    if not any(0 < (number(r.get("depolarizing")) or 0) < 1 for rows in sets.values() for r in rows):
         return None
     metrics = [(key, label) for key, label in quality_metrics(payload)
                if any(number(r.get(key)) is not None for rows in sets.values() for r in rows)]

@@ -232,7 +232,8 @@ def figure_table(payload: dict[str, Any], columns: list[tuple[str, str, str]], n
 
 def robustness_table(payload: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     sets = robustness_sets(payload)
-    metrics = [(k, label) for k, label in quality_metrics(payload)
+    # the test loss where nothing was sampled (exact expectations, with or without a noise model)
+    metrics = [(k, label) for k, label in (*quality_metrics(payload), ("test_loss", "test loss"))
                if any(isinstance(r.get(k), (int, float)) for rows in sets.values() for r in rows)]
     headers = ["method", "shots", "noise", *(label for _, label in metrics), "predictions unchanged"]
     rows = []
@@ -242,11 +243,11 @@ def robustness_table(payload: dict[str, Any]) -> tuple[list[str], list[list[str]
             shots = "exact" if not row.get("shots") else f"{row['shots']:,}"
             cells = [name, shots, noise_label(row)]
             for key, _ in metrics:
-                number = row.get(key)
-                cell = f"{number:.2f}" if isinstance(number, (int, float)) else "–"
+                number, digits = row.get(key), 3 if key == "test_loss" else 2
+                cell = f"{number:.{digits}f}" if isinstance(number, (int, float)) else "–"
                 stats = spread[i].get(key) if isinstance(spread, list) and i < len(spread) and spread[i] else None
                 if isinstance(stats, dict) and isinstance(stats.get("std"), (int, float)) and stats["std"] > 0:
-                    cell += f" ± {stats['std']:.2f}"
+                    cell += f" ± {stats['std']:.{digits}f}"
                 cells.append(cell)
             unchanged = row.get("predictions_unchanged_pct")
             cells.append(f"{unchanged:.0f}%" if isinstance(unchanged, (int, float)) else "–")
@@ -261,6 +262,8 @@ def noise_label(row: dict[str, Any]) -> str:
         return f"device {row['device']}"
     if isinstance(errors, list) and len(errors) == 3:
         return "gate errors 1q {:g}, 2q {:g}, readout {:g}".format(*errors)
+    if row.get("depolarizing") == 1:
+        return "fully depolarised (circuit output constant)"
     if row.get("depolarizing"):
         return f"depolarising p = {row['depolarizing']:g}"
     return "none"

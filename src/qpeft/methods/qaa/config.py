@@ -123,6 +123,9 @@ class QAAEvalOptions(EvalOptions):
                 "gate_errors": hardware[0].as_list() if hardware else None, "device": self.device or None,
                 "noise_seed": self.noise_seed}
 
+    def draws_samples(self) -> bool:
+        return bool(self.shots)
+
     def tag(self) -> str:
         hardware = self.hardware()
         parts = [f"shots{self.shots}"] if self.shots else []
@@ -138,9 +141,14 @@ def gate_error_sweep(two_qubit: tuple[float, ...] = (1e-2, 1e-3, 1e-4, 1e-5)) ->
     return tuple(QAAEvalOptions(gate_errors=f"{e / 10:g},{e:g},{e:g}") for e in two_qubit)
 
 
+#: The circuit fully depolarised: every readout at its fully-mixed value (z = 0), so that every token gets the
+#: same update (s b with the z readout). What QAA scores without anything its circuit computes from the input:
+#: the floor that noise can take it down to, and the measure of how much of its gain is the circuit's.
+CONSTANT_OUTPUT = QAAEvalOptions(depolarizing=1.0)
+
 #: What ``qpeft compare`` re-evaluates a QAA run under (each is a full test-set evaluation): shot counts
 #: without noise (which of them leaves the predictions unchanged), the hardware model as error rates fall,
-#: and each device profile.
+#: each device profile, and the circuit's constant output.
 ROBUSTNESS_GRID = (
     QAAEvalOptions(shots=100),
     QAAEvalOptions(shots=1000),
@@ -149,4 +157,5 @@ ROBUSTNESS_GRID = (
     QAAEvalOptions(shots=1000000),
     *gate_error_sweep(),
     *(QAAEvalOptions(device=name) for name in PROFILES),
+    CONSTANT_OUTPUT,
 )
