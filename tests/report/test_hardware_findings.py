@@ -117,3 +117,14 @@ def test_the_constant_output_alone_draws_no_depolarising_curve():
     assert noise_curves(payload) is None  # p = 0 and p = 1 alone: two points, no curve
     payload["methods"]["qaa"]["robustness"].append({"shots": None, "depolarizing": 0.01, "bleu": 50.0})
     assert noise_curves(payload) is not None
+
+
+def test_a_constant_output_that_scores_higher_leaves_the_circuit_none_of_the_gain():
+    payload = demo_like_payload()
+    payload["methods"]["qaa"]["robustness"][-1].update(bleu=53.0, test_loss=None)  # no test loss measured
+    sentences = findings(payload)
+    share = next(s for s in sentences if s.startswith("With its circuit's output made constant"))
+    assert "qaa's BLEU was 53.00 (exact 52.03; base model 13.92; one" in share
+    assert share.endswith("its circuit's input-dependent output carries none of qaa's gain over the base model.")
+    half = next(s for s in sentences if s.startswith("With every gate of the device circuit noisy"))
+    assert "the circuit adds 0.00 over its constant output (53.00)" in half

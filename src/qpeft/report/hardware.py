@@ -113,28 +113,27 @@ def hardware_findings(payload: dict[str, Any], key: str, label: str) -> list[str
 
 def _circuit_share_sentence(payload: dict[str, Any], name: str, key: str, label: str, exact_row: dict[str, Any],
                             floor_row: dict[str, Any]) -> str:
-    """How much of the adapter's gain over the base model its circuit's input-dependent output carries."""
-    exact, floor, base = number(exact_row.get(key)), number(floor_row.get(key)), value(payload, BASE, key)
-    assert exact is not None and floor is not None
-    losses = number(floor_row.get("test_loss")), number(exact_row.get("test_loss")), value(payload, BASE, "test_loss")
-    with_loss = losses[0] is not None and losses[1] is not None
-    text = ("With its circuit's output made constant (fully depolarised, p = 1: every readout at its fully-mixed "
-            f"value, so that every token gets the same update), {name}'s {label} was {floor:.2f}"
-            + (f" and its test loss {losses[0]:.3f} (exact {exact:.2f} and {losses[1]:.3f}" if with_loss
-               else f" (exact {exact:.2f}"))
+    """How much of the adapter's gain over the base model its circuit's input-dependent output carries: the exact
+    run against the same run with that output constant, in the main metric and (where measured) the test loss."""
+    exact, floor, base = float(exact_row[key]), float(floor_row[key]), value(payload, BASE, key)
+    loss, floor_loss = number(exact_row.get("test_loss")), number(floor_row.get("test_loss"))
+    base_loss = value(payload, BASE, "test_loss") if loss is not None and floor_loss is not None else None
+    measured = f"{label} was {floor:.2f}" + (f" and its test loss {floor_loss:.3f}" if floor_loss is not None else "")
+    references = f"exact {exact:.2f}" + (f" and {loss:.3f}" if loss is not None and floor_loss is not None else "")
     if base is not None:
-        text += f"; base model {base:.2f}" + (f" and {losses[2]:.3f}" if with_loss and losses[2] is not None else "")
-    text += "; one re-evaluation, without an interval)"
+        references += f"; base model {base:.2f}" + (f" and {base_loss:.3f}" if base_loss is not None else "")
+    text = ("With its circuit's output made constant (fully depolarised, p = 1: every readout at its fully-mixed "
+            f"value, so that every token gets the same update), {name}'s {measured} ({references}; one "
+            "re-evaluation, without an interval)")
     if base is None or exact <= base:
         return text + "."
-    share = exact - floor
-    if share <= 0:
+    if exact <= floor:
         return text + f": its circuit's input-dependent output carries none of {name}'s gain over the base model."
     text += (f": of the {exact - base:.2f} {label} {name} gains over the base model, its circuit's "
-             f"input-dependent output carries {share:.2f} ({100 * share / (exact - base):.0f}%)")
-    if with_loss and losses[2] is not None and losses[2] > losses[1]:
-        text += (f"; of the {losses[2] - losses[1]:.3f} it takes off the test loss, "
-                 f"{losses[0] - losses[1]:.3f} ({100 * (losses[0] - losses[1]) / (losses[2] - losses[1]):.0f}%)")
+             f"input-dependent output carries {exact - floor:.2f} ({100 * (exact - floor) / (exact - base):.0f}%)")
+    if base_loss is not None and loss is not None and floor_loss is not None and base_loss > loss:
+        text += (f"; of the {base_loss - loss:.3f} it takes off the test loss, {floor_loss - loss:.3f} "
+                 f"({100 * (floor_loss - loss) / (base_loss - loss):.0f}%)")
     return text + "."
 
 
