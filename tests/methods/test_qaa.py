@@ -483,7 +483,7 @@ def test_jacobian_rank_of_a_real_layer_is_at_most_n(trained_run: tuple[Path, Pat
         assert all(rank <= layer.n_qubits for rank in entry["ranks"])
 
 
-def test_loss_without_w_up(run: Path, data: Path) -> float:
+def loss_with_w_up_zeroed(run: Path, data: Path) -> float:
     """The run's test loss with every W_up zeroed in a copy of its adapter: the update is then s b for every token."""
     from safetensors.torch import load_file, save_file
 
@@ -524,7 +524,7 @@ def test_compare_re_evaluates_qaa_on_its_robustness_grid(trained_run: tuple[Path
     assert [row["test_loss"] is None for row in rows[1:]] == [True] * 5 + [False] * 7
     assert all(row["test_loss"] != rows[0]["test_loss"] for row in rows[6:])
     # fully depolarised, the update is s b for every token: exactly the adapter with W_up zeroed
-    assert rows[-1]["test_loss"] == pytest.approx(test_loss_without_w_up(run, data), abs=1e-4)
+    assert rows[-1]["test_loss"] == pytest.approx(loss_with_w_up_zeroed(run, data), abs=1e-4)
     stamps = {tag: path.stat().st_mtime_ns for tag, path in files.items()}
     assert robustness_figures(run, "qaa", metrics, str(data)) == rows  # finished settings are reused
     assert {tag: path.stat().st_mtime_ns for tag, path in files.items()} == stamps
