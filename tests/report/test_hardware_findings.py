@@ -90,7 +90,7 @@ def test_the_circuit_s_share_of_the_gain_is_measured_against_its_constant_output
     sentences = findings(demo_like_payload())
     share = next(s for s in sentences if s.startswith("With its circuit's output made constant"))
     assert "qaa's BLEU was 51.52 and its test loss 1.586 (exact 52.03 and 1.533; base model 13.92 and 2.505" in share
-    assert ("of the 38.11 BLEU qaa gains over the base model, its circuit's input-dependent output carries 0.51 (1%); "
+    assert ("of the 38.11 BLEU qaa gains over the base model, its circuit's output carries 0.51 (1%); "
             "of the 0.972 it takes off the test loss, 0.053 (5%).") in share
     half = next(s for s in sentences if s.startswith("With every gate of the device circuit noisy"))
     assert "more than half its gain" not in half
@@ -125,6 +125,6 @@ def test_a_constant_output_that_scores_higher_leaves_the_circuit_none_of_the_gai
     sentences = findings(payload)
     share = next(s for s in sentences if s.startswith("With its circuit's output made constant"))
     assert "qaa's BLEU was 53.00 (exact 52.03; base model 13.92; one" in share
-    assert share.endswith("its circuit's input-dependent output carries none of qaa's gain over the base model.")
+    assert share.endswith("its circuit's output carries none of qaa's gain over the base model.")
     half = next(s for s in sentences if s.startswith("With every gate of the device circuit noisy"))
     assert "the circuit adds 0.00 over its constant output (53.00)" in half

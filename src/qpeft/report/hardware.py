@@ -113,7 +113,7 @@ def hardware_findings(payload: dict[str, Any], key: str, label: str) -> list[str
 
 def _circuit_share_sentence(payload: dict[str, Any], name: str, key: str, label: str, exact_row: dict[str, Any],
                             floor_row: dict[str, Any]) -> str:
-    """How much of the adapter's gain over the base model its circuit's input-dependent output carries: the exact
+    """How much of the adapter's gain over the base model its circuit's output carries: the exact
     run against the same run with that output constant, in the main metric and (where measured) the test loss."""
     exact, floor, base = float(exact_row[key]), float(floor_row[key]), value(payload, BASE, key)
     loss, floor_loss = number(exact_row.get("test_loss")), number(floor_row.get("test_loss"))
@@ -128,9 +128,9 @@ def _circuit_share_sentence(payload: dict[str, Any], name: str, key: str, label:
     if base is None or exact <= base:
         return text + "."
     if exact <= floor:
-        return text + f": its circuit's input-dependent output carries none of {name}'s gain over the base model."
+        return text + f": its circuit's output carries none of {name}'s gain over the base model."
     text += (f": of the {exact - base:.2f} {label} {name} gains over the base model, its circuit's "
-             f"input-dependent output carries {exact - floor:.2f} ({100 * (exact - floor) / (exact - base):.0f}%)")
+             f"output carries {exact - floor:.2f} ({100 * (exact - floor) / (exact - base):.0f}%)")
     if base_loss is not None and loss is not None and floor_loss is not None and base_loss > loss:
         text += (f"; of the {base_loss - loss:.3f} it takes off the test loss, {floor_loss - loss:.3f} "
                  f"({100 * (floor_loss - loss) / (base_loss - loss):.0f}%)")
