@@ -384,8 +384,9 @@ def _robustness_findings(payload: dict[str, Any]) -> list[str]:
     sentences = []
     for name, rows in robustness_sets(payload).items():
         # the circuit's constant output is no setting a device runs at: the hardware findings weigh it
+        floor = constant_output(rows)
         scored = [r for r in rows if isinstance(r.get(key), (int, float)) and not r.get("gate_errors")
-                  and r is not constant_output(rows)]
+                  and r is not floor]
         clean = [r for r in scored if not r.get("shots") and not r.get("depolarizing")]
         noisy = [r for r in scored if r.get("shots") or r.get("depolarizing")]
         if not noisy:
