@@ -292,6 +292,12 @@ class TuneSettings:
         metadata={"help": "learning rates tried per method: N points a factor of √10 apart centred on its default "
                           "learning rate, or the factors themselves (e.g. 0.1,1,10)"},
     )
+    lr_extend: int = field(
+        default=2,
+        metadata={"help": "rates tried past an end of the grid, one at a time at the grid's spacing there, while a "
+                          "method's lowest validation loss is at the highest (or lowest) rate tried: at most N past "
+                          "each end (0: the grid alone)"},
+    )
     storage: str | None = field(
         default=None,
         metadata={"help": "Optuna storage the workers share: any URL Optuna accepts (default: the journal file "
@@ -314,5 +320,17 @@ class TuneSettings:
             raise UsageError(f"--lr-grid: factors must be distinct positive numbers, got {text!r}")
         return factors
 
+    def beyond_grid(self) -> tuple[list[float], list[float]]:
+        """The factors past the grid's top and past its bottom that tuning may try, nearest first: each end's
+        own spacing continued (none for a grid of one point, which has no spacing)."""
+        grid = self.factors()
+        if len(grid) < 2:
+            return [], []
+        up, down = grid[-1] / grid[-2], grid[1] / grid[0]
+        steps = range(1, self.lr_extend + 1)
+        return [grid[-1] * up ** k for k in steps], [grid[0] / down ** k for k in steps]
+
     def validate(self) -> None:
         self.factors()
+        if isinstance(self.lr_extend, bool) or not isinstance(self.lr_extend, int) or self.lr_extend < 0:
+            raise UsageError(f"--lr-extend: give a whole number of rates, 0 or more, got {self.lr_extend!r}")

@@ -15,13 +15,15 @@ import yaml
 
 from helpers import cli_args, read_rows
 from qpeft.cli import main
-from qpeft.experiment.tuning import DIVERGED, OK, choice, trial_dir
+from qpeft.experiment.tuning import DIVERGED, OK, choice, edge, next_beyond_grid, trial_dir
 from qpeft.settings import TuneSettings
 from qpeft.utils.errors import UsageError
 
 
-def tune_args(model: Path, data: Path, output: Path, *extra: str, grid: str = "3") -> list[str]:
-    return ["--output", str(output), "--lr-grid", grid, *cli_args(model, data, steps=4, save_steps=2), *extra]
+def tune_args(model: Path, data: Path, output: Path, *extra: str, grid: str = "3", extend: str = "0") -> list[str]:
+    """The tests of what a grid does try the grid alone (``extend``: rates past its ends, see the tests below)."""
+    return ["--output", str(output), "--lr-grid", grid, "--lr-extend", extend,
+            *cli_args(model, data, steps=4, save_steps=2), *extra]
 
 
 def trials(output: Path) -> dict[str, list[dict]]:
@@ -36,6 +38,76 @@ def test_the_default_grid_is_five_factors_root_ten_apart_centred_on_the_default(
     for bad in ("0", "a,b", "1,1", "-1,2"):
         with pytest.raises(UsageError, match="--lr-grid"):
             TuneSettings(lr_grid=bad).factors()
+
+
+def test_past_the_grid_each_end_continues_at_its_own_spacing() -> None:
+    above, below = TuneSettings().beyond_grid()
+    assert above == pytest.approx([10 ** 1.5, 100.0]) and below == pytest.approx([10 ** -1.5, 0.01])
+    assert TuneSettings(lr_grid="0.5,2,4", lr_extend=1).beyond_grid() == ([8.0], [0.125])
+    assert TuneSettings(lr_grid="1").beyond_grid() == ([], [])  # one point has no spacing to continue
+    assert TuneSettings(lr_extend=0).beyond_grid() == ([], [])
+    for bad in (-1, True, 1.5):
+        with pytest.raises(UsageError, match="--lr-extend"):
+            TuneSettings(lr_extend=bad).validate()
+
+
+def scored(factor: float, loss: float | None) -> dict:
+    return {"factor": factor, "learning_rate": factor, "validation_loss": loss,
+            "status": OK if loss is not None else DIVERGED}
+
+
+def test_tuning_goes_past_an_end_only_while_the_best_is_there() -> None:
+    above, below = [100.0, 1000.0], [0.01]
+    rising = [scored(0.1, 3.0), scored(1.0, 2.0), scored(10.0, 1.0)]  # best at the top
+    assert edge(rising) == "highest" and next_beyond_grid(rising, above, below) == 100.0
+    assert next_beyond_grid([*rising, scored(100.0, 1.5)], above, below) is None  # inside now
+    assert edge([*rising, scored(100.0, 1.5)]) is None
+    assert next_beyond_grid([*rising, scored(100.0, 0.5)], above, below) == 1000.0
+    spent = [*rising, scored(100.0, 0.5), scored(1000.0, 0.4)]
+    assert next_beyond_grid(spent, above, below) is None and edge(spent) == "highest"
+    diverged = [*rising, scored(100.0, None)]  # past the best the rate diverged: the best is bracketed
+    assert next_beyond_grid(diverged, above, below) is None and edge(diverged) is None
+    falling = [scored(0.1, 1.0), scored(1.0, 2.0), scored(10.0, 3.0)]
+    assert edge(falling) == "lowest" and next_beyond_grid(falling, above, below) == 0.01
+    assert next_beyond_grid([*falling, scored(0.01, 0.9)], above, below) is None
+    assert edge([*falling, scored(0.01, 0.9)]) == "lowest"
+    assert edge([scored(1.0, 2.0)]) is None and next_beyond_grid([scored(1.0, 2.0)], [], []) is None
+
+
+def test_a_method_best_at_an_end_of_the_grid_is_tuned_past_it(tiny_llama_dir: Path, toy_data_dir: Path,
+                                                              tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture) -> None:
+    """LoRA's loss falls with every higher rate (it stays at the end after two more); QAA's is lowest at x10,
+    which one rate past the grid shows is inside."""
+    import math
+
+    import qpeft.experiment.tuning
+
+    def fake_train_run(run_dir: Path, experiment, name, config, data_dir, evaluate):  # noqa: ANN001
+        factor = float(run_dir.name.removeprefix("lr-x"))
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return {"validation_loss": 1 / factor if name == "lora" else 1 + (math.log10(factor) - 1.2) ** 2}
+
+    monkeypatch.setattr(qpeft.experiment.tuning, "train_run", fake_train_run)
+    output = tmp_path / "tuned"
+    argv = ["tune", "--methods", "lora,qaa", "--same-process",
+            *tune_args(tiny_llama_dir, toy_data_dir, output, grid="0.1,1,10", extend="2")]
+    assert main(argv) == 0
+    record = json.loads((output / "tuning" / "tuning.json").read_text())
+    assert record["lr_factors"] == [0.1, 1.0, 10.0] and record["lr_extend"] == 2
+    lora, qaa = record["methods"]["lora"], record["methods"]["qaa"]
+    assert [t["factor"] for t in lora["trials"]] == pytest.approx([0.1, 1.0, 10.0, 100.0, 1000.0])
+    assert lora["chosen_factor"] == pytest.approx(1000.0) and lora["edge"] == "highest"
+    assert [t["factor"] for t in qaa["trials"]] == pytest.approx([0.1, 1.0, 10.0, 100.0])
+    assert qaa["chosen_factor"] == 10.0 and qaa["edge"] is None
+    tuned = yaml.safe_load((output / "tuning" / "tuned.yaml").read_text())
+    assert tuned["lora"]["learning_rate"] == pytest.approx(1000 * 2e-4)
+
+    # a trial past the grid is checked before anything trains, as one of the grid is
+    past = trial_dir(output, "lora", lora["trials"][3]["factor"])
+    (past / "config.json").write_text('{"method": "lora", "r": 64}')
+    capsys.readouterr()
+    assert main(argv) == 2 and str(past) in capsys.readouterr().err
 
 
 def test_the_choice_is_the_lowest_validation_loss_and_never_a_diverged_trial() -> None:
@@ -196,6 +268,8 @@ def test_tuning_needs_a_validation_loss(tiny_llama_dir: Path, toy_data_dir: Path
                  "--validation-items", "0"])
     assert code == 2 and "--validation-items must be positive" in capsys.readouterr().err
     assert not (tmp_path / "t").exists()
+    code = main(["tune", "--methods", "lora", *tune_args(tiny_llama_dir, toy_data_dir, tmp_path / "t", extend="-1")])
+    assert code == 2 and "--lr-extend" in capsys.readouterr().err and not (tmp_path / "t").exists()
 
 
 def tune_command(model: Path, data: Path, output: Path, grid: str = "4") -> list[str]:

@@ -297,6 +297,21 @@ def test_a_tuned_comparison_reports_its_grid_trials_and_windows() -> None:
     assert "plot-learning-rates" not in plot_ids(html_report(synthetic_payload(seeds=(0,))))
 
 
+def test_a_method_tuned_at_an_end_of_its_rates_is_named_as_possibly_under_tuned() -> None:
+    payload = as_tuned(synthetic_payload(seeds=(0,)))
+    assert "lowest validation loss is at the" not in "\n".join(findings(payload))  # every best inside its rates
+    payload["learning_rates"]["extend"] = 2
+    payload["learning_rates"]["edges"] = {"lora": "highest", "full": "lowest", "qaa": None}
+    text, report = "\n".join(findings(payload)), markdown_report(payload)
+    assert ("**lora**'s lowest validation loss is at the highest learning rate tried: its best rate may be higher "
+            "still, so its figures may understate it") in text
+    assert "**full**'s lowest validation loss is at the lowest learning rate tried: its best rate may be lower" in text
+    assert "**qaa**'s lowest" not in text and "**prefix**'s lowest" not in text
+    assert "and up to 2 more past an end of it while a method's best was there" in report
+    window = next(line for line in report.splitlines() if line.startswith("- **lora**: learning rates within"))
+    assert "**lora**'s lowest validation loss is at the highest learning rate tried" in window
+
+
 def test_the_e2e_challenge_table_appears_only_with_its_figures() -> None:
     from qpeft.report.markdown import markdown_report
 

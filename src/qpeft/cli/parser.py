@@ -75,6 +75,7 @@ def add_tuning_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("learning-rate tuning")
     settings = TuneSettings()
     add_setting_flag(group, settings, "lr_grid", metavar="N|F1,F2,...")
+    add_setting_flag(group, settings, "lr_extend", type=int, metavar="N")
     add_setting_flag(group, settings, "storage", metavar="URL")
 
 
@@ -85,7 +86,7 @@ def add_variants_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def tune_settings_from_args(args: argparse.Namespace) -> TuneSettings:
-    return TuneSettings(lr_grid=args.lr_grid, storage=args.storage)
+    return TuneSettings(lr_grid=args.lr_grid, lr_extend=args.lr_extend, storage=args.storage)
 
 
 def add_experiment_flags(parser: argparse.ArgumentParser) -> None:

@@ -121,7 +121,8 @@ def compare_claimed(
     if tune is not None:
         first = replace(experiment, seed=seeds[0])
         tuned = tune_methods(output, first, methods, method_configs, data_dir, tune, fresh_process, claim=False)
-        tuning_records = {"lr_factors": tune.factors(), "methods": tuned, "source": None}
+        tuning_records = {"lr_factors": tune.factors(), "lr_extend": tune.lr_extend, "methods": tuned,
+                          "source": None}
         method_configs = dict(method_configs)
         for name in methods:
             chosen = chosen_config(methods[name], method_configs.get(name, {}), tuned[name])
@@ -179,9 +180,10 @@ def add_learning_rates(payload: dict[str, Any], configs: dict[str, dict[str, Any
         return
     records = tuning["methods"]
     payload["tuning"] = {name: record["trials"] for name, record in records.items()}
-    payload["learning_rates"] = {"tuned": True, "grid": tuning["lr_factors"], "window_share": WINDOW,
-                                 "record": tuning["source"],
-                                 "windows": {name: record.get("window") for name, record in records.items()}}
+    payload["learning_rates"] = {"tuned": True, "grid": tuning["lr_factors"], "extend": tuning["lr_extend"],
+                                 "window_share": WINDOW, "record": tuning["source"],
+                                 "windows": {name: record.get("window") for name, record in records.items()},
+                                 "edges": {name: record.get("edge") for name, record in records.items()}}
 
 
 def baseline_rows(seed_dir: Path, experiment: Experiment, data_dir: str | None) -> dict[str, dict[str, Any]]:

@@ -4,7 +4,11 @@ Each method gets the same trials: its learning rates (all of them, keeping their
 angles, SoRA's gates) times each factor of one grid (default five factors √10 apart, 0.1 to 10
 around the method's default), each trial a full training run at the experiment's budget and
 seed, scored by its last validation loss. The lowest is chosen; the test set plays no part, and
-no trial is evaluated on it. A trial that diverges scores as the worst and is never chosen. In
+no trial is evaluated on it. A trial that diverges scores as the worst and is never chosen. Where a
+method's best trial is the highest (or lowest) rate tried, its optimum may lie past the grid, and the
+comparison would hold it under-tuned: tuning then goes on past that end, one rate at a time at the
+grid's spacing, until the best is inside (at most ``--lr-extend`` rates past each end; the report
+names a method still at an end). In
 ``compare --tune`` the chosen trial's run *is* the method's run: it is evaluated there, never
 trained again.
 
@@ -107,7 +111,36 @@ def tune_method(output: Path, experiment: Experiment, row: str, name: str, confi
     trials = [read_record(trial_dir(output, row, factor) / "trial.json") or
               {"factor": factor, "learning_rate": trial_config(name, config, factor)["learning_rate"],
                "validation_loss": None, "status": FAILED} for factor in factors]
-    return {"trials": trials, **choice(trials)}
+    # One point at a time, each chosen by the last one's result: nothing to schedule, so no Optuna study; the
+    # point's locked run folder still shares it between workers, which all reach the same points.
+    while (factor := next_beyond_grid(trials, *settings.beyond_grid())) is not None:
+        log.info("=== tuning %s: best at an end of the rates tried; learning rates x%.3g ===", row, factor)
+        record = run_trial(output, experiment, row, name, config, data_dir, factor, fresh_process)
+        trials = sorted([*trials, record], key=lambda trial: trial["factor"])
+    return {"trials": trials, **choice(trials), "edge": edge(trials)}
+
+
+def best_factor(trials: list[dict[str, Any]]) -> float | None:
+    """The factor of the lowest validation loss among the trials that trained (None: none did)."""
+    finished = [t for t in trials if t["status"] == OK]
+    return min(finished, key=lambda t: t["validation_loss"])["factor"] if finished else None
+
+
+def edge(trials: list[dict[str, Any]]) -> str | None:
+    """"highest" or "lowest" where the best trial is the highest or lowest rate tried (of several): its optimum
+    may lie past it. None where it is inside, or where a rate past it was tried and diverged."""
+    best, tried = best_factor(trials), sorted(t["factor"] for t in trials)
+    if best is None or len(tried) < 2:
+        return None
+    return "highest" if best == tried[-1] else "lowest" if best == tried[0] else None
+
+
+def next_beyond_grid(trials: list[dict[str, Any]], above: list[float], below: list[float]) -> float | None:
+    """The next factor past the end of those tried where the best trial is, or None: the best is inside, or
+    that end's extension points are spent."""
+    side = {"highest": above, "lowest": below}.get(edge(trials) or "", [])
+    tried = {t["factor"] for t in trials}
+    return next((factor for factor in side if factor not in tried), None)
 
 
 def optimize_with_optuna(output: Path, experiment: Experiment, row: str, name: str, config: dict[str, Any],
@@ -153,8 +186,9 @@ def check_tuning(output: Path, experiment: Experiment, settings: TuneSettings, r
     settings.validate()
     if not experiment.train.validation_items:
         raise UsageError("tuning chooses on the validation loss: --validation-items must be positive")
+    above, below = settings.beyond_grid()
     for row, name in rows.items():
-        for factor in settings.factors():
+        for factor in [*below, *settings.factors(), *above]:
             check_recorded_trial(trial_dir(output, row, factor), experiment, row, name,
                                  trial_config(name, method_configs.get(row, {}), factor))
 
@@ -184,7 +218,8 @@ def claim_tuning(output: Path, experiment: Experiment, settings: TuneSettings, c
         with claimed_comparison(output, experiment):
             pass
     folder = output / TUNING
-    with claimed_folder(folder, folder / "grid.json", {"lr_factors": settings.factors()}, "tuning"):
+    grid = {"lr_factors": settings.factors(), "lr_extend": settings.lr_extend}
+    with claimed_folder(folder, folder / "grid.json", grid, "tuning"):
         pass
 
 
@@ -205,7 +240,8 @@ def tune(output: Path, experiment: Experiment, methods: list[str] | dict[str, st
                                 fresh_process) for row, name in rows.items()}
     if is_main_process():
         write_json(output / TUNING / "tuning.json", {"experiment": experiment.to_dict(),
-                                                      "lr_factors": settings.factors(), "methods": records})
+                                                      "lr_factors": settings.factors(),
+                                                      "lr_extend": settings.lr_extend, "methods": records})
         write_tuned_config(output / TUNING / "tuned.yaml", rows, method_configs, records)
     return records
 
@@ -285,5 +321,13 @@ def read_tuning_record(path: Path, experiment: Experiment, rows: dict[str, str],
                 for field in get_method(name).config_class.learning_rate_fields):
             raise UsageError(f"--tuned-from {path}: {row} would train at learning rate {given['learning_rate']:.3g}, "
                              f"not at the rates its tuning chose")
-    return {"lr_factors": record["lr_factors"], "methods": {row: record["methods"][row] for row in rows},
-            "source": str(path)}
+    extend = record.get("lr_extend", 0)  # a record from before tuning went past the grid's ends: none did
+    if isinstance(extend, bool) or not isinstance(extend, int) or extend < 0:
+        raise UsageError(f"--tuned-from {path}: lr_extend is not a whole number of rates")
+    methods = {}
+    for row in rows:  # where the choice sits, read off the trials (a record from before had no such field)
+        try:
+            methods[row] = {**record["methods"][row], "edge": edge(record["methods"][row]["trials"])}
+        except (KeyError, TypeError):
+            raise UsageError(f"--tuned-from {path}: {row}'s trials are not qpeft trial records") from None
+    return {"lr_factors": record["lr_factors"], "lr_extend": extend, "methods": methods, "source": str(path)}

@@ -11,7 +11,7 @@ from typing import Any
 from qpeft.report.hardware import constant_output, hardware_findings
 from qpeft.report.payload import interval, multi_seed, robustness_sets, trained, value
 from qpeft.report.tables import interval_text, main_metric, noise_label, p_value_text, quality_metrics
-from qpeft.report.tuning import is_tuned, learning_rate_sentence
+from qpeft.report.tuning import at_an_end, end_sentence, is_tuned, learning_rate_sentence
 
 
 def _ranked(payload: dict[str, Any], key: str, names: list[str] | None = None) -> list[tuple[str, float]]:
@@ -82,6 +82,8 @@ def _quality_findings(payload: dict[str, Any]) -> list[str]:
     if overlapping:
         text += f"; its interval overlaps {_join(overlapping)}'s, so this ranking alone does not separate them"
     sentences.append(text + ".")
+    ends = at_an_end(payload)
+    sentences += [end_sentence(name, end) for name, end in ends.items() if name in rows]
     return sentences + _reference_findings(payload)
 
 

@@ -25,8 +25,23 @@ def learning_rate_sentence(payload: dict[str, Any]) -> str:
     points = f"{len(grid)} points, {_factor(grid[0])} to {_factor(grid[-1])} of each method's default" if grid else ""
     record = payload["learning_rates"].get("record")
     source = f"; the trials are recorded in {record}" if record else ""
-    return (f"Learning rates tuned on validation (grid {points}; every trial a full run at this budget and seed, "
-            f"the rate with the lowest validation loss chosen, the test set unused{source}).")
+    extend = payload["learning_rates"].get("extend") or 0
+    beyond = (f", and up to {extend} more past an end of it while a method's best was there" if extend else "")
+    return (f"Learning rates tuned on validation (grid {points}{beyond}; every trial a full run at this budget and "
+            f"seed, the rate with the lowest validation loss chosen, the test set unused{source}).")
+
+
+def at_an_end(payload: dict[str, Any]) -> dict[str, str]:
+    """Tuned method -> "highest" or "lowest": its best validation loss is at that end of the rates it tried."""
+    edges = (payload.get("learning_rates") or {}).get("edges") or {}
+    return {name: end for name, end in edges.items() if end in ("highest", "lowest")}
+
+
+def end_sentence(name: str, end: str) -> str:
+    """Why a method chosen at an end of its rates may be under-tuned."""
+    direction = "higher" if end == "highest" else "lower"
+    return (f"**{name}**'s lowest validation loss is at the {end} learning rate tried: its best rate may be "
+            f"{direction} still, so its figures may understate it (a wider --lr-grid or more --lr-extend would tell).")
 
 
 def tuning_rows(payload: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
@@ -47,7 +62,7 @@ def window_sentences(payload: dict[str, Any]) -> list[str]:
     """Per tuned method: the range of learning rates within the window share of its best validation loss."""
     settings = payload.get("learning_rates") or {}
     share = settings.get("window_share", 0.05)
-    sentences = []
+    sentences, ends = [], at_an_end(payload)
     for name, window in (settings.get("windows") or {}).items():
         if not window:
             sentences.append(f"**{name}**: no learning rate of the grid trained without diverging.")
@@ -55,5 +70,7 @@ def window_sentences(payload: dict[str, Any]) -> list[str]:
         low, high = window["low"], window["high"]
         span = f"{low:.3g} to {high:.3g} (a factor of {high / low:.3g})" if high > low else f"only {low:.3g}"
         sentences.append(f"**{name}**: learning rates within {share:.0%} of its best validation loss: {span}, "
-                         f"{window['points']} of {window['of']} grid points.")
+                         f"{window['points']} of {window['of']} rates tried.")
+        if name in ends:
+            sentences[-1] += " " + end_sentence(name, ends[name])
     return sentences
