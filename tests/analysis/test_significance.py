@@ -217,3 +217,37 @@ def test_paired_p_value_and_significant() -> None:
     assert paired_p_value(np.zeros(99), 0.0) == 1.0
     assert paired_p_value(np.full(99, 5.0), 5.0) == pytest.approx(0.01)
     assert not significant(None) and significant(0.01) and not significant(0.05)
+
+
+def write_predictions(path, predictions: list[str], references: list[list[str]], indices: list[int]) -> None:  # noqa: ANN001
+    import json
+
+    rows = [{"index": i, "prediction": p, "references": r, "scores": {"rougeL": 100.0 * (p == r[0])}}
+            for i, p, r in zip(indices, predictions, references, strict=True)]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def test_each_re_evaluation_gets_the_paired_bootstrap_against_its_run(tmp_path) -> None:  # noqa: ANN001
+    """A re-evaluation that changed nothing is no difference (p = 1); one that lost every item is one (p small);
+    one without predictions, or over other items, gets no p-value rather than a wrong one."""
+    from qpeft.experiment.results import add_robustness_p_values
+    from qpeft.settings import AnalysisSettings
+
+    rng = random.Random(0)
+    words = ["the pub", "is near", "a cheap", "family friendly", "coffee shop", "by the river", "rated five"]
+    references = [[" ".join(rng.sample(words, 4))] for _ in range(30)]
+    exact = [refs[0] for refs in references]
+    run = tmp_path / "qaa"
+    run.mkdir()
+    write_predictions(run / "predictions.jsonl", exact, references, list(range(30)))
+    write_predictions(run / "predictions_same.jsonl", exact, references, list(range(30)))
+    write_predictions(run / "predictions_lost.jsonl", ["nothing at all"] * 30, references, list(range(30)))
+    write_predictions(run / "predictions_other.jsonl", exact, references, list(range(1, 31)))
+    rows = [{"tag": None}, {"tag": "same"}, {"tag": "lost"}, {"tag": "other"}, {"tag": "missing"}]
+    means = {"qaa": {"robustness": rows}, "lora": {"bleu": 50.0}}
+    add_robustness_p_values({0: {"qaa": run, "lora": tmp_path / "lora"}}, means, AnalysisSettings(),
+                            ("bleu", "rougeL"))
+    assert "p_vs_exact" not in rows[0]  # the run itself
+    assert rows[1]["p_vs_exact"] == {"bleu": 1.0, "rougeL": 1.0}
+    assert rows[2]["p_vs_exact"]["bleu"] < 0.01 and rows[2]["p_vs_exact"]["rougeL"] < 0.01
+    assert "p_vs_exact" not in rows[3] and "p_vs_exact" not in rows[4]

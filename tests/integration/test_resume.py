@@ -192,3 +192,5 @@ def test_a_comparison_killed_anywhere_resumes_to_the_uninterrupted_results(
     got, want = (json.loads((folder / "results.json").read_text()) for folder in (output, straight))
     found = differences(without_machine_figures(got), without_machine_figures(want))
     assert not found, "\n".join(found)
+    # every re-evaluation is paired against the run's own predictions, on every metric
+    assert all(set(row["p_vs_exact"]) >= {"bleu", "rougeL"} for row in got["methods"]["qaa"]["robustness"][1:])

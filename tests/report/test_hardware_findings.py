@@ -70,7 +70,8 @@ def test_durations_read_in_the_largest_unit_there_are_two_of():
 
 
 def demo_like_payload() -> dict:
-    """The demo's QAA figures (stop 33): with its readout constant, QAA scored what it scored exactly."""
+    """The demo's QAA figures (stop 33): with its readout constant, QAA scored what it scored exactly (BLEU's paired
+    bootstrap p 0.89, measured on that demo's two prediction files)."""
     payload = synthetic_payload(seeds=(0,), robustness=False)
     payload["methods"]["base"].update(bleu=13.92, test_loss=2.505)
     payload["methods"]["qaa"].update(bleu=52.03, test_loss=1.533)
@@ -80,7 +81,7 @@ def demo_like_payload() -> dict:
         *sweep({1e-2: 51.0, 1e-3: 55.0, 1e-4: 52.2}),
         {"shots": None, "depolarizing": 0.0, "gate_errors": [4.6e-4, 1.8e-3, 9.5e-3], "device": "ibm-heron",
          "bleu": 51.52},
-        {"shots": None, "depolarizing": 1.0, "bleu": 51.52, "test_loss": 1.586}]
+        {"shots": None, "depolarizing": 1.0, "bleu": 51.52, "test_loss": 1.586, "p_vs_exact": {"bleu": 0.89}}]
     return payload
 
 
@@ -90,11 +91,14 @@ def test_the_circuit_s_share_of_the_gain_is_measured_against_its_constant_output
     sentences = findings(demo_like_payload())
     share = next(s for s in sentences if s.startswith("With its circuit's output made constant"))
     assert "qaa's BLEU was 51.52 and its test loss 1.586 (exact 52.03 and 1.533; base model 13.92 and 2.505" in share
+    assert "2.505; the paired bootstrap of its predictions against the exact run's, p = 0.890)" in share
     assert ("of the 38.11 BLEU qaa gains over the base model, its circuit's output carries 0.51 (1%); "
-            "of the 0.972 it takes off the test loss, 0.053 (5%).") in share
+            "of the 0.972 it takes off the test loss, 0.053 (5%); on BLEU the sample cannot tell the circuit's "
+            "share from none") in share
     half = next(s for s in sentences if s.startswith("With every gate of the device circuit noisy"))
-    assert "more than half its gain" not in half
-    assert "the circuit adds 0.51 over its constant output (51.52), under 5% of qaa's gain" in half
+    assert "more than half" not in half and "keeps" not in half
+    assert ("the circuit adds 0.51 over its constant output (51.52), which the paired bootstrap cannot tell from "
+            "nothing (p = 0.890), so this curve cannot say how the circuit tolerates noise.") in half
     devices = next(s for s in sentences if s.startswith("At today's devices' median error rates"))
     assert "exact 52.03, circuit output constant 51.52, base model 13.92" in devices
     noise = [s for s in sentences if s.startswith("Under finite shots")]
@@ -103,11 +107,18 @@ def test_the_circuit_s_share_of_the_gain_is_measured_against_its_constant_output
 
 def test_the_half_gain_rate_counts_the_gain_over_the_constant_output_where_there_is_one():
     payload = demo_like_payload()
-    payload["methods"]["qaa"]["robustness"][-1].update(bleu=30.0)  # the circuit carries 22 of the 38 points
+    # the circuit carries 22 of the 38 points, a difference the paired bootstrap tells from none
+    payload["methods"]["qaa"]["robustness"][-1].update(bleu=30.0, p_vs_exact={"bleu": 0.001})
     payload["methods"]["qaa"]["robustness"][2:5] = sweep({1e-2: 31.0, 1e-3: 45.0, 1e-4: 52.0})
-    half = next(s for s in findings(payload) if s.startswith("With every gate of the device circuit noisy"))
+    sentences = findings(payload)
+    half = next(s for s in sentences if s.startswith("With every gate of the device circuit noisy"))
     # half of the 22.03 over 30.00 is 41.02: between 45 at 1e-3 and 31 at 1e-2
     assert "keeps half of what its circuit adds over its constant output (30.00) at a two-qubit error rate" in half
+    share = next(s for s in sentences if s.startswith("With its circuit's output made constant"))
+    assert "cannot tell" not in share and "p = 0.001)" in share
+    del payload["methods"]["qaa"]["robustness"][-1]["p_vs_exact"]  # a payload without the test: the rate, unqualified
+    half = next(s for s in findings(payload) if s.startswith("With every gate of the device circuit noisy"))
+    assert "keeps half of what its circuit adds over its constant output (30.00)" in half
 
 
 def test_the_constant_output_alone_draws_no_depolarising_curve():
@@ -124,7 +135,32 @@ def test_a_constant_output_that_scores_higher_leaves_the_circuit_none_of_the_gai
     payload["methods"]["qaa"]["robustness"][-1].update(bleu=53.0, test_loss=None)  # no test loss measured
     sentences = findings(payload)
     share = next(s for s in sentences if s.startswith("With its circuit's output made constant"))
-    assert "qaa's BLEU was 53.00 (exact 52.03; base model 13.92; one" in share
+    assert "qaa's BLEU was 53.00 (exact 52.03; base model 13.92; the paired bootstrap" in share
     assert share.endswith("its circuit's output carries none of qaa's gain over the base model.")
     half = next(s for s in sentences if s.startswith("With every gate of the device circuit noisy"))
     assert "the circuit adds 0.00 over its constant output (53.00)" in half
+
+
+def test_the_shots_sentence_names_only_what_the_paired_bootstrap_separates_from_the_exact_run():
+    payload = demo_like_payload()
+    shots = payload["methods"]["qaa"]["robustness"][1]
+    noise = next(s for s in findings(payload) if s.startswith("Under finite shots"))
+    assert "without an interval" in noise  # not tested against the exact run: no claim either way
+    shots["p_vs_exact"] = {"bleu": 0.686}  # the demo's 1,000 shots
+    noise = next(s for s in findings(payload) if s.startswith("Under finite shots"))
+    assert noise.endswith("(each paired with the exact run on the same items, the bootstrap separates none of "
+                          "them from it at p < 0.05).")
+    shots["p_vs_exact"] = {"bleu": 0.004}
+    noise = next(s for s in findings(payload) if s.startswith("Under finite shots"))
+    assert noise.endswith("the bootstrap separates 1,000 shots, p 0.004).")
+
+
+def test_the_noise_table_shows_each_re_evaluation_s_p_value_against_the_exact_run():
+    from qpeft.report.tables import robustness_table
+
+    payload = demo_like_payload()
+    headers, rows = robustness_table(payload)
+    column = headers.index("p vs exact (BLEU)")
+    assert rows[-1][column] == "0.890" and rows[0][column] == "–"  # the exact run is not tested against itself
+    del payload["methods"]["qaa"]["robustness"][-1]["p_vs_exact"]
+    assert "p vs exact (BLEU)" not in robustness_table(payload)[0]  # no test run, no column

@@ -286,7 +286,7 @@ def robustness_figures(
             # not the E2E suite: the grid reports ROBUSTNESS_FIGURES only
             scores = evaluate_run(run_dir, data_dir, {"test_loss": not options.draws_samples(), "metrics": "default"},
                                   options, tag)
-        rows.append({**options.describe(), **{k: scores.get(k) for k in ROBUSTNESS_FIGURES},
+        rows.append({**options.describe(), "tag": tag, **{k: scores.get(k) for k in ROBUSTNESS_FIGURES},
                      "predictions_unchanged_pct": unchanged_pct(run.predictions(), run.predictions(tag))})
         gc.collect()
     return rows

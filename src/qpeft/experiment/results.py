@@ -74,6 +74,8 @@ def build_payload(
     statistics = quality_statistics(run_dirs, per_seed, analysis, TASK_METRICS[task]) if run_dirs else {}
     for name, values in statistics.get("methods", {}).items():
         means[name].update(values)
+    if run_dirs:
+        add_robustness_p_values(run_dirs, means, analysis, TASK_METRICS[task])
     return {
         "experiment": experiment.to_dict(),
         "task": task,
@@ -132,8 +134,7 @@ def quality_statistics(
                 indices, references = row_indices, [row["references"] for row in rows]
             if row_indices != indices:
                 return {"note": f"{name} scored other test items than {names[0]}: no intervals or p-values"}
-            scores = {metric: [row["scores"][metric] for row in rows] for metric in rows[0]["scores"]} if rows else {}
-            systems[name].append(SystemScores([row["prediction"] for row in rows], scores))
+            systems[name].append(system_scores(rows))
     if not systems or not references:
         return {}
     reference = settings.reference if settings.reference in systems else BASE
@@ -142,6 +143,40 @@ def quality_statistics(
                                  confidence=settings.confidence, metrics=metrics)
     return {"reference": reference, "methods": {name: {"ci": values["ci"], "p_vs_reference": values["p_vs_reference"]}
                                                 for name, values in stats.items()}}
+
+
+def system_scores(rows: list[dict[str, Any]]) -> SystemScores:
+    """A predictions file's rows as the bootstrap pairs them: the texts and each metric's per-item scores."""
+    scores = {metric: [row["scores"][metric] for row in rows] for metric in rows[0]["scores"]} if rows else {}
+    return SystemScores([row["prediction"] for row in rows], scores)
+
+
+def add_robustness_p_values(run_dirs: dict[int, dict[str, Path]], means: dict[str, dict[str, Any]],
+                            settings: AnalysisSettings, metrics: tuple[str, ...]) -> None:
+    """``p_vs_exact`` on each re-evaluation row of a robustness list: the paired bootstrap of its predictions
+    against the run's own (the same items, over the same seeds), so that a setting's change is called one only
+    where the sample can tell it from the items' spread. A row whose predictions are missing, or cover other
+    items, gets none."""
+    for name, figures in means.items():
+        rows = figures.get("robustness")
+        if not isinstance(rows, list):
+            continue
+        for row in rows:
+            tag = row.get("tag")
+            if not isinstance(tag, str) or not tag:
+                continue
+            runs = [(read_predictions(dirs[name] / "predictions.jsonl"),
+                     read_predictions(dirs[name] / f"predictions_{tag}.jsonl"))
+                    for dirs in run_dirs.values() if (dirs[name] / f"predictions_{tag}.jsonl").exists()]
+            if len(runs) != len(run_dirs) or any([r.get("index") for r in exact] != [r.get("index") for r in other]
+                                                 or not exact for exact, other in runs):
+                continue
+            systems = {"exact": [system_scores(exact) for exact, _ in runs],
+                       tag: [system_scores(other) for _, other in runs]}
+            stats = bootstrap_comparison(systems, [row["references"] for row in runs[0][0]], reference_method="exact",
+                                         resamples=settings.bootstrap_resamples, seed=min(run_dirs),
+                                         confidence=settings.confidence, metrics=metrics)
+            row["p_vs_exact"] = stats[tag]["p_vs_reference"]
 
 
 def read_predictions(path: Path) -> list[dict[str, Any]]:

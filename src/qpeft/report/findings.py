@@ -8,7 +8,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from qpeft.report.hardware import constant_output, hardware_findings
+from qpeft.analysis.significance import significant
+from qpeft.report.hardware import constant_output, hardware_findings, p_vs_exact
 from qpeft.report.payload import interval, multi_seed, robustness_sets, trained, value
 from qpeft.report.tables import interval_text, main_metric, noise_label, p_value_text, quality_metrics
 from qpeft.report.tuning import at_an_end, end_sentence, is_tuned, learning_rate_sentence
@@ -405,13 +406,25 @@ def _robustness_findings(payload: dict[str, Any]) -> list[str]:
                       "none lower")
         kinds = "finite shots" + (" and depolarising noise" if any(r.get("depolarizing") for r in noisy) else "")
         text = (f"Under {kinds}, {name}'s {label} went from {reference[key]:.2f} "
-                f"({_setting(reference)}) to {spread} (one re-evaluation of the same items each, without an "
-                "interval: a difference this small may be the sample's)")
+                f"({_setting(reference)}) to {spread} ({_paired_against_exact(payload, noisy, key)})")
         trained_score = value(payload, name, key)
         if trained_score is not None and not clean:
             text += f"; noiselessly it scored {trained_score:.2f}"
         sentences.append(text + ".")
     return sentences + hardware_findings(payload, key, label)
+
+
+def _paired_against_exact(payload: dict[str, Any], rows: list[dict[str, Any]], key: str) -> str:
+    """Which re-evaluations the paired bootstrap against the exact run separates from it (all must have been tested)."""
+    p_values = [p_vs_exact(row, key) for row in rows]
+    if None in p_values:
+        return ("one re-evaluation of the same items each, without an interval: a difference this small may be "
+                "the sample's")
+    alpha = payload.get("analysis", {}).get("alpha", 0.05)
+    separated = [f"{_setting(row)}, p {p_value_text(p)}" for row, p in zip(rows, p_values, strict=True)
+                 if significant(p, alpha)]
+    return ("each paired with the exact run on the same items, the bootstrap separates "
+            + (_join(separated) if separated else f"none of them from it at p < {alpha:g}"))
 
 
 def _setting(row: dict[str, Any]) -> str:

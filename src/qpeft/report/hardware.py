@@ -8,6 +8,7 @@ from typing import Any
 
 from qpeft.experiment.results import BASE
 from qpeft.report.payload import number, robustness_sets, value
+from qpeft.report.tables import p_value_text
 
 #: The model's limits, stated wherever its figures are.
 HARDWARE_LIMITS = (
@@ -19,17 +20,17 @@ HARDWARE_LIMITS = (
 )
 
 
-#: A circuit whose output adds less than this share of the adapter's gain over the base model (over what the
-#: adapter scores with that output constant) adds too little for one re-evaluation's curve to say how it
-#: tolerates noise: the sample's spread is of that size (the demo's shot rows moved BLEU by 0.6-0.7 of 38).
-SMALL_SHARE = 0.05
-
-
 def constant_output(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The exact re-evaluation with the circuit fully depolarised (p = 1): every readout at its fully-mixed value,
     so that every token gets the same update (s b with the z readout): the adapter without its circuit's say."""
     return next((row for row in rows if number(row.get("depolarizing")) == 1.0 and not row.get("shots")
                  and not row.get("gate_errors") and not row.get("device")), None)
+
+
+def p_vs_exact(row: dict[str, Any], key: str) -> float | None:
+    """The paired bootstrap's p-value of a re-evaluation against the exact run on ``key`` (None: not measured)."""
+    p = row.get("p_vs_exact")
+    return number(p.get(key)) if isinstance(p, dict) else None
 
 
 def error_curve(rows: list[dict[str, Any]], key: str) -> list[tuple[float, float]]:
@@ -88,6 +89,7 @@ def hardware_findings(payload: dict[str, Any], key: str, label: str) -> list[str
     sentences = []
     base = value(payload, BASE, key)
     beams = int((payload.get("experiment", {}).get("eval") or {}).get("num_beams") or 1)
+    alpha = payload.get("analysis", {}).get("alpha", 0.05)
     for name, rows in robustness_sets(payload).items():
         exact = number(rows[0].get(key)) if rows else None
         floor_row = constant_output(rows)
@@ -96,7 +98,8 @@ def hardware_findings(payload: dict[str, Any], key: str, label: str) -> list[str
             sentences.append(_circuit_share_sentence(payload, name, key, label, rows[0], floor_row))
         curve = error_curve(rows, key)
         if exact is not None and base is not None and curve:
-            sentences.append(_half_gain_sentence(name, label, curve, exact, base, floor))
+            circuit_p = p_vs_exact(floor_row, key) if floor_row else None
+            sentences.append(_half_gain_sentence(name, label, curve, exact, base, floor, circuit_p, alpha))
         devices = [row for row in rows if row.get("device") and number(row.get(key)) is not None]
         if devices and exact is not None:
             scores = ", ".join(f"{row['device']} {row[key]:.2f}" for row in devices)
@@ -122,9 +125,11 @@ def _circuit_share_sentence(payload: dict[str, Any], name: str, key: str, label:
     references = f"exact {exact:.2f}" + (f" and {loss:.3f}" if loss is not None and floor_loss is not None else "")
     if base is not None:
         references += f"; base model {base:.2f}" + (f" and {base_loss:.3f}" if base_loss is not None else "")
+    p = p_vs_exact(floor_row, key)
+    against = ("one re-evaluation, without an interval" if p is None else
+               f"the paired bootstrap of its predictions against the exact run's, p = {p_value_text(p)}")
     text = ("With its circuit's output made constant (fully depolarised, p = 1: every readout at its fully-mixed "
-            f"value, so that every token gets the same update), {name}'s {measured} ({references}; one "
-            "re-evaluation, without an interval)")
+            f"value, so that every token gets the same update), {name}'s {measured} ({references}; {against})")
     if base is None or exact <= base:
         return text + "."
     if exact <= floor:
@@ -134,23 +139,31 @@ def _circuit_share_sentence(payload: dict[str, Any], name: str, key: str, label:
     if base_loss is not None and loss is not None and floor_loss is not None and base_loss > loss:
         text += (f"; of the {base_loss - loss:.3f} it takes off the test loss, {floor_loss - loss:.3f} "
                  f"({100 * (floor_loss - loss) / (base_loss - loss):.0f}%)")
+    alpha = payload.get("analysis", {}).get("alpha", 0.05)
+    if p is not None and p >= alpha:
+        items = value(payload, name, "test_items")
+        text += (f"; on {label} the sample cannot tell the circuit's share from none"
+                 + (f" ({items:.0f} items)" if items else ""))
     return text + "."
 
 
 def _half_gain_sentence(name: str, label: str, curve: list[tuple[float, float]], exact: float,
-                        base: float, floor: float | None = None) -> str:
+                        base: float, floor: float | None = None, circuit_p: float | None = None,
+                        alpha: float = 0.05) -> str:
     """Where the noise takes half the gain: over the base model, or over the circuit's constant output (``floor``)
-    where it was measured, since noise can take no more than the circuit adds."""
+    where it was measured, since noise can take no more than the circuit adds; no rate where the paired bootstrap
+    cannot tell what the circuit adds from nothing (``circuit_p``, exact against ``floor``, at least ``alpha``)."""
     rates = ", ".join(f"{score:.2f} at {error:g}" for error, score in curve)
     text = (f"With every gate of the device circuit noisy (two-qubit error rate e, single-qubit e/10, readout e), "
             f"{name}'s {label} was {rates} (exact {exact:.2f}, base model {base:.2f}; one re-evaluation each, "
             "without an interval)")
     if exact <= base:
         return text + f": {name} did not beat the base model, so there is no gain to keep."
-    if floor is not None and exact - floor < SMALL_SHARE * (exact - base):
-        return text + (f": the circuit adds {max(exact - floor, 0.0):.2f} over its constant output ({floor:.2f}), "
-                       f"under {SMALL_SHARE:.0%} of {name}'s gain over the base model and too small to tell "
-                       "from one re-evaluation's spread, so this curve cannot say how the circuit tolerates noise.")
+    if floor is not None and (exact <= floor or (circuit_p is not None and circuit_p >= alpha)):
+        tell = ("" if exact <= floor else
+                f", which the paired bootstrap cannot tell from nothing (p = {p_value_text(circuit_p)})")
+        return text + (f": the circuit adds {max(exact - floor, 0.0):.2f} over its constant output ({floor:.2f})"
+                       f"{tell}, so this curve cannot say how the circuit tolerates noise.")
     reference, gain = ((floor, f"what its circuit adds over its constant output ({floor:.2f})") if floor is not None
                        else (base, "its gain over the base model"))
     kind, rate = half_gain_rate(curve, exact, reference)

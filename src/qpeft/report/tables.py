@@ -235,7 +235,11 @@ def robustness_table(payload: dict[str, Any]) -> tuple[list[str], list[list[str]
     # the test loss where nothing was sampled (exact expectations, with or without a noise model)
     metrics = [(k, label) for k, label in (*quality_metrics(payload), ("test_loss", "test loss"))
                if any(isinstance(r.get(k), (int, float)) for rows in sets.values() for r in rows)]
-    headers = ["method", "shots", "noise", *(label for _, label in metrics), "predictions unchanged"]
+    main_key, main_label = main_metric(payload)
+    # the paired bootstrap of each re-evaluation against the exact run, where it was run (not on older payloads)
+    paired = any(isinstance(r.get("p_vs_exact"), dict) for rows in sets.values() for r in rows)
+    headers = ["method", "shots", "noise", *(label for _, label in metrics),
+               *([f"p vs exact ({main_label})"] if paired else []), "predictions unchanged"]
     rows = []
     for name, entries in sets.items():
         spread = payload.get("aggregate", {}).get(name, {}).get("robustness") if multi_seed(payload) else None
@@ -249,6 +253,8 @@ def robustness_table(payload: dict[str, Any]) -> tuple[list[str], list[list[str]
                 if isinstance(stats, dict) and isinstance(stats.get("std"), (int, float)) and stats["std"] > 0:
                     cell += f" ± {stats['std']:.{digits}f}"
                 cells.append(cell)
+            if paired:
+                cells.append("–" if i == 0 else p_value_text((row.get("p_vs_exact") or {}).get(main_key)))
             unchanged = row.get("predictions_unchanged_pct")
             cells.append(f"{unchanged:.0f}%" if isinstance(unchanged, (int, float)) else "–")
             rows.append(cells)
