@@ -45,7 +45,8 @@ def test_tuning_under_torchrun_trains_each_trial_data_parallel(tiny_llama_dir: P
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
               "-m", "qpeft.cli", "tune", "--methods", "lora", "--same-process", "--output", str(output),
-              "--lr-grid", "1,10", "--model", str(tiny_llama_dir), "--dataset", str(toy_data_dir), "--steps", "4",
+              "--lr-grid", "1,10", "--lr-extend", "0", "--model", str(tiny_llama_dir), "--dataset", str(toy_data_dir),
+              "--steps", "4",
               "--batch-size", "2", "--save-steps", "2", "--max-new-tokens", "4", "--bertscore-model", "none"]
     result = subprocess.run(launch, capture_output=True, text=True, env=env, timeout=300, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
