@@ -120,19 +120,19 @@ def tune_method(output: Path, experiment: Experiment, row: str, name: str, confi
     return {"trials": trials, **choice(trials), "edge": edge(trials)}
 
 
-def best_factor(trials: list[dict[str, Any]]) -> float | None:
-    """The factor of the lowest validation loss among the trials that trained (None: none did)."""
+def best_trial(trials: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The trial of the lowest validation loss among those that trained (None: none did)."""
     finished = [t for t in trials if t["status"] == OK]
-    return min(finished, key=lambda t: t["validation_loss"])["factor"] if finished else None
+    return min(finished, key=lambda t: t["validation_loss"]) if finished else None
 
 
 def edge(trials: list[dict[str, Any]]) -> str | None:
     """"highest" or "lowest" where the best trial is the highest or lowest rate tried (of several): its optimum
     may lie past it. None where it is inside, or where a rate past it was tried and diverged."""
-    best, tried = best_factor(trials), sorted(t["factor"] for t in trials)
+    best, tried = best_trial(trials), sorted(t["factor"] for t in trials)
     if best is None or len(tried) < 2:
         return None
-    return "highest" if best == tried[-1] else "lowest" if best == tried[0] else None
+    return "highest" if best["factor"] == tried[-1] else "lowest" if best["factor"] == tried[0] else None
 
 
 def next_beyond_grid(trials: list[dict[str, Any]], above: list[float], below: list[float]) -> float | None:
@@ -172,9 +172,9 @@ def optimize_with_optuna(output: Path, experiment: Experiment, row: str, name: s
 def choice(trials: list[dict[str, Any]]) -> dict[str, Any]:
     """The chosen trial (lowest validation loss among those that trained) and the method's good window."""
     finished = [t for t in trials if t["status"] == OK]
-    if not finished:
+    best = best_trial(trials)
+    if best is None:
         return {"chosen_factor": None, "learning_rate": None, "window": None}
-    best = min(finished, key=lambda t: t["validation_loss"])
     good = [t["learning_rate"] for t in finished if t["validation_loss"] <= (1 + WINDOW) * best["validation_loss"]]
     return {"chosen_factor": best["factor"], "learning_rate": best["learning_rate"],
             "window": {"low": min(good), "high": max(good), "points": len(good), "of": len(trials)}}
