@@ -251,3 +251,23 @@ def test_each_re_evaluation_gets_the_paired_bootstrap_against_its_run(tmp_path) 
     assert rows[1]["p_vs_exact"] == {"bleu": 1.0, "rougeL": 1.0}
     assert rows[2]["p_vs_exact"]["bleu"] < 0.01 and rows[2]["p_vs_exact"]["rougeL"] < 0.01
     assert "p_vs_exact" not in rows[3] and "p_vs_exact" not in rows[4]
+
+
+def test_the_run_s_own_predictions_are_read_once_per_method_however_many_re_evaluations(tmp_path, monkeypatch):  # noqa: ANN001
+    from qpeft.experiment import results
+    from qpeft.settings import AnalysisSettings
+
+    references = [[f"item {i}"] for i in range(12)]
+    run = tmp_path / "qaa"
+    run.mkdir()
+    tags = ["shots1000", "dep1", "gates1e-3"]
+    for name in ["", *tags]:
+        write_predictions(run / f"predictions{'_' + name if name else ''}.jsonl", [r[0] for r in references],
+                          references, list(range(12)))
+    reads: list[str] = []
+    read = results.read_predictions
+    monkeypatch.setattr(results, "read_predictions", lambda path: reads.append(path.name) or read(path))
+    rows = [{"tag": tag} for tag in tags]
+    results.add_robustness_p_values({0: {"qaa": run}}, {"qaa": {"robustness": rows}}, AnalysisSettings(), ("bleu",))
+    assert sorted(reads) == sorted(["predictions.jsonl", *(f"predictions_{tag}.jsonl" for tag in tags)])
+    assert all(row["p_vs_exact"] == {"bleu": 1.0} for row in rows)

@@ -164,3 +164,23 @@ def test_the_noise_table_shows_each_re_evaluation_s_p_value_against_the_exact_ru
     assert rows[-1][column] == "0.890" and rows[0][column] == "–"  # the exact run is not tested against itself
     del payload["methods"]["qaa"]["robustness"][-1]["p_vs_exact"]
     assert "p vs exact (BLEU)" not in robustness_table(payload)[0]  # no test run, no column
+
+
+@pytest.mark.parametrize("alpha", [0.95, "0.95", None, -1, float("nan"), True])
+def test_every_hardware_sentence_tests_at_the_payload_s_alpha_and_a_malformed_one_falls_back(alpha):
+    """The comparison's own alpha decides every "can(not) tell" (p 0.890 is a difference at alpha 0.95);
+    a results.json whose alpha is not a number in (0, 1) is read at the default 0.05, not crashed on."""
+    payload = demo_like_payload()
+    payload["analysis"]["alpha"] = alpha
+    payload["methods"]["qaa"]["robustness"][1]["p_vs_exact"] = {"bleu": 0.686}
+    sentences = findings(payload)
+    share = next(s for s in sentences if s.startswith("With its circuit's output made constant"))
+    noise = next(s for s in sentences if s.startswith("Under finite shots"))
+    half = next(s for s in sentences if s.startswith("With every gate of the device circuit noisy"))
+    if alpha == 0.95:
+        assert "cannot tell" not in share and "cannot tell" not in half
+        assert noise.endswith("the bootstrap separates 1,000 shots, p 0.686).")
+    else:
+        assert "the sample cannot tell the circuit's share from none" in share
+        assert "which the paired bootstrap cannot tell from nothing (p = 0.890)" in half
+        assert noise.endswith("none of them from it at p < 0.05).")

@@ -20,6 +20,7 @@ from qpeft.analysis.significance import (
     bootstrap_comparison,
 )
 from qpeft.analysis.timing import latency_figures
+from qpeft.experiment.run_dir import RunDir
 from qpeft.settings import AnalysisSettings, Experiment
 from qpeft.utils.atomic import write_csv, write_json
 from qpeft.utils.errors import UsageError
@@ -158,25 +159,28 @@ def add_robustness_p_values(run_dirs: dict[int, dict[str, Path]], means: dict[st
     where the sample can tell it from the items' spread. A row whose predictions are missing, or cover other
     items, gets none."""
     for name, figures in means.items():
-        rows = figures.get("robustness")
-        if not isinstance(rows, list):
+        rows = [row for row in figures.get("robustness") or [] if isinstance(row.get("tag"), str) and row["tag"]]
+        runs = [RunDir(dirs[name]) for dirs in run_dirs.values()]
+        if not rows or not all(run.predictions().exists() for run in runs):
+            continue
+        exact = [read_predictions(run.predictions()) for run in runs]
+        if not all(exact):
             continue
         for row in rows:
-            tag = row.get("tag")
-            if not isinstance(tag, str) or not tag:
+            if not all(run.predictions(row["tag"]).exists() for run in runs):
                 continue
-            runs = [(read_predictions(dirs[name] / "predictions.jsonl"),
-                     read_predictions(dirs[name] / f"predictions_{tag}.jsonl"))
-                    for dirs in run_dirs.values() if (dirs[name] / f"predictions_{tag}.jsonl").exists()]
-            if len(runs) != len(run_dirs) or any([r.get("index") for r in exact] != [r.get("index") for r in other]
-                                                 or not exact for exact, other in runs):
+            tagged = [read_predictions(run.predictions(row["tag"])) for run in runs]
+            if any(_indices(own) != _indices(other) for own, other in zip(exact, tagged, strict=True)):
                 continue
-            systems = {"exact": [system_scores(exact) for exact, _ in runs],
-                       tag: [system_scores(other) for _, other in runs]}
-            stats = bootstrap_comparison(systems, [row["references"] for row in runs[0][0]], reference_method="exact",
+            systems = {"exact": [system_scores(own) for own in exact], "tagged": [system_scores(t) for t in tagged]}
+            stats = bootstrap_comparison(systems, [item["references"] for item in exact[0]], reference_method="exact",
                                          resamples=settings.bootstrap_resamples, seed=min(run_dirs),
                                          confidence=settings.confidence, metrics=metrics)
-            row["p_vs_exact"] = stats[tag]["p_vs_reference"]
+            row["p_vs_exact"] = stats["tagged"]["p_vs_reference"]
+
+
+def _indices(predictions: list[dict[str, Any]]) -> list[Any]:
+    return [item.get("index") for item in predictions]
 
 
 def read_predictions(path: Path) -> list[dict[str, Any]]:

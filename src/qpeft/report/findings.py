@@ -10,7 +10,7 @@ from typing import Any
 
 from qpeft.analysis.significance import significant
 from qpeft.report.hardware import constant_output, hardware_findings, p_vs_exact
-from qpeft.report.payload import interval, multi_seed, robustness_sets, trained, value
+from qpeft.report.payload import interval, multi_seed, robustness_sets, significance_level, trained, value
 from qpeft.report.tables import interval_text, main_metric, noise_label, p_value_text, quality_metrics
 from qpeft.report.tuning import at_an_end, end_sentence, is_tuned, learning_rate_sentence
 
@@ -103,7 +103,7 @@ def _overlaps(payload: dict[str, Any], first: str, second: str, key: str) -> boo
 
 def _against_reference(payload: dict[str, Any], reference: str, key: str, label: str) -> str:
     """One sentence: which rows are better, worse or not distinguishable from ``reference`` on ``key``."""
-    alpha = payload.get("analysis", {}).get("alpha", 0.05)
+    alpha = significance_level(payload)
     items = value(payload, reference, "test_items")
     reference_value = value(payload, reference, key)
     if reference_value is None:
@@ -114,7 +114,7 @@ def _against_reference(payload: dict[str, Any], reference: str, key: str, label:
         score = value(payload, name, key)
         if name == reference or not isinstance(p, (int, float)) or score is None:
             continue
-        if p >= alpha:
+        if not significant(p, alpha):
             tied.append(name)
         else:
             (better if score > reference_value else worse).append(f"{name} (p {p_value_text(p)})")
@@ -420,7 +420,7 @@ def _paired_against_exact(payload: dict[str, Any], rows: list[dict[str, Any]], k
     if None in p_values:
         return ("one re-evaluation of the same items each, without an interval: a difference this small may be "
                 "the sample's")
-    alpha = payload.get("analysis", {}).get("alpha", 0.05)
+    alpha = significance_level(payload)
     separated = [f"{_setting(row)}, p {p_value_text(p)}" for row, p in zip(rows, p_values, strict=True)
                  if significant(p, alpha)]
     return ("each paired with the exact run on the same items, the bootstrap separates "

@@ -6,8 +6,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from qpeft.analysis.significance import significant
 from qpeft.experiment.results import BASE
-from qpeft.report.payload import number, robustness_sets, value
+from qpeft.report.payload import number, robustness_sets, significance_level, value
 from qpeft.report.tables import p_value_text
 
 #: The model's limits, stated wherever its figures are.
@@ -89,7 +90,7 @@ def hardware_findings(payload: dict[str, Any], key: str, label: str) -> list[str
     sentences = []
     base = value(payload, BASE, key)
     beams = int((payload.get("experiment", {}).get("eval") or {}).get("num_beams") or 1)
-    alpha = payload.get("analysis", {}).get("alpha", 0.05)
+    alpha = significance_level(payload)
     for name, rows in robustness_sets(payload).items():
         exact = number(rows[0].get(key)) if rows else None
         floor_row = constant_output(rows)
@@ -139,8 +140,8 @@ def _circuit_share_sentence(payload: dict[str, Any], name: str, key: str, label:
     if base_loss is not None and loss is not None and floor_loss is not None and base_loss > loss:
         text += (f"; of the {base_loss - loss:.3f} it takes off the test loss, {floor_loss - loss:.3f} "
                  f"({100 * (floor_loss - loss) / (base_loss - loss):.0f}%)")
-    alpha = payload.get("analysis", {}).get("alpha", 0.05)
-    if p is not None and p >= alpha:
+    alpha = significance_level(payload)
+    if p is not None and not significant(p, alpha):
         items = value(payload, name, "test_items")
         text += (f"; on {label} the sample cannot tell the circuit's share from none"
                  + (f" ({items:.0f} items)" if items else ""))
@@ -159,7 +160,7 @@ def _half_gain_sentence(name: str, label: str, curve: list[tuple[float, float]],
             "without an interval)")
     if exact <= base:
         return text + f": {name} did not beat the base model, so there is no gain to keep."
-    if floor is not None and (exact <= floor or (circuit_p is not None and circuit_p >= alpha)):
+    if floor is not None and (exact <= floor or (circuit_p is not None and not significant(circuit_p, alpha))):
         tell = ("" if exact <= floor else
                 f", which the paired bootstrap cannot tell from nothing (p = {p_value_text(circuit_p)})")
         return text + (f": the circuit adds {max(exact - floor, 0.0):.2f} over its constant output ({floor:.2f})"

@@ -6,11 +6,19 @@ import math
 from typing import Any
 
 from qpeft.experiment.results import BASELINES, FAILED
+from qpeft.settings import AnalysisSettings
 
 
 def number(raw: Any) -> float | None:
     """``raw`` as a float when it is a finite number (not a bool), else None."""
     return float(raw) if isinstance(raw, (int, float)) and not isinstance(raw, bool) and math.isfinite(raw) else None
+
+
+def significance_level(payload: dict[str, Any]) -> float:
+    """The comparison's alpha; a missing or malformed one (not a number in (0, 1)) is the default's."""
+    analysis = payload.get("analysis")
+    raw = number(analysis.get("alpha")) if isinstance(analysis, dict) else None
+    return raw if raw is not None and 0 < raw < 1 else AnalysisSettings.alpha
 
 
 def value(payload: dict[str, Any], method: str, key: str) -> float | None:
