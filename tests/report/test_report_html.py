@@ -292,7 +292,7 @@ def test_a_tuned_comparison_reports_its_grid_trials_and_windows() -> None:
     report = markdown_report(payload)
     assert "Learning rates tuned on validation (grid 3 points, ×0.316 to ×3.16 of each method's default" in report
     assert "**lora**: learning rates within 5% of its best validation loss: 6.32e-05 to 0.0002" in report
-    assert "| lora | 0.000632 | diverged |  |" in report and "| lora | 0.0002 | 2.0000 | yes |" in report
+    assert "| lora | 0.000632 | diverged |  |  |" in report and "| lora | 0.0002 | 2.0000 | yes |  |" in report
     assert "plot-learning-rates" in plot_ids(html_report(payload))
     assert "plot-learning-rates" not in plot_ids(html_report(synthetic_payload(seeds=(0,))))
 
@@ -310,6 +310,19 @@ def test_a_method_tuned_at_an_end_of_its_rates_is_named_as_possibly_under_tuned(
     assert "and up to 2 more past an end of it while a method's best was there" in report
     window = next(line for line in report.splitlines() if line.startswith("- **lora**: learning rates within"))
     assert "**lora**'s lowest validation loss is at the highest learning rate tried" in window
+
+
+def test_the_tuning_table_marks_the_trials_past_the_grid() -> None:
+    payload = as_tuned(synthetic_payload(seeds=(0,)))
+    payload["learning_rates"]["extend"] = 2
+    lora = payload["tuning"]["lora"]
+    lora.append({"factor": 10 ** 0.5 * 10 ** 0.5, "learning_rate": 2e-3, "validation_loss": 1.9, "status": "ok"})
+    payload["methods"]["lora"]["learning_rate"] = 2e-3
+    report = markdown_report(payload)
+    assert "| method | learning rate | validation loss | chosen | past the grid |" in report
+    assert "| lora | 0.002 | 1.9000 | yes | yes |" in report
+    assert "| lora | 0.000632 | diverged |  |  |" in report  # the grid's top (√10 up to float rounding)
+    assert ">past the grid<" in html_report(payload)
 
 
 def test_the_e2e_challenge_table_appears_only_with_its_figures() -> None:

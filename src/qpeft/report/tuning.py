@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from qpeft.report.payload import number
@@ -45,16 +46,19 @@ def end_sentence(name: str, end: str) -> str:
 
 
 def tuning_rows(payload: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """One row per trial: method, learning rate, validation loss (or how the trial ended), chosen or not."""
-    headers = ["method", "learning rate", "validation loss", "chosen"]
+    """One row per trial: method, learning rate, validation loss (or how the trial ended), chosen or not, and
+    whether it lay past the grid (tried because the method's best was at an end)."""
+    headers = ["method", "learning rate", "validation loss", "chosen", "past the grid"]
+    grid = [f for f in (number(g) for g in (payload.get("learning_rates") or {}).get("grid") or []) if f is not None]
     rows = []
     for name, trials in (payload.get("tuning") or {}).items():
         chosen = number(payload["methods"].get(name, {}).get("learning_rate"))
         for trial in trials:
-            rate, loss = number(trial.get("learning_rate")), number(trial.get("validation_loss"))
+            rate, loss, factor = (number(trial.get(key)) for key in ("learning_rate", "validation_loss", "factor"))
+            past = factor is not None and bool(grid) and not any(math.isclose(factor, g) for g in grid)
             rows.append([name, f"{rate:.3g}" if rate is not None else "–",
                          f"{loss:.4f}" if loss is not None else str(trial.get("status", "–")),
-                         "yes" if rate is not None and rate == chosen else ""])
+                         "yes" if rate is not None and rate == chosen else "", "yes" if past else ""])
     return headers, rows
 
 
