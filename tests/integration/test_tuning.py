@@ -395,6 +395,20 @@ def test_a_comparison_at_recorded_rates_says_they_were_tuned_and_checks_them(
                  "--output", str(wrong), *tune_args(tiny_llama_dir, toy_data_dir, wrong)[2:]])
     assert code == 2 and "not at the rates its tuning chose" in capsys.readouterr().err and not wrong.exists()
 
+    # a rate chosen for rank 8 is not a rate tuned for rank 4: the record's other options must match too
+    code = main(["compare", "--config", str(config), "--methods", "lora", "--lora-r", "4",
+                 "--output", str(wrong), *tune_args(tiny_llama_dir, toy_data_dir, wrong)[2:]])
+    err = capsys.readouterr().err
+    assert code == 2 and "lora was tuned with r=8, not r=4" in err and not wrong.exists()
+    record = json.loads((tuned / "tuning" / "tuning.json").read_text())
+    del record["methods"]["lora"]["config"]  # a record from before the options were kept: nothing to check by
+    old = tmp_path / "old-tuning.json"
+    old.write_text(json.dumps(record))
+    code = main(["compare", "--methods", "lora", "--lora-learning-rate", "6e-4", "--tuned-from", str(old),
+                 "--output", str(wrong), *tune_args(tiny_llama_dir, toy_data_dir, wrong)[2:]])
+    err = capsys.readouterr().err
+    assert code == 2 and "records no lora options" in err and len(err.strip().splitlines()) == 1
+
     output = tmp_path / "cmp"
     assert main(["compare", "--config", str(config), "--methods", "lora", "--same-process", "--fewshot-examples", "0",
                  "--output", str(output), *tune_args(tiny_llama_dir, toy_data_dir, output)[2:]]) == 0

@@ -117,7 +117,8 @@ def tune_method(output: Path, experiment: Experiment, row: str, name: str, confi
         log.info("=== tuning %s: best at an end of the rates tried; learning rates x%.3g ===", row, factor)
         record = run_trial(output, experiment, row, name, config, data_dir, factor, fresh_process)
         trials = sorted([*trials, record], key=lambda trial: trial["factor"])
-    return {"trials": trials, **choice(trials), "edge": edge(trials)}
+    # the options every trial shared (the rates at the grid's centre): a comparison at other options is not tuned
+    return {"trials": trials, **choice(trials), "edge": edge(trials), "config": trial_config(name, config, 1.0)}
 
 
 def best_trial(trials: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -286,6 +287,19 @@ def trained_part(experiment: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in experiment.items() if key not in ("eval", "seed")}
 
 
+def check_tuned_options(path: Path, row: str, name: str, tuned: Any, given: dict[str, Any]) -> None:
+    """The row trains with the options its rates were tuned with (all but the learning rates themselves)."""
+    if not isinstance(tuned, dict):
+        raise UsageError(f"--tuned-from {path}: records no {row} options, so nothing shows its rates were tuned "
+                         "for these (run qpeft tune in its folder again: its trials are reused)")
+    rates = get_method(name).config_class.learning_rate_fields
+    differ = [key for key in given if key not in rates and tuned.get(key) != given[key]]
+    if differ:
+        raise UsageError(f"--tuned-from {path}: {row} was tuned with "
+                         f"{', '.join(f'{key}={tuned.get(key)}' for key in differ)}, not "
+                         f"{', '.join(f'{key}={given[key]}' for key in differ)}")
+
+
 def read_tuning_record(path: Path, experiment: Experiment, rows: dict[str, str],
                        method_configs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """A ``tuning.json`` that a comparison's learning rates come from (``--tuned-from``), checked before training.
@@ -321,6 +335,7 @@ def read_tuning_record(path: Path, experiment: Experiment, rows: dict[str, str],
                 for field in get_method(name).config_class.learning_rate_fields):
             raise UsageError(f"--tuned-from {path}: {row} would train at learning rate {given['learning_rate']:.3g}, "
                              f"not at the rates its tuning chose")
+        check_tuned_options(path, row, name, entry.get("config"), given)
     extend = record.get("lr_extend", 0)  # a record from before tuning went past the grid's ends: none did
     if isinstance(extend, bool) or not isinstance(extend, int) or extend < 0:
         raise UsageError(f"--tuned-from {path}: lr_extend is not a whole number of rates")
