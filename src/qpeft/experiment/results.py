@@ -20,7 +20,6 @@ from qpeft.analysis.significance import (
     bootstrap_comparison,
 )
 from qpeft.analysis.timing import latency_figures
-from qpeft.experiment.run_dir import RunDir
 from qpeft.settings import AnalysisSettings, Experiment
 from qpeft.utils.atomic import write_csv, write_json
 from qpeft.utils.errors import UsageError
@@ -158,6 +157,9 @@ def add_robustness_p_values(run_dirs: dict[int, dict[str, Path]], means: dict[st
     against the run's own (the same items, over the same seeds), so that a setting's change is called one only
     where the sample can tell it from the items' spread. A row whose predictions are missing, or cover other
     items, gets none."""
+    # here, not at the top: the report imports this module, and run folders bring in accelerate and torch
+    from qpeft.experiment.run_dir import RunDir
+
     for name, figures in means.items():
         rows = [row for row in figures.get("robustness") or [] if isinstance(row.get("tag"), str) and row["tag"]]
         runs = [RunDir(dirs[name]) for dirs in run_dirs.values()]
