@@ -96,7 +96,7 @@ def hardware_findings(payload: dict[str, Any], key: str, label: str) -> list[str
         floor_row = constant_output(rows)
         floor = number(floor_row.get(key)) if floor_row else None
         if floor_row is not None and exact is not None and floor is not None:
-            sentences.append(_circuit_share_sentence(payload, name, key, label, rows[0], floor_row))
+            sentences.append(_circuit_share_sentence(payload, name, key, label, rows[0], floor_row, alpha))
         curve = error_curve(rows, key)
         if exact is not None and base is not None and curve:
             circuit_p = p_vs_exact(floor_row, key) if floor_row else None
@@ -116,7 +116,7 @@ def hardware_findings(payload: dict[str, Any], key: str, label: str) -> list[str
 
 
 def _circuit_share_sentence(payload: dict[str, Any], name: str, key: str, label: str, exact_row: dict[str, Any],
-                            floor_row: dict[str, Any]) -> str:
+                            floor_row: dict[str, Any], alpha: float) -> str:
     """How much of the adapter's gain over the base model its circuit's output carries: the exact
     run against the same run with that output constant, in the main metric and (where measured) the test loss."""
     exact, floor, base = float(exact_row[key]), float(floor_row[key]), value(payload, BASE, key)
@@ -140,7 +140,6 @@ def _circuit_share_sentence(payload: dict[str, Any], name: str, key: str, label:
     if base_loss is not None and loss is not None and floor_loss is not None and base_loss > loss:
         text += (f"; of the {base_loss - loss:.3f} it takes off the test loss, {floor_loss - loss:.3f} "
                  f"({100 * (floor_loss - loss) / (base_loss - loss):.0f}%)")
-    alpha = significance_level(payload)
     if p is not None and not significant(p, alpha):
         items = value(payload, name, "test_items")
         text += (f"; on {label} the sample cannot tell the circuit's share from none"
